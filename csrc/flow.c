@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: MIT
+/*
+ * flow.c - the flow table: a fixed pool of struct sl_flow, a seeded hash on
+ * (kind, family, guest addr/port, remote addr/port), and the epoll tags that
+ * name a flow safely after it may have been freed.
+ *
+ * Caps are enforced here (per kind); what a flow does lives in tcp.c, udp.c
+ * and icmp.c. The pool is allocated once, so a flood of new flows from the
+ * guest costs no memory beyond the configured maximum.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+#include "internal.h"
+
+static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
+			  const uint8_t *gaddr, uint16_t gport,
+			  const uint8_t *raddr, uint16_t rport)
+{
+	/* FNV-1a over the key, seeded at start so that a guest cannot aim
+	 * all its flows at one bucket. */
+	uint64_t h = 1469598103934665603ULL ^ e->hash_seed;
+	size_t alen = family == 4 ? 4 : 16, i;
+
+#define MIX(b) do { h ^= (uint8_t)(b); h *= 1099511628211ULL; } while (0)
+	MIX(kind);
+	MIX(family);
+	for (i = 0; i < alen; i++)
+		MIX(gaddr[i]);
+	for (i = 0; i < alen; i++)
+		MIX(raddr[i]);
+	MIX(gport >> 8);
+	MIX(gport);
+	MIX(rport >> 8);
+	MIX(rport);
+#undef MIX
+	h ^= h >> 29;
+	return (uint32_t)h & (e->nbuckets - 1);
+}
+
+/**
+ * sl_flow_init() - allocate the pool and the hash table for the caps in
+ * e->cfg. Return: 0 or -1 (ENOMEM).
+ */
+int sl_flow_init(struct sl_engine *e)
+{
+	uint32_t n = e->cfg.max_tcp_flows + e->cfg.max_udp_flows +
+		     e->cfg.max_icmp_flows + SL_MAX_LISTENERS;
+	uint32_t i;
+
+	if (getrandom(&e->hash_seed, sizeof(e->hash_seed), GRND_NONBLOCK) !=
+	    (ssize_t)sizeof(e->hash_seed))
+		e->hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
+	e->nflows_max = n;
+	e->flows = calloc(n, sizeof(*e->flows));
+	e->ack_list = calloc(n, sizeof(*e->ack_list));
+	for (e->nbuckets = 64; e->nbuckets < n * 2; e->nbuckets <<= 1)
+		;
+	e->buckets = malloc(e->nbuckets * sizeof(*e->buckets));
+	if (!e->flows || !e->buckets || !e->ack_list)
+		return -1;
+	for (i = 0; i < e->nbuckets; i++)
+		e->buckets[i] = SL_NIL;
+	for (i = 0; i < n; i++) {
+		e->flows[i].self = i;
+		e->flows[i].fd = -1;
+		e->flows[i].hnext = i + 1 < n ? i + 1 : SL_NIL;
+	}
+	e->free_head = 0;
+	return 0;
+}
+
+void sl_flow_fini(struct sl_engine *e)
+{
+	uint32_t i;
+
+	if (e->flows)
+		for (i = 0; i < e->nflows_max; i++)
+			if (e->flows[i].kind != SL_FLOW_FREE &&
+			    e->flows[i].fd >= 0)
+				close(e->flows[i].fd);
+	free(e->flows);
+	free(e->buckets);
+	free(e->ack_list);
+}
+
+static bool key_eq(const struct sl_flow *f, int kind, int family,
+		   const uint8_t *gaddr, uint16_t gport, const uint8_t *raddr,
+		   uint16_t rport)
+{
+	size_t alen = family == 4 ? 4 : 16;
+
+	return f->kind == kind && f->family == family && f->gport == gport &&
+	       f->rport == rport && !memcmp(f->gaddr, gaddr, alen) &&
+	       !memcmp(f->raddr, raddr, alen);
+}
+
+struct sl_flow *sl_flow_lookup(struct sl_engine *e, int kind, int family,
+			       const uint8_t *gaddr, uint16_t gport,
+			       const uint8_t *raddr, uint16_t rport)
+{
+	uint32_t i = e->buckets[flow_hash(e, kind, family, gaddr, gport, raddr,
+					  rport)];
+
+	while (i != SL_NIL) {
+		struct sl_flow *f = &e->flows[i];
+
+		if (key_eq(f, kind, family, gaddr, gport, raddr, rport))
+			return f;
+		i = f->hnext;
+	}
+	return NULL;
+}
+
+static uint32_t kind_cap(const struct sl_engine *e, int kind)
+{
+	switch (kind) {
+	case SL_FLOW_TCP:
+		return e->cfg.max_tcp_flows;
+	case SL_FLOW_UDP:
+		return e->cfg.max_udp_flows;
+	default:
+		return e->cfg.max_icmp_flows;
+	}
+}
+
+/**
+ * sl_flow_new() - take a flow from the pool and insert it in the hash.
+ *
+ * Return: the flow with fd = -1 and the key set, or NULL when the cap for
+ * @kind is reached (counted as drop_flow_cap).
+ */
+struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
+			    const uint8_t *gaddr, uint16_t gport,
+			    const uint8_t *raddr, uint16_t rport)
+{
+	struct sl_flow *f;
+	uint32_t b, gen;
+
+	if (e->n_by_kind[kind] >= kind_cap(e, kind) ||
+	    e->free_head == SL_NIL) {
+		sl_count(e, SL_C_drop_flow_cap);
+		return NULL;
+	}
+	f = &e->flows[e->free_head];
+	e->free_head = f->hnext;
+	gen = f->gen + 1;
+	memset((uint8_t *)f, 0, sizeof(*f));
+	f->self = (uint32_t)(f - e->flows);
+	f->gen = gen;
+	f->kind = (uint8_t)kind;
+	f->family = (uint8_t)family;
+	f->fd = -1;
+	f->gport = gport;
+	f->rport = rport;
+	memcpy(f->gaddr, gaddr, family == 4 ? 4 : 16);
+	memcpy(f->raddr, raddr, family == 4 ? 4 : 16);
+	f->created_ns = e->now;
+	f->last_ns = e->now;
+	b = flow_hash(e, kind, family, gaddr, gport, raddr, rport);
+	f->hnext = e->buckets[b];
+	e->buckets[b] = f->self;
+	e->n_by_kind[kind]++;
+	return f;
+}
+
+/**
+ * sl_flow_free() - close the flow's socket, unlink it and return it to the
+ * pool. The generation bump makes stale epoll events for it harmless.
+ */
+void sl_flow_free(struct sl_engine *e, struct sl_flow *f)
+{
+	uint32_t b = flow_hash(e, f->kind, f->family, f->gaddr, f->gport,
+			       f->raddr, f->rport);
+	uint32_t *pp = &e->buckets[b];
+
+	while (*pp != SL_NIL && *pp != f->self)
+		pp = &e->flows[*pp].hnext;
+	if (*pp == f->self)
+		*pp = f->hnext;
+	if (f->fd >= 0)
+		close(f->fd);
+	if (f->kind == SL_FLOW_TCP && f->tcp.state != SL_TCP_ESTABLISHED &&
+	    e->n_half_open)
+		e->n_half_open--;
+	e->n_by_kind[f->kind]--;
+	f->kind = SL_FLOW_FREE;
+	f->fd = -1;
+	f->gen++;
+	f->hnext = e->free_head;
+	e->free_head = f->self;
+}
+
+uint64_t sl_flow_tag(const struct sl_flow *f)
+{
+	return ((uint64_t)SL_TAG_FLOW << 56) |
+	       ((uint64_t)(f->gen & 0xffffff) << 32) | f->self;
+}
+
+struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
+{
+	uint32_t idx = (uint32_t)tag;
+	struct sl_flow *f;
+
+	if (idx >= e->nflows_max)
+		return NULL;
+	f = &e->flows[idx];
+	if (f->kind == SL_FLOW_FREE ||
+	    (f->gen & 0xffffff) != ((tag >> 32) & 0xffffff))
+		return NULL;
+	return f;
+}
+
+/* Queue an ACK for the end of the batch; one per flow however many
+ * segments arrived, which is what coalesces ACKs. */
+void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f)
+{
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+		return;
+	f->tcp.flags |= SL_TF_ACK_DUE;
+	e->ack_list[e->nack++] = f->self;
+}

@@ -1,0 +1,244 @@
+// SPDX-License-Identifier: MIT
+/*
+ * icmp.c - ICMP and ICMPv6 echo, and the unreachable messages slirpy sends.
+ *
+ * Echo to the virtual hosts is answered here. Echo to anything else goes
+ * through an unprivileged ping socket (SOCK_DGRAM, IPPROTO_ICMP[V6]) per
+ * (guest, echo id, destination); the kernel rewrites the id, so replies get
+ * the guest's id back. If ping sockets are not permitted
+ * (net.ipv4.ping_group_range), Python is told once and echoes are dropped.
+ * No other ICMP type from the guest is forwarded.
+ */
+#include <errno.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "internal.h"
+
+#define ICMP_ECHO_REPLY 0
+#define ICMP_UNREACH 3
+#define ICMP_ECHO 8
+#define ICMP6_UNREACH 1
+#define ICMP6_ECHO 128
+#define ICMP6_ECHO_REPLY 129
+#define SL_UNREACH_QUOTE 548
+
+static uint16_t icmp_csum(int family, const uint8_t *src, const uint8_t *dst,
+			  const uint8_t *hdr, size_t hlen, const uint8_t *data,
+			  size_t dlen)
+{
+	uint32_t sum = family == 6 ? sl_csum_pseudo(6, src, dst,
+						    IPPROTO_ICMPV6_,
+						    (uint32_t)(hlen + dlen)) : 0;
+
+	/* hlen is even (8), so the two sums can simply be chained. */
+	sum = sl_csum_add(sum, hdr, hlen);
+	return sl_csum_fold(sl_csum_add(sum, data, dlen));
+}
+
+/* Send an ICMP(v6) message of @type/@code with an 8-byte header whose last
+ * four bytes are @rest, followed by @data. */
+void sl_icmp_emit(struct sl_engine *e, int family, const uint8_t *src,
+		      const uint8_t *dst, uint8_t type, uint8_t code,
+		  const uint8_t rest[4], const uint8_t *data, size_t dlen)
+{
+	uint8_t *b = e->txbuf;
+	uint8_t *icmp;
+	size_t l3;
+	uint16_t csum;
+	struct iovec iov[2];
+	const uint8_t *dmac = e->guest_mac_known ? e->guest_mac :
+			      (const uint8_t *)"\xff\xff\xff\xff\xff\xff";
+
+	sl_eth_header(e, b, dmac, sl_mac_for(e, family, src),
+		      family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
+	l3 = sl_ip_header(e, b + ETH_HLEN_, family, src, dst,
+			  family == 4 ? IPPROTO_ICMP_ : IPPROTO_ICMPV6_,
+			  8 + dlen);
+	icmp = b + ETH_HLEN_ + l3;
+	icmp[0] = type;
+	icmp[1] = code;
+	icmp[2] = icmp[3] = 0;
+	memcpy(icmp + 4, rest, 4);
+	csum = icmp_csum(family, src, dst, icmp, 8, data, dlen);
+	memcpy(icmp + 2, &csum, 2);
+	iov[0].iov_base = b;
+	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[1].iov_base = (void *)data;
+	iov[1].iov_len = dlen;
+	sl_output(e, NULL, iov, 2);
+}
+
+static bool is_local4(const struct sl_engine *e, const uint8_t *a)
+{
+	return !memcmp(a, e->cfg.gw4, 4) || !memcmp(a, e->cfg.dns4, 4);
+}
+
+static bool is_local6(const struct sl_engine *e, const uint8_t *a)
+{
+	static const uint8_t ll[8] = { 0xfe, 0x80 };
+
+	if (!memcmp(a + 8, "\0\0\0\0\0\0\0", 7) &&
+	    (!memcmp(a, e->cfg.prefix6, 8) || !memcmp(a, ll, 8)))
+		return a[15] == 2 || (a[15] == 3 && a[0] != 0xfe);
+	return false;
+}
+
+static void ping_warn(struct sl_engine *e, int family)
+{
+	bool *warned = family == 4 ? &e->ping_warned : &e->ping6_warned;
+
+	if (*warned)
+		return;
+	*warned = true;
+	sl_notice(e, family == 4 ?
+		  "ICMP echo to the outside is disabled: ping sockets are not "
+		  "permitted (set net.ipv4.ping_group_range to include your gid)" :
+		  "ICMPv6 echo to the outside is disabled: ping sockets are "
+		  "not permitted (net.ipv4.ping_group_range)");
+}
+
+/* Echo to a real destination through a ping socket. */
+static void echo_out(struct sl_engine *e, const struct sl_pkt *p)
+{
+	uint16_t id = sl_get16(p->l4 + 4);
+	struct sockaddr_in6 sa;
+	uint32_t salen;
+	struct sl_flow *f;
+	int r;
+
+	f = sl_flow_lookup(e, SL_FLOW_ICMP, p->family, p->src, id, p->dst, 0);
+	if (!f) {
+		int fam = p->family == 4 ? AF_INET : AF_INET6;
+		int proto = p->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+
+		r = sl_remote_sockaddr(e, p->family, p->dst, 0, p->proto, &sa,
+				       &salen);
+		if (r < 0) {
+			sl_count(e, SL_C_drop_dst_invalid);
+			return;
+		}
+		f = sl_flow_new(e, SL_FLOW_ICMP, p->family, p->src, id, p->dst,
+				0);
+		if (!f)
+			return;
+		f->fd = socket(fam, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+			       proto);
+		if (f->fd < 0) {
+			if (errno == EACCES || errno == EPERM)
+				ping_warn(e, p->family);
+			sl_count(e, SL_C_drop_socket_error);
+			sl_flow_free(e, f);
+			return;
+		}
+		if (sl_bind_outbound(e, f->fd, fam) < 0 ||
+		    connect(f->fd, (struct sockaddr *)&sa, salen) < 0 ||
+		    sl_epoll_set(e, f, EPOLLIN) < 0) {
+			sl_count(e, SL_C_drop_socket_error);
+			sl_flow_free(e, f);
+			return;
+		}
+		sl_count(e, SL_C_icmp_flows_opened);
+	}
+	f->last_ns = e->now;
+	if (send(f->fd, p->l4, p->l4_len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
+		sl_count(e, SL_C_drop_socket_error);
+		return;
+	}
+	sl_count(e, SL_C_icmp_echo_out);
+}
+
+static void echo_input(struct sl_engine *e, const struct sl_pkt *p,
+		       bool local)
+{
+	if (!local) {
+		echo_out(e, p);
+		return;
+	}
+	sl_count(e, SL_C_icmp_echo_local);
+	sl_icmp_emit(e, p->family, p->dst, p->src,
+		  p->family == 4 ? ICMP_ECHO_REPLY : ICMP6_ECHO_REPLY, 0,
+		  p->l4 + 4, p->payload, p->payload_len);
+}
+
+void sl_icmp4_input(struct sl_engine *e, const struct sl_pkt *p)
+{
+	if (p->icmp_type != ICMP_ECHO || p->icmp_code != 0) {
+		sl_count(e, SL_C_drop_icmp_type);
+		return;
+	}
+	echo_input(e, p, is_local4(e, p->dst));
+}
+
+void sl_icmp6_input(struct sl_engine *e, const struct sl_pkt *p)
+{
+	if (p->icmp_type != ICMP6_ECHO || p->icmp_code != 0) {
+		sl_count(e, SL_C_drop_icmp_type);
+		return;
+	}
+	echo_input(e, p, is_local6(e, p->dst));
+}
+
+/**
+ * sl_icmp_sock_event() - an echo reply (or error) arrived on a ping socket.
+ */
+void sl_icmp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
+{
+	uint8_t *buf = e->rxbuf;
+	int i;
+
+	(void)ev;
+	for (i = 0; i < 16; i++) {
+		ssize_t n = recv(f->fd, buf, 65535, MSG_DONTWAIT);
+		uint8_t rest[4];
+
+		if (n < 0) {
+			if (errno == EAGAIN)
+				break;
+			continue;	/* an ICMP error for our echo: skip */
+		}
+		if (n < 8)
+			continue;
+		sl_put16(rest, f->gport);
+		memcpy(rest + 2, buf + 6, 2);
+		f->last_ns = e->now;
+		sl_count(e, SL_C_icmp_echo_in);
+		sl_icmp_emit(e, f->family, f->raddr, f->gaddr, buf[0], buf[1],
+			  rest, buf + 8, (size_t)n - 8);
+	}
+}
+
+static void unreach(struct sl_engine *e, const struct sl_pkt *p,
+		    uint8_t type, uint8_t code)
+{
+	static const uint8_t zero[4];
+	size_t quote = p->l3_len < SL_UNREACH_QUOTE ? p->l3_len :
+						      SL_UNREACH_QUOTE;
+	uint8_t src[16];
+
+	/* Reported by the gateway, like a router on the path would. */
+	if (p->family == 4) {
+		memcpy(src, e->cfg.gw4, 4);
+	} else {
+		memcpy(src, e->cfg.prefix6, 8);
+		memset(src + 8, 0, 8);
+		src[15] = 2;
+	}
+	sl_count(e, SL_C_icmp_unreach_sent);
+	sl_icmp_emit(e, p->family, src, p->src, type, code, zero, p->l3, quote);
+}
+
+/* @code: ICMP destination-unreachable code (0 net, 3 port, ...). */
+void sl_icmp4_unreach(struct sl_engine *e, const struct sl_pkt *p,
+		      uint8_t code)
+{
+	unreach(e, p, ICMP_UNREACH, code);
+}
+
+/* @code: ICMPv6 destination-unreachable code (0 no route, 4 port). */
+void sl_icmp6_unreach(struct sl_engine *e, const struct sl_pkt *p,
+		      uint8_t code)
+{
+	unreach(e, p, ICMP6_UNREACH, code);
+}

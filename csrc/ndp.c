@@ -1,0 +1,146 @@
+// SPDX-License-Identifier: MIT
+/*
+ * ndp.c - IPv6 neighbour discovery for the virtual hosts (prefix::2,
+ * prefix::3, fe80::2) and router advertisements: the guest configures itself
+ * by SLAAC from them (RFC 4861, RFC 4862, RDNSS from RFC 8106).
+ *
+ * Only solicitations are answered; nothing is learned from the guest's
+ * adverts, since the guest's MAC is taken from its frames.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+#define ND_RS 133
+#define ND_RA 134
+#define ND_NS 135
+#define ND_NA 136
+#define RA_ROUTER_LIFETIME 1800
+#define RA_VALID_LIFETIME 86400
+#define RA_PREFERRED_LIFETIME 14400
+
+static void addr6(const struct sl_engine *e, uint8_t out[16], uint8_t last)
+{
+	memcpy(out, e->cfg.prefix6, 8);
+	memset(out + 8, 0, 8);
+	out[15] = last;
+}
+
+static void router_ll(uint8_t out[16])
+{
+	memset(out, 0, 16);
+	out[0] = 0xfe;
+	out[1] = 0x80;
+	out[15] = 2;
+}
+
+/**
+ * sl_ra_send() - send a router advertisement from fe80::2.
+ * @dst6: the soliciting address, or NULL for all-nodes (ff02::1)
+ */
+void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
+		const uint8_t *dst6)
+{
+	static const uint8_t all_nodes[16] = { 0xff, 0x02, [15] = 1 };
+	uint8_t src[16], rest[4], body[8 + 8 + 8 + 32 + 24];
+	uint8_t *o = body + 8;
+
+	(void)dst_mac;
+	router_ll(src);
+	rest[0] = 64;		/* current hop limit */
+	rest[1] = 0;		/* no M/O: SLAAC, DNS from RDNSS */
+	sl_put16(rest + 2, RA_ROUTER_LIFETIME);
+	memset(body, 0, 8);	/* reachable time, retrans timer: unspecified */
+	o[0] = 1;		/* source link-layer address */
+	o[1] = 1;
+	memcpy(o + 2, e->gw6_mac, 6);
+	o += 8;
+	o[0] = 5;		/* MTU */
+	o[1] = 1;
+	o[2] = o[3] = 0;
+	sl_put32(o + 4, e->cfg.mtu);
+	o += 8;
+	o[0] = 3;		/* prefix information */
+	o[1] = 4;
+	o[2] = 64;
+	o[3] = 0xc0;		/* on-link, autonomous */
+	sl_put32(o + 4, RA_VALID_LIFETIME);
+	sl_put32(o + 8, RA_PREFERRED_LIFETIME);
+	memset(o + 12, 0, 4);
+	memcpy(o + 16, e->cfg.prefix6, 8);
+	memset(o + 24, 0, 8);
+	o += 32;
+	if (e->cfg.dns_enabled) {
+		o[0] = 25;	/* RDNSS */
+		o[1] = 3;
+		o[2] = o[3] = 0;
+		sl_put32(o + 4, RA_ROUTER_LIFETIME);
+		addr6(e, o + 8, 3);
+		o += 24;
+	}
+	sl_count(e, SL_C_router_adverts);
+	sl_icmp_emit(e, 6, src, dst6 ? dst6 : all_nodes, ND_RA, 0, rest, body,
+		     (size_t)(o - body));
+}
+
+static bool is_our_target(const struct sl_engine *e, const uint8_t *t)
+{
+	uint8_t a[16];
+
+	addr6(e, a, 2);
+	if (!memcmp(t, a, 16))
+		return true;
+	addr6(e, a, 3);
+	if (!memcmp(t, a, 16))
+		return true;
+	router_ll(a);
+	return !memcmp(t, a, 16);
+}
+
+static void neighbour_advert(struct sl_engine *e, const struct sl_pkt *p)
+{
+	static const uint8_t all_nodes[16] = { 0xff, 0x02, [15] = 1 };
+	static const uint8_t unspec[16];
+	const uint8_t *target = p->l4 + 8;
+	uint8_t rest[4] = { 0xe0, 0, 0, 0 };	/* router, solicited, override */
+	uint8_t body[16 + 8];
+	bool dad = !memcmp(p->src, unspec, 16);
+
+	if (p->l4_len < 24 || p->ttl != 255) {
+		sl_count(e, SL_C_drop_icmp_malformed);
+		return;
+	}
+	if (!is_our_target(e, target)) {
+		sl_count(e, SL_C_drop_not_for_us);
+		return;
+	}
+	if (dad)
+		rest[0] = 0xa0;	/* not solicited: answer goes to all nodes */
+	memcpy(body, target, 16);
+	body[16] = 2;		/* target link-layer address */
+	body[17] = 1;
+	memcpy(body + 18, sl_mac_for(e, 6, target), 6);
+	sl_count(e, SL_C_ndp_adverts);
+	sl_icmp_emit(e, 6, target, dad ? all_nodes : p->src, ND_NA, 0, rest,
+		     body, sizeof(body));
+}
+
+void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p)
+{
+	static const uint8_t unspec[16];
+
+	switch (p->icmp_type) {
+	case ND_NS:
+		neighbour_advert(e, p);
+		break;
+	case ND_RS:
+		if (p->ttl != 255) {
+			sl_count(e, SL_C_drop_icmp_malformed);
+			return;
+		}
+		sl_ra_send(e, NULL, memcmp(p->src, unspec, 16) ? p->src : NULL);
+		break;
+	default:
+		sl_count(e, SL_C_drop_not_for_us);
+	}
+}

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * slirpy.h - the one public interface of the slirpy C engine.
+ *
+ * The engine owns the data path: it reads Ethernet frames from the TAP,
+ * translates them to host sockets and back, all behind a single epoll fd.
+ * Python (the control plane) only calls the functions below; every entry
+ * point that can do protocol work takes the current CLOCK_MONOTONIC time in
+ * nanoseconds so that tests can drive the engine with a fake clock.
+ *
+ * csrc/slirpy.cdef mirrors this file for cffi: keep both in step.
+ */
+#ifndef SLIRPY_H
+#define SLIRPY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sl_engine;
+
+/**
+ * struct sl_config - everything the engine needs to know about the network.
+ *
+ * IPv4 addresses are in network byte order, stored as 4 bytes so that cffi
+ * users never have to think about endianness.
+ */
+struct sl_config {
+	uint8_t net4[4];	/* network address N */
+	uint8_t prefix4;	/* prefix length, 1..25 */
+	uint8_t gw4[4];		/* N+2: gateway, maps to host loopback */
+	uint8_t dns4[4];	/* N+3: DNS forwarder */
+	uint8_t guest4[4];	/* N+100: default forward target */
+	uint8_t ipv6;		/* 1: answer NDP, send RAs, translate IPv6 */
+	uint8_t prefix6[16];	/* /64 prefix, gateway is prefix::2 */
+	uint16_t mtu;		/* guest MTU, 68..65521 */
+	uint8_t host_loopback;	/* 1: N+2 and 255.255.255.255 reach 127.0.0.1 */
+	uint8_t dns_enabled;	/* 1: N+3:53 redirects to the DNS ports below */
+	uint16_t dns_udp_port;	/* loopback port of Python's DNS forwarder */
+	uint16_t dns_tcp_port;
+	uint16_t vnet_hdr_len;	/* 0 (plain frames) or 10 (virtio_net_hdr) */
+	uint8_t offload;	/* 1: guest sends/receives GSO + partial csum */
+	uint8_t outbound4[4];	/* source address for outbound IPv4, 0 = any;
+				 * Python resolves an interface name to it */
+	uint8_t outbound6[16];	/* source address for outbound IPv6, :: = any */
+	uint32_t max_tcp_flows;
+	uint32_t max_udp_flows;
+	uint32_t max_icmp_flows;
+	uint32_t max_half_open;	/* TCP flows still connecting */
+	uint32_t udp_idle_s;	/* UDP flow idle timeout */
+	uint32_t tcp_idle_s;	/* established TCP flow idle timeout */
+};
+
+/* Punt-queue event types: what the engine hands back to Python. */
+enum sl_event_type {
+	SL_EV_NONE = 0,
+	SL_EV_DHCP = 1,		/* UDP to port 67: data = payload, mac = src */
+	SL_EV_FLOW_OPEN = 2,	/* a flow was created (for -v logging) */
+	SL_EV_FLOW_CLOSE = 3,
+	SL_EV_NOTICE = 4,	/* one-off condition, data = text */
+	SL_EV_TAP_DOWN = 5,	/* the TAP returned EOF or a fatal error */
+};
+
+#define SL_EVENT_DATA_MAX 1536
+
+/**
+ * struct sl_event - one slow-path event from the punt queue.
+ * @family: 4 or 6; addresses are in the first 4 bytes for IPv4.
+ */
+struct sl_event {
+	uint32_t type;
+	uint32_t len;
+	uint8_t mac[6];
+	uint8_t proto;
+	uint8_t family;
+	uint8_t src[16];
+	uint8_t dst[16];
+	uint16_t sport;
+	uint16_t dport;
+	uint8_t data[SL_EVENT_DATA_MAX];
+};
+
+/* Protocols for listeners (port forwarding). */
+enum sl_proto { SL_TCP = 6, SL_UDP = 17 };
+
+struct sl_engine *sl_engine_new(const struct sl_config *cfg);
+void sl_engine_free(struct sl_engine *e);
+int sl_engine_fd(const struct sl_engine *e);
+int sl_engine_set_tap(struct sl_engine *e, int fd);
+int sl_engine_set_guest_mac(struct sl_engine *e, const uint8_t mac[6]);
+int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget);
+int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
+			  const uint8_t *frame, size_t len);
+int sl_engine_flush(struct sl_engine *e, uint64_t now_ns);
+int sl_engine_take_output(struct sl_engine *e, uint8_t *buf, size_t cap);
+int sl_engine_next_event(struct sl_engine *e, struct sl_event *ev);
+int sl_engine_send_udp4(struct sl_engine *e, const uint8_t dst_mac[6],
+			const uint8_t src[4], uint16_t sport,
+			const uint8_t dst[4], uint16_t dport,
+			const uint8_t *payload, size_t len);
+int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
+			   const uint8_t *guest_addr, int family,
+			   uint16_t guest_port, uint32_t id);
+int sl_engine_remove_listener(struct sl_engine *e, uint32_t id);
+int sl_engine_ncounters(void);
+const char *sl_counter_name(int i);
+int sl_engine_counters(const struct sl_engine *e, uint64_t *out, int n);
+int sl_engine_list_flows(const struct sl_engine *e, char *buf, size_t cap);
+int sl_engine_set_fault(struct sl_engine *e, uint32_t drop_in_permille,
+			uint32_t drop_out_permille, uint32_t seed);
+
+/* System helpers that Python 3.11 lacks. */
+int sl_setns(int fd, int nstype);
+int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
+		size_t errlen);
+
+#endif /* SLIRPY_H */

@@ -1,0 +1,73 @@
+// SPDX-License-Identifier: MIT
+/*
+ * sys.c - the system calls Python 3.11 does not wrap: setns(2) and opening
+ * a TAP with TUNSETIFF / TUNSETOFFLOAD. Called from the forked namespace
+ * helper; nothing here touches the engine.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <linux/if.h>
+#include <linux/if_tun.h>
+#include <sys/ioctl.h>
+
+#include "slirpy.h"
+
+/* Return: 0 or -errno. */
+int sl_setns(int fd, int nstype)
+{
+	return setns(fd, nstype) < 0 ? -errno : 0;
+}
+
+/**
+ * sl_tun_open() - open (or attach to) the TAP @name in the current netns.
+ * @vnet_hdr: request IFF_VNET_HDR (frames carry a struct virtio_net_hdr)
+ * @offload: announce checksum and TSO4/6 offload to the guest's kernel
+ * @err: on failure, a one-line explanation of what to do
+ *
+ * Return: a non-blocking fd, or -errno.
+ */
+int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
+		size_t errlen)
+{
+	struct ifreq ifr;
+	int fd, e;
+
+	fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0) {
+		e = errno;
+		if (e == ENOENT)
+			snprintf(err, errlen, "/dev/net/tun does not exist: "
+				 "load the tun module (modprobe tun) or create "
+				 "the device node (mknod /dev/net/tun c 10 200)");
+		else
+			snprintf(err, errlen, "cannot open /dev/net/tun: %s "
+				 "(it must be readable and writable by this "
+				 "user: chmod 0666 /dev/net/tun)", strerror(e));
+		return -e;
+	}
+	memset(&ifr, 0, sizeof(ifr));
+	ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
+	snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", name);
+	if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot create or attach TAP device %s: "
+			 "%s", name, strerror(e));
+		close(fd);
+		return -e;
+	}
+	if (vnet_hdr && offload &&
+	    ioctl(fd, TUNSETOFFLOAD,
+		  TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
+		e = errno;
+		snprintf(err, errlen, "cannot enable offloads on %s: %s "
+			 "(try --disable-offload)", name, strerror(e));
+		close(fd);
+		return -e;
+	}
+	return fd;
+}

@@ -1,0 +1,835 @@
+// SPDX-License-Identifier: MIT
+/*
+ * tcp.c - translate between the guest's kernel TCP and a host TCP socket,
+ * with no per-connection data buffer in slirpy (passt's design).
+ *
+ * Guest -> host: a segment at rcv_nxt is written straight to the socket and
+ * acknowledged for what the socket took; the advertised window follows the
+ * socket's free send space. Out-of-order segments are not kept: the guest
+ * retransmits them after our duplicate ACK.
+ *
+ * Host -> guest: data is read with MSG_PEEK (SO_PEEK_OFF keeps the offset
+ * of what is in flight) and discarded from the socket only when the guest
+ * acknowledges it, so a retransmission re-reads the kernel's copy. With
+ * offloads on, a read of up to 64 KiB leaves as one GSO frame with a
+ * partial checksum; the guest's kernel needs no segmenting.
+ *
+ * Sequence space toward the guest: isn is our SYN, then data, then FIN.
+ * Connection teardown keeps no TIME-WAIT: when both FINs are acknowledged
+ * (or on RST), the flow and its socket are gone.
+ *
+ * This file never touches the TAP directly (sl_output does) and never
+ * allocates: the peek buffer is the engine's.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define SEQ_LT(a, b) ((int32_t)((a) - (b)) < 0)
+#define SEQ_LE(a, b) ((int32_t)((a) - (b)) <= 0)
+#define SEQ_GT(a, b) ((int32_t)((a) - (b)) > 0)
+
+#define OUR_WS 7			/* window scale we announce */
+#define RTO_MIN_MS 200
+#define RTO_MAX_MS 30000
+#define RTO_MAX_RETRIES 12
+#define HALF_OPEN_TIMEOUT_S 75
+#define CLOSING_IDLE_S 60
+#define SYN_WINDOW 65535
+#define PEEK_MAX 65535u			/* one peek, one GSO frame at most */
+
+static uint16_t mss_cap(const struct sl_engine *e, int family)
+{
+	return (uint16_t)(e->cfg.mtu - (family == 4 ? 40 : 60));
+}
+
+/* Guest-to-host window: what the host socket can still take. Reading
+ * SO_SNDBUF each time follows the kernel's send-buffer autotuning. The
+ * buffer counts skb overhead too, hence only three quarters of it. */
+static uint32_t free_send_space(struct sl_flow *f)
+{
+	int sndbuf = 0, outq = 0;
+	socklen_t sl = sizeof(sndbuf);
+	long space;
+
+	if (f->fd < 0 || getsockopt(f->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf,
+				    &sl) < 0 ||
+	    ioctl(f->fd, SIOCOUTQ, &outq) < 0)
+		return 0;
+	space = (long)sndbuf * 3 / 4 - outq;
+	return space > 0 ? (uint32_t)space : 0;
+}
+
+static uint16_t window_field(struct sl_flow *f, uint32_t *bytes)
+{
+	uint32_t w = (f->tcp.flags & SL_TF_GUEST_FIN) ? 0 : free_send_space(f);
+
+	if (!(f->tcp.flags & SL_TF_WS_OK)) {
+		w = w > 65535 ? 65535 : w;
+		*bytes = w;
+		return (uint16_t)w;
+	}
+	if (w > (65535u << OUR_WS))
+		w = 65535u << OUR_WS;
+	*bytes = w & ~((1u << OUR_WS) - 1);
+	return (uint16_t)(w >> OUR_WS);
+}
+
+static void arm_rto(struct sl_engine *e, struct sl_flow *f)
+{
+	if (!f->tcp.rto_ms)
+		f->tcp.rto_ms = RTO_MIN_MS;
+	f->tcp.rto_at = e->now + (uint64_t)f->tcp.rto_ms * NSEC_PER_MSEC;
+	if (f->tcp.rto_at < e->next_scan)
+		e->next_scan = f->tcp.rto_at;
+}
+
+/**
+ * emit() - send one TCP segment (or one GSO super-segment) to the guest.
+ * @syn_opts: add MSS and window-scale options (SYN and SYN-ACK)
+ * @data/@len: payload, not copied
+ */
+static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
+		 uint32_t seq, const uint8_t *data, size_t len, bool syn_opts)
+{
+	struct virtio_net_hdr vh = { 0 };
+	bool gso = len > f->tcp.gmss;
+	uint8_t *b = e->txbuf, *t;
+	size_t l3, thl = syn_opts ? 28 : 20;
+	struct iovec iov[2];
+	uint32_t sum, wbytes;
+	uint16_t csum, wnd;
+
+	if (flags & TCP_SYN)
+		wnd = SYN_WINDOW, wbytes = SYN_WINDOW;
+	else
+		wnd = window_field(f, &wbytes);
+	sl_eth_header(e, b, e->guest_mac_known ? e->guest_mac :
+		      (const uint8_t *)"\xff\xff\xff\xff\xff\xff",
+		      sl_mac_for(e, f->family, f->raddr),
+		      f->family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
+	l3 = sl_ip_header(e, b + ETH_HLEN_, f->family, f->raddr, f->gaddr,
+			  IPPROTO_TCP_, thl + len);
+	t = b + ETH_HLEN_ + l3;
+	sl_put16(t, f->rport);
+	sl_put16(t + 2, f->gport);
+	sl_put32(t + 4, seq);
+	sl_put32(t + 8, (flags & TCP_ACK) ? f->tcp.rcv_nxt : 0);
+	t[12] = (uint8_t)((thl / 4) << 4);
+	t[13] = flags;
+	sl_put16(t + 14, wnd);
+	t[16] = t[17] = t[18] = t[19] = 0;
+	if (syn_opts) {
+		t[20] = 2;	/* MSS */
+		t[21] = 4;
+		sl_put16(t + 22, mss_cap(e, f->family));
+		t[24] = 1;	/* NOP, then window scale */
+		t[25] = 3;
+		t[26] = 3;
+		t[27] = OUR_WS;
+	}
+	sum = sl_csum_pseudo(f->family, f->raddr, f->gaddr, IPPROTO_TCP_,
+			     (uint32_t)(thl + len));
+	if (e->cfg.offload && e->cfg.vnet_hdr_len) {
+		/* Partial checksum: the field holds the folded pseudo-header
+		 * sum and the guest's stack finishes (or trusts) it. */
+		csum = (uint16_t)~sl_csum_fold(sum);
+		vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+		vh.csum_start = (uint16_t)(ETH_HLEN_ + l3);
+		vh.csum_offset = 16;
+		if (gso) {
+			vh.gso_type = f->family == 4 ? VIRTIO_NET_HDR_GSO_TCPV4 :
+						       VIRTIO_NET_HDR_GSO_TCPV6;
+			vh.gso_size = f->tcp.gmss;
+			vh.hdr_len = (uint16_t)(ETH_HLEN_ + l3 + thl);
+			sl_count(e, SL_C_gso_frames_out);
+		}
+	} else {
+		sum = sl_csum_add(sum, t, thl);
+		csum = sl_csum_fold(sl_csum_add(sum, data, len));
+	}
+	memcpy(t + 16, &csum, 2);
+	f->tcp.ack_sent = f->tcp.rcv_nxt;
+	f->tcp.wnd_sent = wbytes;
+	iov[0].iov_base = b;
+	iov[0].iov_len = ETH_HLEN_ + l3 + thl;
+	iov[1].iov_base = (void *)data;
+	iov[1].iov_len = len;
+	sl_output(e, &vh, iov, len ? 2 : 1);
+}
+
+/* Send @len bytes at @seq as MSS-sized frames, or as one GSO frame. */
+static void emit_data(struct sl_engine *e, struct sl_flow *f, uint32_t seq,
+		      const uint8_t *data, size_t len)
+{
+	if (e->cfg.offload && e->cfg.vnet_hdr_len) {
+		emit(e, f, TCP_ACK | TCP_PSH, seq, data, len, false);
+		return;
+	}
+	while (len) {
+		size_t n = len > f->tcp.gmss ? f->tcp.gmss : len;
+
+		emit(e, f, (uint8_t)(TCP_ACK | (n == len ? TCP_PSH : 0)), seq,
+		     data, n, false);
+		seq += (uint32_t)n;
+		data += n;
+		len -= n;
+	}
+}
+
+void sl_tcp_send_ack(struct sl_engine *e, struct sl_flow *f)
+{
+	if (f->tcp.state != SL_TCP_ESTABLISHED)
+		return;
+	emit(e, f, TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
+}
+
+static void update_events(struct sl_engine *e, struct sl_flow *f)
+{
+	uint32_t ev = 0;
+
+	if (f->tcp.state == SL_TCP_CONNECTING) {
+		ev = EPOLLOUT;
+	} else if (f->tcp.state == SL_TCP_ESTABLISHED) {
+		if (!(f->tcp.flags & (SL_TF_HOST_EOF | SL_TF_WND_FULL)))
+			ev |= EPOLLIN;
+		if (f->tcp.flags & SL_TF_NEED_WUPD)
+			ev |= EPOLLOUT;
+	}
+	if (sl_epoll_set(e, f, ev) < 0)
+		sl_count(e, SL_C_drop_socket_error);
+}
+
+static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
+{
+	if (rst_host && f->fd >= 0) {
+		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+
+		setsockopt(f->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	sl_count(e, SL_C_tcp_flows_closed);
+	sl_flow_free(e, f);
+}
+
+static void reset_guest(struct sl_engine *e, struct sl_flow *f)
+{
+	sl_count(e, SL_C_tcp_rst_sent);
+	emit(e, f, TCP_RST | TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
+}
+
+/* The SYN (if still unacked) and a sent FIN occupy sequence numbers but
+ * not socket bytes; this is the count of data bytes in flight. */
+static uint32_t data_in_flight(const struct sl_flow *f)
+{
+	uint32_t n = f->tcp.snd_nxt - f->tcp.snd_una;
+
+	if (f->tcp.snd_una == f->tcp.isn && n)
+		n--;
+	if ((f->tcp.flags & SL_TF_FIN_SENT) && n)
+		n--;
+	return n;
+}
+
+static ssize_t peek(struct sl_flow *f, uint8_t *buf, size_t want,
+		    uint32_t in_flight)
+{
+	ssize_t n;
+
+	if (f->tcp.flags & SL_TF_PEEK_OFF)
+		return recv(f->fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
+	/* No SO_PEEK_OFF: peek from the start and skip what is in flight. */
+	if (in_flight + want > PEEK_MAX)
+		want = in_flight < PEEK_MAX ? PEEK_MAX - in_flight : 0;
+	if (!want)
+		return -EAGAIN;
+	n = recv(f->fd, buf, in_flight + want, MSG_PEEK | MSG_DONTWAIT);
+	if (n <= 0)
+		return n < 0 ? -errno : 0;
+	if ((size_t)n <= in_flight) {
+		errno = EAGAIN;
+		return -1;
+	}
+	memmove(buf, buf + in_flight, (size_t)n - in_flight);
+	return n - (ssize_t)in_flight;
+}
+
+static void send_fin(struct sl_engine *e, struct sl_flow *f)
+{
+	emit(e, f, TCP_FIN | TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
+	f->tcp.snd_nxt++;
+	f->tcp.flags |= SL_TF_FIN_SENT;
+	if (!f->tcp.rto_at)
+		arm_rto(e, f);
+}
+
+/**
+ * data_to_guest() - move host data to the guest while its window allows.
+ * Return: false when the flow was closed.
+ */
+static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
+{
+	uint8_t *buf = e->peekbuf;
+
+	if (f->tcp.state != SL_TCP_ESTABLISHED ||
+	    f->tcp.snd_una == f->tcp.isn)	/* SYN not yet acked */
+		return true;
+	f->tcp.flags &= (uint16_t)~SL_TF_WND_FULL;
+	while (!(f->tcp.flags & (SL_TF_HOST_EOF | SL_TF_FIN_SENT))) {
+		uint32_t inflight = f->tcp.snd_nxt - f->tcp.snd_una;
+		uint32_t wnd = f->tcp.gwnd > inflight ? f->tcp.gwnd - inflight :
+							0;
+		size_t want, chunk;
+		ssize_t n;
+
+		if (!wnd) {
+			f->tcp.flags |= SL_TF_WND_FULL;
+			break;
+		}
+		chunk = (e->cfg.offload && e->cfg.vnet_hdr_len) ?
+			(PEEK_MAX - 120) / f->tcp.gmss * f->tcp.gmss : PEEK_MAX;
+		want = wnd < chunk ? wnd : chunk;
+		n = peek(f, buf, want, data_in_flight(f));
+		if (n < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				break;
+			reset_guest(e, f);
+			close_flow(e, f, false);
+			return false;
+		}
+		if (n == 0) {
+			f->tcp.flags |= SL_TF_HOST_EOF;
+			break;
+		}
+		emit_data(e, f, f->tcp.snd_nxt, buf, (size_t)n);
+		f->tcp.snd_nxt += (uint32_t)n;
+		e->ctr[SL_C_tcp_bytes_to_guest] += (uint64_t)n;
+		if (!f->tcp.rto_at)
+			arm_rto(e, f);
+		if ((size_t)n < want)
+			break;
+	}
+	if ((f->tcp.flags & SL_TF_HOST_EOF) && !(f->tcp.flags & SL_TF_FIN_SENT))
+		send_fin(e, f);
+	update_events(e, f);	/* no syscall unless the mask changes */
+	return true;
+}
+
+/* Go back to the oldest unacknowledged byte: the kernel still has it. */
+static void rewind_send(struct sl_engine *e, struct sl_flow *f)
+{
+	int zero = 0;
+
+	sl_count(e, SL_C_tcp_retransmits);
+	if (f->tcp.snd_una == f->tcp.isn) {	/* our SYN or SYN-ACK */
+		f->tcp.snd_nxt = f->tcp.isn + 1;
+		emit(e, f, (uint8_t)(TCP_SYN | (f->tcp.state ==
+				      SL_TCP_SYN_TO_GUEST ? 0 : TCP_ACK)),
+		     f->tcp.isn, NULL, 0, true);
+		return;
+	}
+	f->tcp.recover = f->tcp.snd_nxt;
+	f->tcp.snd_nxt = f->tcp.snd_una;
+	f->tcp.flags &= (uint16_t)~SL_TF_FIN_SENT;
+	if (f->tcp.flags & SL_TF_PEEK_OFF)
+		setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero));
+	if (data_to_guest(e, f) && f->tcp.snd_nxt == f->tcp.snd_una &&
+	    f->tcp.gwnd == 0)
+		/* Zero window: a probe makes the guest tell us when it opens,
+		 * in case its window update was lost. */
+		emit(e, f, TCP_ACK, f->tcp.snd_una - 1, NULL, 0, false);
+}
+
+/* Drop acknowledged bytes from the host socket. */
+static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
+{
+	while (bytes) {
+		ssize_t n = recv(f->fd, NULL, bytes, MSG_TRUNC | MSG_DONTWAIT);
+
+		if (n <= 0) {
+			reset_guest(e, f);
+			close_flow(e, f, true);
+			return false;
+		}
+		bytes -= (uint32_t)n;
+	}
+	return true;
+}
+
+/**
+ * handle_ack() - process the guest's ACK field and window.
+ * Return: false when the flow was closed.
+ */
+static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
+		       const struct sl_pkt *p)
+{
+	uint32_t ack = p->ack, old_wnd = f->tcp.gwnd;
+
+	f->tcp.gwnd = (uint32_t)p->win << f->tcp.gws;
+	if (SEQ_GT(ack, f->tcp.snd_nxt))
+		return true;	/* acks what we never sent: ignore */
+	if (SEQ_GT(ack, f->tcp.snd_una)) {
+		uint32_t acked = ack - f->tcp.snd_una;
+
+		if (f->tcp.snd_una == f->tcp.isn)
+			acked--;	/* our SYN */
+		if ((f->tcp.flags & SL_TF_FIN_SENT) && ack == f->tcp.snd_nxt) {
+			acked--;
+			f->tcp.flags |= SL_TF_FIN_ACKED;
+		}
+		f->tcp.snd_una = ack;
+		if (acked && !consume(e, f, acked))
+			return false;
+		f->tcp.dupacks = 0;
+		f->tcp.retries = 0;
+		f->tcp.rto_ms = RTO_MIN_MS;
+		f->tcp.rto_at = 0;
+		if (f->tcp.snd_nxt != f->tcp.snd_una)
+			arm_rto(e, f);
+	} else if (ack == f->tcp.snd_una && !p->payload_len &&
+		   f->tcp.gwnd == old_wnd && f->tcp.snd_nxt != f->tcp.snd_una &&
+		   !(p->tflags & (TCP_SYN | TCP_FIN))) {
+		/* Fast retransmit, once per window (NewReno's recover). */
+		if (++f->tcp.dupacks == 3 &&
+		    SEQ_GT(f->tcp.snd_una, f->tcp.recover))
+			rewind_send(e, f);
+	}
+	return data_to_guest(e, f);
+}
+
+/**
+ * data_from_guest() - write an in-order payload to the host socket.
+ * Return: false when the flow was closed.
+ */
+static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
+			    const struct sl_pkt *p)
+{
+	const uint8_t *data = p->payload;
+	size_t len = p->payload_len;
+	uint32_t seq = p->seq;
+	bool fin = p->tflags & TCP_FIN;
+	ssize_t n = 0;
+
+	if (SEQ_LT(seq, f->tcp.rcv_nxt)) {	/* trim what we already have */
+		uint32_t old = f->tcp.rcv_nxt - seq;
+
+		if (old >= len + (fin ? 1 : 0)) {
+			sl_flow_mark_ack(e, f);	/* a retransmission: re-ack */
+			return true;
+		}
+		if (old > len)
+			old = (uint32_t)len;
+		data += old;
+		len -= old;
+		seq += old;
+	}
+	if (seq != f->tcp.rcv_nxt) {
+		/* A hole before it: not kept; the duplicate ACK asks again. */
+		sl_count(e, SL_C_drop_tcp_out_of_window);
+		sl_flow_mark_ack(e, f);
+		return true;
+	}
+	if (f->tcp.flags & SL_TF_GUEST_FIN) {
+		sl_flow_mark_ack(e, f);
+		return true;
+	}
+	if (len) {
+		n = send(f->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n < 0) {
+			if (errno != EAGAIN && errno != EINTR) {
+				reset_guest(e, f);
+				close_flow(e, f, true);
+				return false;
+			}
+			n = 0;
+		}
+		f->tcp.rcv_nxt += (uint32_t)n;
+		e->ctr[SL_C_tcp_bytes_to_host] += (uint64_t)n;
+		if ((size_t)n < len && !(f->tcp.flags & SL_TF_NEED_WUPD)) {
+			f->tcp.flags |= SL_TF_NEED_WUPD;
+			update_events(e, f);
+		}
+	}
+	if (fin && (size_t)n == len) {
+		f->tcp.rcv_nxt++;
+		f->tcp.flags |= SL_TF_GUEST_FIN;
+		shutdown(f->fd, SHUT_WR);
+	}
+	sl_flow_mark_ack(e, f);
+	return true;
+}
+
+static void send_rst_reply(struct sl_engine *e, const struct sl_pkt *p)
+{
+	struct sl_flow tmp;
+
+	/* RFC 793 reset generation for a segment with no connection. */
+	memset(&tmp, 0, sizeof(tmp));
+	tmp.family = p->family;
+	memcpy(tmp.gaddr, p->src, 16);
+	memcpy(tmp.raddr, p->dst, 16);
+	tmp.gport = p->sport;
+	tmp.rport = p->dport;
+	tmp.fd = -1;
+	tmp.tcp.gmss = 536;
+	tmp.tcp.state = SL_TCP_ESTABLISHED;
+	sl_count(e, SL_C_tcp_rst_sent);
+	if (p->tflags & TCP_ACK) {
+		emit(e, &tmp, TCP_RST, p->ack, NULL, 0, false);
+	} else {
+		tmp.tcp.rcv_nxt = p->seq + (uint32_t)p->payload_len +
+				  ((p->tflags & TCP_SYN) ? 1 : 0) +
+				  ((p->tflags & TCP_FIN) ? 1 : 0);
+		emit(e, &tmp, TCP_RST | TCP_ACK, 0, NULL, 0, false);
+	}
+}
+
+void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p)
+{
+	if (!(p->tflags & TCP_RST))
+		send_rst_reply(e, p);
+}
+
+static void connected(struct sl_engine *e, struct sl_flow *f)
+{
+	f->tcp.state = SL_TCP_ESTABLISHED;
+	if (e->n_half_open)
+		e->n_half_open--;
+	f->tcp.snd_una = f->tcp.isn;
+	f->tcp.snd_nxt = f->tcp.isn + 1;
+	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
+	arm_rto(e, f);
+	update_events(e, f);
+}
+
+static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
+{
+	if (err == ECONNREFUSED || err == ECONNRESET || err == EPERM ||
+	    err == EACCES) {
+		sl_count(e, SL_C_tcp_connect_refused);
+		f->tcp.state = SL_TCP_ESTABLISHED;	/* so emit() works */
+		emit(e, f, TCP_RST | TCP_ACK, 0, NULL, 0, false);
+		sl_count(e, SL_C_tcp_rst_sent);
+		f->tcp.state = SL_TCP_CONNECTING;
+	} else {
+		uint8_t q[60];
+		struct sl_pkt p = { 0 };
+		size_t l3 = sl_ip_header(e, q, f->family, f->gaddr, f->raddr,
+					 IPPROTO_TCP_, 20);
+
+		/* Quote the guest's SYN so its stack matches the error. */
+		sl_put16(q + l3, f->gport);
+		sl_put16(q + l3 + 2, f->rport);
+		sl_put32(q + l3 + 4, f->tcp.rcv_nxt - 1);
+		p.family = f->family;
+		p.l3 = q;
+		p.l3_len = l3 + 8;
+		memcpy(p.src, f->gaddr, 16);
+		if (f->family == 4)
+			sl_icmp4_unreach(e, &p, err == ENETUNREACH ? 0 : 1);
+		else
+			sl_icmp6_unreach(e, &p, err == ENETUNREACH ? 0 : 3);
+	}
+	close_flow(e, f, false);
+}
+
+static int new_socket(struct sl_engine *e, struct sl_flow *f, int fam)
+{
+	int one = 1, zero = 0;
+
+	f->fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (f->fd < 0)
+		return -1;
+	setsockopt(f->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(f->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	if (!setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)))
+		f->tcp.flags |= SL_TF_PEEK_OFF;
+	(void)e;
+	return 0;
+}
+
+static uint32_t new_isn(struct sl_engine *e)
+{
+	/* Not a security boundary (the guest sees only its own flows), but
+	 * avoid predictable reuse across flows on the same 4-tuple. */
+	e->isn_state = e->isn_state * 6364136223846793005ULL +
+			  1442695040888963407ULL + e->now;
+	return (uint32_t)(e->isn_state >> 32);
+}
+
+static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
+{
+	struct sockaddr_in6 sa;
+	uint32_t salen;
+	struct sl_flow *f;
+	int r, fam;
+	bool lo;
+
+	if (p->tflags & (TCP_ACK | TCP_RST | TCP_FIN)) {
+		sl_tcp_rst_for(e, p);
+		return;
+	}
+	if (e->n_half_open >= e->cfg.max_half_open) {
+		sl_count(e, SL_C_drop_half_open_cap);
+		return;
+	}
+	r = sl_remote_sockaddr(e, p->family, p->dst, p->dport, IPPROTO_TCP_,
+			       &sa, &salen);
+	if (r == -ENETUNREACH) {
+		if (p->family == 4)
+			sl_icmp4_unreach(e, p, 0);
+		else
+			sl_icmp6_unreach(e, p, 0);
+		return;
+	}
+	if (r < 0) {
+		if (r == -ECONNREFUSED)
+			send_rst_reply(e, p);
+		else
+			sl_count(e, SL_C_drop_dst_invalid);
+		return;
+	}
+	f = sl_flow_new(e, SL_FLOW_TCP, p->family, p->src, p->sport, p->dst,
+			p->dport);
+	if (!f)
+		return;
+	e->n_half_open++;
+	f->tcp.state = SL_TCP_CONNECTING;
+	f->tcp.rcv_nxt = p->seq + 1;
+	f->tcp.isn = new_isn(e);
+	f->tcp.recover = f->tcp.isn;
+	f->tcp.gmss = p->opt_mss ? p->opt_mss : (p->family == 4 ? 536 : 1220);
+	if (f->tcp.gmss > mss_cap(e, p->family))
+		f->tcp.gmss = mss_cap(e, p->family);
+	if (f->tcp.gmss < 64)
+		f->tcp.gmss = 64;
+	if (p->opt_wscale >= 0) {
+		f->tcp.flags |= SL_TF_WS_OK;
+		f->tcp.gws = (uint8_t)p->opt_wscale;
+	}
+	f->tcp.gwnd = p->win;	/* never scaled in a SYN */
+	fam = ((struct sockaddr *)&sa)->sa_family;
+	lo = (fam == AF_INET && ((struct sockaddr_in *)&sa)->sin_addr.s_addr ==
+				htonl(0x7f000001)) ||
+	     (fam == AF_INET6 && !sa.sin6_addr.s6_addr[0] &&
+	      sa.sin6_addr.s6_addr[15] == 1);
+	if (new_socket(e, f, fam) < 0 ||
+	    (!lo && sl_bind_outbound(e, f->fd, fam) < 0)) {
+		sl_count(e, SL_C_drop_socket_error);
+		connect_failed(e, f, errno == EMFILE ? EHOSTUNREACH : errno);
+		return;
+	}
+	sl_count(e, SL_C_tcp_flows_opened);
+	if (connect(f->fd, (struct sockaddr *)&sa, salen) == 0) {
+		connected(e, f);
+		return;
+	}
+	if (errno != EINPROGRESS) {
+		connect_failed(e, f, errno);
+		return;
+	}
+	update_events(e, f);
+}
+
+/* The guest answered the SYN of an inbound (forwarded) connection. */
+static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
+			      const struct sl_pkt *p)
+{
+	if (p->tflags & TCP_RST) {
+		close_flow(e, f, true);
+		return;
+	}
+	if ((p->tflags & (TCP_SYN | TCP_ACK)) != (TCP_SYN | TCP_ACK) ||
+	    p->ack != f->tcp.isn + 1)
+		return;
+	f->tcp.state = SL_TCP_ESTABLISHED;
+	if (e->n_half_open)
+		e->n_half_open--;
+	f->tcp.rcv_nxt = p->seq + 1;
+	f->tcp.snd_una = f->tcp.snd_nxt = f->tcp.isn + 1;
+	f->tcp.gmss = p->opt_mss ? p->opt_mss : (f->family == 4 ? 536 : 1220);
+	if (f->tcp.gmss > mss_cap(e, f->family))
+		f->tcp.gmss = mss_cap(e, f->family);
+	if (f->tcp.gmss < 64)
+		f->tcp.gmss = 64;
+	if (p->opt_wscale >= 0) {
+		f->tcp.flags |= SL_TF_WS_OK;
+		f->tcp.gws = (uint8_t)p->opt_wscale;
+	}
+	f->tcp.gwnd = p->win;
+	f->tcp.rto_at = 0;
+	f->tcp.rto_ms = RTO_MIN_MS;
+	f->tcp.retries = 0;
+	sl_flow_mark_ack(e, f);
+	update_events(e, f);
+}
+
+/**
+ * sl_tcp_input() - a TCP segment from the guest.
+ */
+void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
+{
+	struct sl_flow *f;
+
+	f = sl_flow_lookup(e, SL_FLOW_TCP, p->family, p->src, p->sport, p->dst,
+			   p->dport);
+	if (!f) {
+		if (p->tflags & TCP_SYN)
+			syn_from_guest(e, p);
+		else
+			sl_tcp_rst_for(e, p);
+		return;
+	}
+	f->last_ns = e->now;
+	switch (f->tcp.state) {
+	case SL_TCP_CONNECTING:
+		return;		/* a retransmitted SYN: still connecting */
+	case SL_TCP_SYN_TO_GUEST:
+		synack_from_guest(e, f, p);
+		return;
+	}
+	if (p->tflags & TCP_RST) {
+		close_flow(e, f, true);
+		return;
+	}
+	if (p->tflags & TCP_SYN) {
+		if (f->tcp.snd_una == f->tcp.isn && p->seq + 1 == f->tcp.rcv_nxt)
+			emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
+		else
+			sl_flow_mark_ack(e, f);	/* challenge ACK */
+		return;
+	}
+	if (!(p->tflags & TCP_ACK))
+		return;
+	if (!handle_ack(e, f, p))
+		return;
+	if (!data_from_guest(e, f, p))
+		return;
+	if ((f->tcp.flags & SL_TF_GUEST_FIN) && (f->tcp.flags & SL_TF_FIN_ACKED))
+		close_flow(e, f, false);
+}
+
+/**
+ * sl_tcp_sock_event() - the host socket is readable, writable or failed.
+ */
+void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
+{
+	if (f->tcp.state == SL_TCP_CONNECTING) {
+		int err = 0;
+		socklen_t sl = sizeof(err);
+
+		if (getsockopt(f->fd, SOL_SOCKET, SO_ERROR, &err, &sl) < 0)
+			err = errno;
+		if (err)
+			connect_failed(e, f, err);
+		else if (ev & EPOLLOUT)
+			connected(e, f);
+		return;
+	}
+	if (f->tcp.state != SL_TCP_ESTABLISHED)
+		return;
+	f->last_ns = e->now;
+	if (ev & EPOLLOUT && (f->tcp.flags & SL_TF_NEED_WUPD)) {
+		f->tcp.flags &= (uint16_t)~SL_TF_NEED_WUPD;
+		update_events(e, f);
+		sl_flow_mark_ack(e, f);	/* window update */
+	}
+	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+		data_to_guest(e, f);
+}
+
+/**
+ * sl_tcp_listener_event() - accept forwarded connections and open each
+ * toward the guest with our SYN.
+ */
+void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
+{
+	int i;
+
+	for (i = 0; i < 64; i++) {
+		struct sockaddr_in6 sa;
+		socklen_t salen = sizeof(sa);
+		uint8_t view[16] = { 0 };
+		uint16_t cport;
+		int fam = l->family, fd, one = 1, zero = 0;
+		struct sl_flow *f;
+
+		fd = accept4(l->fd, (struct sockaddr *)&sa, &salen,
+			     SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			break;
+		if (e->n_half_open >= e->cfg.max_half_open ||
+		    sl_guest_view_of(e, &sa, &fam, view, &cport) < 0 ||
+		    !(f = sl_flow_new(e, SL_FLOW_TCP, fam, l->gaddr, l->gport,
+				      view, cport))) {
+			sl_count(e, SL_C_drop_flow_cap);
+			close(fd);
+			continue;
+		}
+		f->fd = fd;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+		if (!setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero,
+				sizeof(zero)))
+			f->tcp.flags |= SL_TF_PEEK_OFF;
+		e->n_half_open++;
+		f->tcp.state = SL_TCP_SYN_TO_GUEST;
+		f->tcp.isn = new_isn(e);
+		f->tcp.recover = f->tcp.isn;
+		f->tcp.snd_una = f->tcp.isn;
+		f->tcp.snd_nxt = f->tcp.isn + 1;
+		f->tcp.gmss = mss_cap(e, fam);
+		sl_count(e, SL_C_tcp_flows_opened);
+		sl_count(e, SL_C_tcp_flows_inbound);
+		emit(e, f, TCP_SYN, f->tcp.isn, NULL, 0, true);
+		arm_rto(e, f);
+		update_events(e, f);
+	}
+}
+
+/**
+ * sl_tcp_timer() - retransmission and expiry for one flow at e->now.
+ */
+void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
+{
+	uint64_t idle = e->now - f->last_ns;
+
+	if (f->tcp.state != SL_TCP_ESTABLISHED) {
+		if (idle >= HALF_OPEN_TIMEOUT_S * NSEC_PER_SEC) {
+			if (f->tcp.state == SL_TCP_CONNECTING)
+				connect_failed(e, f, ETIMEDOUT);
+			else
+				close_flow(e, f, true);
+			return;
+		}
+	} else if ((f->tcp.flags & (SL_TF_GUEST_FIN | SL_TF_HOST_EOF)) &&
+		   idle >= CLOSING_IDLE_S * NSEC_PER_SEC) {
+		reset_guest(e, f);
+		close_flow(e, f, true);
+		return;
+	} else if (idle >= (uint64_t)e->cfg.tcp_idle_s * NSEC_PER_SEC) {
+		reset_guest(e, f);
+		close_flow(e, f, true);
+		return;
+	}
+	if (!f->tcp.rto_at || e->now < f->tcp.rto_at)
+		return;
+	if (++f->tcp.retries > RTO_MAX_RETRIES) {
+		reset_guest(e, f);
+		close_flow(e, f, true);
+		return;
+	}
+	f->tcp.rto_ms = f->tcp.rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS :
+							 f->tcp.rto_ms * 2;
+	f->tcp.rto_at = 0;
+	rewind_send(e, f);
+	if (f->kind == SL_FLOW_TCP && !f->tcp.rto_at &&
+	    (f->tcp.snd_nxt != f->tcp.snd_una || f->tcp.gwnd == 0))
+		arm_rto(e, f);
+}

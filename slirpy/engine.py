@@ -1,0 +1,255 @@
+"""The Python face of the C engine: the only module that touches ffi/lib.
+
+It owns the translation between Python values and the engine's C interface:
+the engine configuration, return codes turned into exceptions, buffers passed
+with ``ffi.from_buffer``, punt-queue events turned into `Event` objects and
+counters into a dict. It must not do protocol work or I/O of its own: the
+engine does the data path, `slirpy.app` decides what to do with events.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address
+
+from slirpy._engine import ffi, lib
+from slirpy.config import NetworkModel
+
+VNET_HDR_LEN = 10
+EV_DHCP = lib.SL_EV_DHCP
+EV_FLOW_OPEN = lib.SL_EV_FLOW_OPEN
+EV_FLOW_CLOSE = lib.SL_EV_FLOW_CLOSE
+EV_NOTICE = lib.SL_EV_NOTICE
+EV_TAP_DOWN = lib.SL_EV_TAP_DOWN
+PROTO_TCP = lib.SL_TCP
+PROTO_UDP = lib.SL_UDP
+
+
+class EngineError(OSError):
+    """A C entry point returned -errno."""
+
+
+class TunError(OSError):
+    """The TAP device could not be opened; str() says what to do."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Hard caps on what a guest can make the engine hold (0 = default)."""
+
+    max_tcp_flows: int = 4096
+    max_udp_flows: int = 4096
+    max_icmp_flows: int = 256
+    max_half_open: int = 512
+    udp_idle_s: int = 60
+    tcp_idle_s: int = 7200
+
+
+@dataclass(frozen=True)
+class Event:
+    """One slow-path event from the engine's punt queue."""
+
+    type: int
+    family: int
+    proto: int
+    mac: bytes
+    src: IPv4Address | IPv6Address | None
+    dst: IPv4Address | IPv6Address | None
+    sport: int
+    dport: int
+    data: bytes
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise EngineError(-rc, f"{what}: {os.strerror(-rc)}")
+    return rc
+
+
+def _addr_bytes(addr: IPv4Address | IPv6Address | str | None, size: int) -> bytes:
+    if addr is None or addr == "":
+        return bytes(size)
+    return ip_address(addr).packed
+
+
+def _event_addr(raw: bytes, family: int) -> IPv4Address | IPv6Address | None:
+    if family == 4:
+        return IPv4Address(raw[:4])
+    if family == 6:
+        return IPv6Address(raw[:16])
+    return None
+
+
+class Engine:
+    """One C engine instance: one epoll fd, the TAP, every flow."""
+
+    def __init__(
+        self,
+        net: NetworkModel,
+        *,
+        vnet_hdr: bool = True,
+        offload: bool = True,
+        dns_udp_port: int = 0,
+        dns_tcp_port: int = 0,
+        outbound4: str | None = None,
+        outbound6: str | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        limits = limits or Limits()
+        cfg = ffi.new("struct sl_config *")
+        cfg.net4 = net.cidr.network_address.packed
+        cfg.prefix4 = net.prefixlen
+        cfg.gw4 = net.gateway.packed
+        cfg.dns4 = net.dns.packed
+        cfg.guest4 = net.guest.packed
+        cfg.ipv6 = int(net.ipv6)
+        cfg.prefix6 = net.prefix6.network_address.packed
+        cfg.mtu = net.mtu
+        cfg.host_loopback = int(net.host_loopback)
+        cfg.dns_enabled = int(net.dns_enabled)
+        cfg.dns_udp_port = dns_udp_port
+        cfg.dns_tcp_port = dns_tcp_port
+        cfg.vnet_hdr_len = VNET_HDR_LEN if vnet_hdr else 0
+        cfg.offload = int(offload and vnet_hdr)
+        cfg.outbound4 = _addr_bytes(outbound4, 4)
+        cfg.outbound6 = _addr_bytes(outbound6, 16)
+        cfg.max_tcp_flows = limits.max_tcp_flows
+        cfg.max_udp_flows = limits.max_udp_flows
+        cfg.max_icmp_flows = limits.max_icmp_flows
+        cfg.max_half_open = limits.max_half_open
+        cfg.udp_idle_s = limits.udp_idle_s
+        cfg.tcp_idle_s = limits.tcp_idle_s
+        ptr = lib.sl_engine_new(cfg)
+        if ptr == ffi.NULL:
+            raise EngineError(errno.ENOMEM, "cannot create the slirpy engine")
+        self._e = ptr
+        self.vnet_hdr = vnet_hdr
+        self._ev = ffi.new("struct sl_event *")
+        self._outbuf = bytearray(70000)
+        self._names = [
+            ffi.string(lib.sl_counter_name(i)).decode() for i in range(lib.sl_engine_ncounters())
+        ]
+        self._ctr = ffi.new("uint64_t[]", len(self._names))
+
+    def close(self) -> None:
+        if self._e is not None:
+            lib.sl_engine_free(self._e)
+            self._e = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        return lib.sl_engine_fd(self._e)
+
+    def set_tap(self, fd: int) -> None:
+        """Give the engine the TAP fd; the engine owns (and closes) it."""
+        os.set_blocking(fd, False)
+        _check(lib.sl_engine_set_tap(self._e, fd), "attach TAP")
+
+    def set_guest_mac(self, mac: bytes) -> None:
+        lib.sl_engine_set_guest_mac(self._e, mac)
+
+    def poll(self, now_ns: int, budget: int = 256) -> int:
+        return lib.sl_engine_poll(self._e, now_ns, budget)
+
+    def input_frame(self, frame: bytes, now_ns: int) -> None:
+        _check(
+            lib.sl_engine_input_frame(self._e, now_ns, ffi.from_buffer(frame), len(frame)),
+            "input frame",
+        )
+
+    def flush(self, now_ns: int) -> None:
+        lib.sl_engine_flush(self._e, now_ns)
+
+    def take_output(self) -> list[bytes]:
+        """Frames the engine sent while no TAP is attached (tests)."""
+        out = []
+        buf = ffi.from_buffer(self._outbuf)
+        while True:
+            n = lib.sl_engine_take_output(self._e, buf, len(self._outbuf))
+            if n == 0:
+                return out
+            out.append(bytes(self._outbuf[:n]))
+
+    def events(self) -> Iterator[Event]:
+        ev = self._ev
+        while lib.sl_engine_next_event(self._e, ev):
+            fam = ev.family
+            yield Event(
+                type=ev.type,
+                family=fam,
+                proto=ev.proto,
+                mac=bytes(ffi.buffer(ev.mac, 6)),
+                src=_event_addr(bytes(ffi.buffer(ev.src, 16)), fam),
+                dst=_event_addr(bytes(ffi.buffer(ev.dst, 16)), fam),
+                sport=ev.sport,
+                dport=ev.dport,
+                data=bytes(ffi.buffer(ev.data, ev.len)),
+            )
+
+    def send_udp4(
+        self,
+        dst_mac: bytes | None,
+        src: IPv4Address,
+        sport: int,
+        dst: IPv4Address,
+        dport: int,
+        payload: bytes,
+    ) -> None:
+        mac = ffi.NULL if dst_mac is None else dst_mac
+        lib.sl_engine_send_udp4(
+            self._e, mac, src.packed, sport, dst.packed, dport, payload, len(payload)
+        )
+
+    def add_listener(
+        self, fd: int, proto: int, guest_addr: IPv4Address | IPv6Address, guest_port: int,
+        fwd_id: int,
+    ) -> None:
+        """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine."""
+        fam = 4 if guest_addr.version == 4 else 6
+        os.set_blocking(fd, False)
+        _check(
+            lib.sl_engine_add_listener(self._e, fd, proto, guest_addr.packed, fam, guest_port,
+                                       fwd_id),
+            "add listener",
+        )
+
+    def remove_listener(self, fwd_id: int) -> None:
+        _check(lib.sl_engine_remove_listener(self._e, fwd_id), "remove listener")
+
+    def counters(self) -> dict[str, int]:
+        n = lib.sl_engine_counters(self._e, self._ctr, len(self._names))
+        return {self._names[i]: int(self._ctr[i]) for i in range(n)}
+
+    def flows(self) -> list[dict[str, object]]:
+        import json
+
+        buf = ffi.new("char[]", 1 << 20)
+        n = lib.sl_engine_list_flows(self._e, buf, 1 << 20)
+        text = ffi.buffer(buf, n)[:].decode()
+        return [json.loads(line) for line in text.splitlines() if line]
+
+    def set_fault(self, drop_in_permille: int, drop_out_permille: int, seed: int = 1) -> None:
+        """Deterministic random drop of frames in each direction (tests)."""
+        lib.sl_engine_set_fault(self._e, drop_in_permille, drop_out_permille, seed)
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    rc = lib.sl_setns(fd, nstype)
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+
+
+def tun_open(name: str, *, vnet_hdr: bool = True, offload: bool = True) -> int:
+    err = ffi.new("char[]", 512)
+    fd = lib.sl_tun_open(name.encode(), int(vnet_hdr), int(offload and vnet_hdr), err, 512)
+    if fd < 0:
+        raise TunError(-fd, ffi.string(err).decode())
+    return fd
