@@ -1,0 +1,315 @@
+"""Startup, readiness, signals and orderly shutdown: the order of things.
+
+This module is the only place that knows in which order slirpy starts and
+stops: open the TAP in the namespace (before any thread or event loop), start
+the DNS forwarder, create the engine, start the API socket, then announce
+readiness; on SIGTERM/SIGINT, exit-fd hang-up or namespace death, undo it all
+in reverse (an AsyncExitStack). It wires the engine's slow-path events to the
+sans-IO cores (DHCP). It must not parse arguments (cli.py) nor speak any
+protocol itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
+from slirpy.netns import (
+    NamespaceError,
+    TapHandle,
+    TapRequest,
+    open_tap,
+    target_for_path,
+    target_for_pid,
+)
+
+POLL_BUDGET = 512
+SIOCGIFADDR = 0x8915
+
+
+def _say(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"slirpy: {text}\n")
+    sys.stderr.flush()
+
+
+def _ifaddr4(name: str) -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            res = fcntl.ioctl(s.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            raise ConfigError(f"interface {name} has no IPv4 address (--outbound-addr)") from None
+    return socket.inet_ntoa(res[20:24])
+
+
+def _ifaddr6(name: str) -> str:
+    try:
+        with open("/proc/net/if_inet6") as f:
+            for line in f:
+                hexaddr, _idx, _plen, scope, _flags, ifname = line.split()
+                if ifname == name and scope == "00":
+                    return str(ipaddress.IPv6Address(bytes.fromhex(hexaddr)))
+    except OSError:
+        pass
+    raise ConfigError(f"interface {name} has no global IPv6 address (--outbound-addr6)")
+
+
+def resolve_outbound(value: str | None, family: int) -> str | None:
+    """An address literal as is, or an interface name resolved to its address."""
+    if not value:
+        return None
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        return _ifaddr4(value) if family == 4 else _ifaddr6(value)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    if os.environ.get("SLIRPY_LOOP") == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def print_banner(cfg: Slirp4netnsConfig) -> None:
+    """The lines slirp4netns prints at start; Podman shows them on failure."""
+    net = cfg.net
+    _say("Starting slirp")
+    _say(f"* MTU:             {net.mtu}")
+    _say(f"* Network:         {net.cidr.network_address}")
+    _say(f"* Netmask:         {net.netmask}")
+    _say(f"* Gateway:         {net.gateway}")
+    _say(f"* DNS:             {net.dns}")
+    _say(f"* DHCP begin:      {net.dhcp_start}")
+    _say(f"* DHCP end:        {net.dhcp_end}")
+    _say(f"* Recommended IP:  {net.guest}")
+    if cfg.api_socket:
+        _say(f"* API Socket:      {cfg.api_socket}")
+    if net.host_loopback:
+        _say(
+            f"WARNING: 127.0.0.1:* on the host is accessible as {net.gateway} "
+            "(set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)"
+        )
+
+
+class Daemon:
+    """One running slirpy: engine, services and the fds that control its life."""
+
+    def __init__(
+        self,
+        net: NetworkModel,
+        tap: TapHandle,
+        *,
+        offload: bool = True,
+        resolv_conf: str = "/etc/resolv.conf",
+        dns_upstreams: tuple[tuple[str, int], ...] = (),
+        outbound4: str | None = None,
+        outbound6: str | None = None,
+        api_socket: str | None = None,
+        ready_fd: int | None = None,
+        exit_fd: int | None = None,
+        watch_pid: int | None = None,
+    ) -> None:
+        self.net = net
+        self.tap = tap
+        self.offload = offload
+        self.resolv_conf = resolv_conf
+        self.dns_upstreams = dns_upstreams
+        self.outbound4 = outbound4
+        self.outbound6 = outbound6
+        self.api_socket = api_socket
+        self.ready_fd = ready_fd
+        self.exit_fd = exit_fd
+        self.watch_pid = watch_pid
+        self.engine = None
+        self.dhcp = None
+        self.dns = None
+        self._stop: asyncio.Future[int] | None = None
+
+    def stop(self, code: int = 0) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(code)
+
+    def _on_engine(self) -> None:
+        engine = self.engine
+        engine.poll(time.monotonic_ns(), POLL_BUDGET)
+        for ev in engine.events():
+            self._on_event(ev)
+
+    def _on_event(self, ev: object) -> None:
+        from slirpy import engine as eng
+
+        if ev.type == eng.EV_DHCP:
+            reply = self.dhcp.handle(ev.data, ev.mac, time.monotonic())
+            if reply is not None:
+                self.engine.send_udp4(
+                    reply.dst_mac, self.net.gateway, 67, reply.dst_ip, 68, reply.payload
+                )
+        elif ev.type == eng.EV_NOTICE:
+            _warn(ev.data.decode(errors="replace"))
+        elif ev.type == eng.EV_TAP_DOWN:
+            _warn("the TAP device went away (the container's network namespace is gone)")
+            self.stop(0)
+
+    def _on_exit_fd(self) -> None:
+        try:
+            data = os.read(self.exit_fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # hang-up or error: the parent is gone
+            self.stop(0)
+
+    def stats(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.dhcp is not None:
+            out["dhcp"] = dict(self.dhcp.stats)
+        if self.dns is not None:
+            out["dns"] = dict(self.dns.stats)
+        return out
+
+    async def serve(self) -> int:
+        from slirpy.api import ApiServer
+        from slirpy.dhcp import DhcpServer
+        from slirpy.engine import Engine
+        from slirpy.portfwd import PortForwarder
+
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        net = self.net
+        async with AsyncExitStack() as stack:
+            dns_udp = dns_tcp = 0
+            if net.dns_enabled:
+                from slirpy.dns import DnsProxy
+
+                self.dns = DnsProxy(
+                    resolv_conf=self.resolv_conf,
+                    upstreams=list(self.dns_upstreams) or None,
+                )
+                await self.dns.start()
+                stack.push_async_callback(self.dns.close)
+                dns_udp, dns_tcp = self.dns.udp_port, self.dns.tcp_port
+            self.engine = Engine(
+                net,
+                vnet_hdr=True,
+                offload=self.offload,
+                dns_udp_port=dns_udp,
+                dns_tcp_port=dns_tcp,
+                outbound4=self.outbound4,
+                outbound6=self.outbound6,
+            )
+            stack.callback(self.engine.close)
+            self.engine.set_tap(self.tap.fd)
+            self.engine.set_guest_mac(self.tap.mac)
+            self.dhcp = DhcpServer(
+                server_ip=net.gateway,
+                network=net.cidr,
+                router=net.gateway,
+                dns=net.dns if net.dns_enabled else None,
+                pool_start=net.dhcp_start,
+                pool_end=net.dhcp_end,
+                mtu=net.mtu,
+            )
+            efd = self.engine.fileno()
+            loop.add_reader(efd, self._on_engine)
+            stack.callback(loop.remove_reader, efd)
+            if self.api_socket:
+                fwd = PortForwarder(self.engine, stats=self.stats)
+                api = ApiServer(self.api_socket, fwd, default_guest_addr=str(net.guest))
+                try:
+                    await api.start()
+                except (OSError, ValueError) as e:
+                    raise ConfigError(str(e)) from None
+                stack.push_async_callback(api.close)
+            if self.exit_fd is not None:
+                os.set_blocking(self.exit_fd, False)
+                loop.add_reader(self.exit_fd, self._on_exit_fd)
+                stack.callback(loop.remove_reader, self.exit_fd)
+            if self.watch_pid is not None:
+                with contextlib.suppress(OSError):
+                    pidfd = os.pidfd_open(self.watch_pid)
+                    loop.add_reader(pidfd, self.stop, 0)
+                    stack.callback(os.close, pidfd)
+                    stack.callback(loop.remove_reader, pidfd)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.add_signal_handler(sig, self.stop, 0)
+                stack.callback(loop.remove_signal_handler, sig)
+            self._on_engine()  # frames queued before we listened
+            if self.ready_fd is not None:
+                try:
+                    os.write(self.ready_fd, b"1")
+                finally:
+                    os.close(self.ready_fd)
+            return await self._stop
+
+
+def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
+    """The slirpy-slirp4netns command, after parsing. Returns the exit code."""
+    if cfg.enable_sandbox:
+        raise ConfigError("--enable-sandbox is not implemented yet in slirpy")
+    if cfg.enable_seccomp:
+        raise ConfigError("--enable-seccomp is not implemented yet in slirpy")
+    net = cfg.net
+    outbound4 = resolve_outbound(cfg.outbound_addr, 4)
+    outbound6 = resolve_outbound(cfg.outbound_addr6, 6)
+    try:
+        if cfg.netns_type == "pid":
+            target = target_for_pid(int(cfg.target))
+        else:
+            target = target_for_path(cfg.target, cfg.userns_path)
+        if cfg.userns_path and cfg.netns_type == "pid":
+            target = type(target)(target.netns_path, cfg.userns_path)
+        tap = open_tap(
+            target,
+            TapRequest(
+                tapname=cfg.tapname,
+                vnet_hdr=True,
+                offload=cfg.offload,
+                configure=cfg.configure,
+                mtu=net.mtu,
+                address=ipaddress.IPv4Interface(f"{net.guest}/{net.prefixlen}"),
+                gateway=net.gateway,
+                mac=net.guest_mac,
+                ipv6=net.ipv6,
+            ),
+        )
+    except NamespaceError as e:
+        raise ConfigError(str(e)) from None
+    _say(f"sent tapfd={tap.fd} for {cfg.tapname}")
+    _say(f"received tapfd={tap.fd}")
+    print_banner(cfg)
+    daemon = Daemon(
+        net,
+        tap,
+        offload=cfg.offload,
+        resolv_conf=cfg.resolv_conf,
+        dns_upstreams=tuple((str(a), p) for a, p in cfg.dns_upstream_endpoints),
+        outbound4=outbound4,
+        outbound6=outbound6,
+        api_socket=cfg.api_socket,
+        ready_fd=cfg.ready_fd,
+        exit_fd=cfg.exit_fd,
+        watch_pid=cfg.pid,
+    )
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(daemon.serve())

@@ -1,0 +1,229 @@
+"""Open the TAP device inside the container's network namespace.
+
+This module owns the namespace helper: a child forked while the process is
+still single-threaded joins the container's user namespace (when needed) and
+network namespace, opens (or attaches to) the TAP, optionally configures it
+(`-c`), and sends the fd back over a Unix socket with SCM_RIGHTS. The parent
+never changes namespace.
+
+It must not start threads or an event loop, and must not import pyroute2 in
+the parent: only the child pays for it, and only with `-c`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import struct
+import traceback
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+NS_GET_USERNS = 0xB701
+SIOCGIFHWADDR = 0x8927
+TAP_TXQUEUELEN = 10000  # a window burst must not overflow the default 1000
+
+
+class NamespaceError(Exception):
+    """One readable line: what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class TapRequest:
+    """What the helper child must do inside the namespace."""
+
+    tapname: str
+    vnet_hdr: bool
+    offload: bool
+    configure: bool
+    mtu: int
+    address: IPv4Interface | None = None
+    gateway: IPv4Address | None = None
+    mac: bytes | None = None
+    ipv6: bool = False
+
+
+@dataclass(frozen=True)
+class TapHandle:
+    fd: int
+    mac: bytes
+
+
+@dataclass(frozen=True)
+class NamespaceTarget:
+    """Which namespaces to join: paths, opened in the parent for clear errors."""
+
+    netns_path: str
+    userns_path: str | None
+
+
+def target_for_pid(pid: int) -> NamespaceTarget:
+    if not os.path.exists(f"/proc/{pid}"):
+        raise NamespaceError(f"no process with PID {pid}: is the container still running?")
+    userns = f"/proc/{pid}/ns/user"
+    return NamespaceTarget(netns_path=f"/proc/{pid}/ns/net", userns_path=userns)
+
+
+def target_for_path(path: str, userns_path: str | None) -> NamespaceTarget:
+    if not os.path.exists(path):
+        raise NamespaceError(f"network namespace {path} does not exist")
+    return NamespaceTarget(netns_path=path, userns_path=userns_path)
+
+
+def _open_ns(path: str, what: str) -> int:
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NamespaceError(f"{what} {path} does not exist") from None
+    except PermissionError:
+        raise NamespaceError(
+            f"cannot open {what} {path}: permission denied "
+            "(run slirpy as the user that owns the container)"
+        ) from None
+    except OSError as e:
+        raise NamespaceError(f"cannot open {what} {path}: {e.strerror}") from None
+
+
+def _same_ns(fd: int, own: str) -> bool:
+    a, b = os.fstat(fd), os.stat(own)
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _owning_userns(netfd: int) -> int | None:
+    """The user namespace that owns a netns (NS_GET_USERNS), or None."""
+    try:
+        return fcntl.ioctl(netfd, NS_GET_USERNS)
+    except OSError:
+        return None
+
+
+def _open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
+    netfd = _open_ns(target.netns_path, "network namespace")
+    if target.userns_path is not None:
+        try:
+            userfd: int | None = _open_ns(target.userns_path, "user namespace")
+        except NamespaceError:
+            if target.netns_path.startswith("/proc/"):
+                userfd = None  # the PID may share our user namespace
+            else:
+                os.close(netfd)
+                raise
+    else:
+        userfd = _owning_userns(netfd)
+    if userfd is not None and _same_ns(userfd, "/proc/self/ns/user"):
+        os.close(userfd)
+        userfd = None
+    return netfd, userfd
+
+
+def _configure(req: TapRequest) -> None:
+    from pyroute2 import IPRoute  # heavy: only the child, only with -c
+
+    with IPRoute() as ipr:
+        lo = ipr.link_lookup(ifname="lo")
+        if lo:
+            ipr.link("set", index=lo[0], state="up")
+        idx = ipr.link_lookup(ifname=req.tapname)[0]
+        kwargs: dict[str, object] = {"mtu": req.mtu, "txqlen": TAP_TXQUEUELEN}
+        if req.mac is not None:
+            kwargs["address"] = ":".join(f"{b:02x}" for b in req.mac)
+        ipr.link("set", index=idx, **kwargs)
+        if req.address is not None:
+            ipr.addr(
+                "add",
+                index=idx,
+                address=str(req.address.ip),
+                prefixlen=req.address.network.prefixlen,
+            )
+        ipr.link("set", index=idx, state="up")
+        if req.gateway is not None:
+            ipr.route("add", dst="0.0.0.0/0", gateway=str(req.gateway), oif=idx)
+
+
+def _tap_mac(name: str) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifr = struct.pack("16s16x", name.encode())
+        res = fcntl.ioctl(s.fileno(), SIOCGIFHWADDR, ifr)
+        return res[18:24]
+
+
+def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest) -> int:
+    from slirpy.engine import TunError, setns, tun_open
+
+    try:
+        if userfd is not None:
+            try:
+                setns(userfd, CLONE_NEWUSER)
+            except OSError as e:
+                raise NamespaceError(
+                    f"cannot join the container's user namespace: {e.strerror}"
+                ) from None
+        try:
+            setns(netfd, CLONE_NEWNET)
+        except OSError as e:
+            hint = ""
+            if e.errno == errno.EPERM:
+                hint = " (not permitted: pass --userns-path, or run as the container's owner)"
+            raise NamespaceError(
+                f"cannot join the container's network namespace: {e.strerror}{hint}"
+            ) from None
+        try:
+            fd = tun_open(req.tapname, vnet_hdr=req.vnet_hdr, offload=req.offload)
+        except TunError as e:
+            raise NamespaceError(str(e)) from None
+        if req.configure:
+            try:
+                _configure(req)
+            except Exception as e:  # pyroute2 raises NetlinkError and others
+                raise NamespaceError(f"cannot configure {req.tapname}: {e}") from None
+        mac = _tap_mac(req.tapname)
+        socket.send_fds(sock, [json.dumps({"ok": True, "mac": mac.hex()}).encode()], [fd])
+        return 0
+    except NamespaceError as e:
+        sock.sendall(json.dumps({"ok": False, "error": str(e)}).encode())
+        return 1
+    except Exception as e:
+        msg = f"namespace helper failed: {e!r}"
+        if os.environ.get("SLIRPY_DEBUG"):
+            msg += "\n" + traceback.format_exc()
+        sock.sendall(json.dumps({"ok": False, "error": msg}).encode())
+        return 1
+
+
+def open_tap(target: NamespaceTarget, req: TapRequest) -> TapHandle:
+    """Fork the helper, let it open the TAP in the target namespace.
+
+    Raises NamespaceError with one readable line on any failure.
+    """
+    netfd, userfd = _open_namespaces(target)
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            parent.close()
+            rc = 1
+            try:
+                rc = _child(child, netfd, userfd, req)
+            finally:
+                os._exit(rc)
+        child.close()
+        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, 1)
+        os.waitpid(pid, 0)
+    finally:
+        parent.close()
+        os.close(netfd)
+        if userfd is not None:
+            os.close(userfd)
+    if not msg:
+        raise NamespaceError("namespace helper died without an answer")
+    reply = json.loads(msg)
+    if not reply.get("ok"):
+        for fd in fds:
+            os.close(fd)
+        raise NamespaceError(reply.get("error", "namespace helper failed"))
+    return TapHandle(fd=fds[0], mac=bytes.fromhex(reply["mac"]))
