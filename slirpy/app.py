@@ -29,7 +29,7 @@ from slirpy.netns import (
     NamespaceError,
     TapHandle,
     TapRequest,
-    open_tap,
+    start_open_tap,
     target_for_path,
     target_for_pid,
 )
@@ -263,6 +263,17 @@ class Daemon:
             return await self._stop
 
 
+def _preload() -> None:
+    """Import what the daemon needs while the namespace helper works."""
+    import slirpy.api
+    import slirpy.dhcp
+    import slirpy.dns
+    import slirpy.engine
+    import slirpy.portfwd  # noqa: F401
+
+    _loop_factory()
+
+
 def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
     """The slirpy-slirp4netns command, after parsing. Returns the exit code."""
     if cfg.enable_sandbox:
@@ -279,7 +290,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
             target = target_for_path(cfg.target, cfg.userns_path)
         if cfg.userns_path and cfg.netns_type == "pid":
             target = type(target)(target.netns_path, cfg.userns_path)
-        tap = open_tap(
+        pending = start_open_tap(
             target,
             TapRequest(
                 tapname=cfg.tapname,
@@ -293,6 +304,8 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
                 ipv6=net.ipv6,
             ),
         )
+        _preload()  # overlaps with the helper child's work
+        tap = pending.wait()
     except NamespaceError as e:
         raise ConfigError(str(e)) from None
     _say(f"sent tapfd={tap.fd} for {cfg.tapname}")

@@ -122,27 +122,16 @@ def _open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
 
 
 def _configure(req: TapRequest) -> None:
-    from pyroute2 import IPRoute  # heavy: only the child, only with -c
+    from slirpy.ifconfig import configure
 
-    with IPRoute() as ipr:
-        lo = ipr.link_lookup(ifname="lo")
-        if lo:
-            ipr.link("set", index=lo[0], state="up")
-        idx = ipr.link_lookup(ifname=req.tapname)[0]
-        kwargs: dict[str, object] = {"mtu": req.mtu, "txqlen": TAP_TXQUEUELEN}
-        if req.mac is not None:
-            kwargs["address"] = ":".join(f"{b:02x}" for b in req.mac)
-        ipr.link("set", index=idx, **kwargs)
-        if req.address is not None:
-            ipr.addr(
-                "add",
-                index=idx,
-                address=str(req.address.ip),
-                prefixlen=req.address.network.prefixlen,
-            )
-        ipr.link("set", index=idx, state="up")
-        if req.gateway is not None:
-            ipr.route("add", dst="0.0.0.0/0", gateway=str(req.gateway), oif=idx)
+    configure(
+        req.tapname,
+        mtu=req.mtu,
+        txqueuelen=TAP_TXQUEUELEN,
+        address=req.address,
+        gateway=req.gateway,
+        mac=req.mac,
+    )
 
 
 def _tap_mac(name: str) -> bytes:
@@ -179,8 +168,8 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
         if req.configure:
             try:
                 _configure(req)
-            except Exception as e:  # pyroute2 raises NetlinkError and others
-                raise NamespaceError(f"cannot configure {req.tapname}: {e}") from None
+            except OSError as e:
+                raise NamespaceError(f"cannot configure {req.tapname}: {e.strerror}") from None
         mac = _tap_mac(req.tapname)
         socket.send_fds(sock, [json.dumps({"ok": True, "mac": mac.hex()}).encode()], [fd])
         return 0
@@ -195,10 +184,34 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
         return 1
 
 
-def open_tap(target: NamespaceTarget, req: TapRequest) -> TapHandle:
-    """Fork the helper, let it open the TAP in the target namespace.
+class PendingTap:
+    """The helper child at work; `wait()` collects the TAP fd or the error."""
 
-    Raises NamespaceError with one readable line on any failure.
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self._pid = pid
+        self._sock = sock
+
+    def wait(self) -> TapHandle:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+        finally:
+            self._sock.close()
+            os.waitpid(self._pid, 0)
+        if not msg:
+            raise NamespaceError("namespace helper died without an answer")
+        reply = json.loads(msg)
+        if not reply.get("ok"):
+            for fd in fds:
+                os.close(fd)
+            raise NamespaceError(reply.get("error", "namespace helper failed"))
+        return TapHandle(fd=fds[0], mac=bytes.fromhex(reply["mac"]))
+
+
+def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
+    """Fork the helper that opens the TAP in the target namespace.
+
+    The caller may do other work (imports) before `wait()`. Raises
+    NamespaceError with one readable line when a namespace cannot be opened.
     """
     netfd, userfd = _open_namespaces(target)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -211,19 +224,17 @@ def open_tap(target: NamespaceTarget, req: TapRequest) -> TapHandle:
                 rc = _child(child, netfd, userfd, req)
             finally:
                 os._exit(rc)
-        child.close()
-        msg, fds, _flags, _addr = socket.recv_fds(parent, 4096, 1)
-        os.waitpid(pid, 0)
-    finally:
+    except BaseException:
         parent.close()
+        raise
+    finally:
+        child.close()
         os.close(netfd)
         if userfd is not None:
             os.close(userfd)
-    if not msg:
-        raise NamespaceError("namespace helper died without an answer")
-    reply = json.loads(msg)
-    if not reply.get("ok"):
-        for fd in fds:
-            os.close(fd)
-        raise NamespaceError(reply.get("error", "namespace helper failed"))
-    return TapHandle(fd=fds[0], mac=bytes.fromhex(reply["mac"]))
+    return PendingTap(pid, parent)
+
+
+def open_tap(target: NamespaceTarget, req: TapRequest) -> TapHandle:
+    """Open the TAP in the target namespace (fork, join, open, send back)."""
+    return start_open_tap(target, req).wait()
