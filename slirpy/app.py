@@ -280,6 +280,13 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         raise ConfigError("--enable-sandbox is not implemented yet in slirpy")
     if cfg.enable_seccomp:
         raise ConfigError("--enable-seccomp is not implemented yet in slirpy")
+    import logging
+
+    logging.basicConfig(
+        level=logging.DEBUG if cfg.debug else logging.WARNING,
+        stream=sys.stderr,
+        format="slirpy: %(name)s: %(message)s",
+    )
     net = cfg.net
     outbound4 = resolve_outbound(cfg.outbound_addr, 4)
     outbound6 = resolve_outbound(cfg.outbound_addr6, 6)
@@ -326,3 +333,8 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(daemon.serve())
+
+
+def run_command(cfg: object) -> int:
+    """`slirpy run`: not built yet; say so in one line rather than half-work."""
+    raise ConfigError("'slirpy run' is not implemented yet; use slirpy-slirp4netns")
