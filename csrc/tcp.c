@@ -53,24 +53,34 @@ static uint16_t mss_cap(const struct sl_engine *e, int family)
 
 /* Guest-to-host window: what the host socket can still take. Reading
  * SO_SNDBUF each time follows the kernel's send-buffer autotuning. The
- * buffer counts skb overhead too, hence only three quarters of it. */
-static uint32_t free_send_space(struct sl_flow *f)
+ * buffer counts skb overhead too, hence only three quarters of it.
+ * @low: set when the space is under 1/16 of the buffer: the socket is then
+ * not writable for epoll (queued > 2/3 of it), and EPOLLOUT fires only once
+ * it has drained to a window of at least 1/12 of it, so asking for EPOLLOUT
+ * to send a window update cannot spin. */
+static uint32_t free_send_space(struct sl_flow *f, bool *low)
 {
 	int sndbuf = 0, outq = 0;
 	socklen_t sl = sizeof(sndbuf);
 	long space;
 
+	*low = false;
 	if (f->fd < 0 || getsockopt(f->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf,
 				    &sl) < 0 ||
 	    ioctl(f->fd, SIOCOUTQ, &outq) < 0)
 		return 0;
 	space = (long)sndbuf * 3 / 4 - outq;
+	*low = space < (long)sndbuf / 16;
 	return space > 0 ? (uint32_t)space : 0;
 }
 
-static uint16_t window_field(struct sl_flow *f, uint32_t *bytes)
+static uint16_t window_field(struct sl_flow *f, uint32_t *bytes, bool *low)
 {
-	uint32_t w = (f->tcp.flags & SL_TF_GUEST_FIN) ? 0 : free_send_space(f);
+	uint32_t w = 0;
+
+	*low = false;
+	if (!(f->tcp.flags & SL_TF_GUEST_FIN))
+		w = free_send_space(f, low);
 
 	if (!(f->tcp.flags & SL_TF_WS_OK)) {
 		w = w > 65535 ? 65535 : w;
@@ -82,6 +92,8 @@ static uint16_t window_field(struct sl_flow *f, uint32_t *bytes)
 	*bytes = w & ~((1u << OUR_WS) - 1);
 	return (uint16_t)(w >> OUR_WS);
 }
+
+static void update_events(struct sl_engine *e, struct sl_flow *f);
 
 static void arm_rto(struct sl_engine *e, struct sl_flow *f)
 {
@@ -107,11 +119,21 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 	struct iovec iov[2];
 	uint32_t sum, wbytes;
 	uint16_t csum, wnd;
+	bool low = false;
 
 	if (flags & TCP_SYN)
 		wnd = SYN_WINDOW, wbytes = SYN_WINDOW;
 	else
-		wnd = window_field(f, &wbytes);
+		wnd = window_field(f, &wbytes, &low);
+	/* The host reader is behind and the window we give is small: ask
+	 * for EPOLLOUT so that a window update follows as soon as the socket
+	 * drains, or the guest would wait for its persist timer (200 ms and
+	 * more), or forever with an MSS larger than the window. */
+	if (low && !(flags & TCP_RST) && f->tcp.state == SL_TCP_ESTABLISHED &&
+	    !(f->tcp.flags & SL_TF_NEED_WUPD)) {
+		f->tcp.flags |= SL_TF_NEED_WUPD;
+		update_events(e, f);
+	}
 	sl_eth_header(e, b, e->guest_mac_known ? e->guest_mac :
 		      (const uint8_t *)"\xff\xff\xff\xff\xff\xff",
 		      sl_mac_for(e, f->family, f->raddr),
@@ -295,6 +317,11 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 		}
 		chunk = (e->cfg.offload && e->cfg.vnet_hdr_len) ?
 			(PEEK_MAX - 120) / f->tcp.gmss * f->tcp.gmss : PEEK_MAX;
+		/* An MSS above 32 KiB (MTU 65520) fits once in a GSO frame:
+		 * the rounding above gives 0, and a 0-byte peek would look
+		 * like the host's EOF. */
+		if (!chunk)
+			chunk = f->tcp.gmss;
 		want = wnd < chunk ? wnd : chunk;
 		n = peek(f, buf, want, data_in_flight(f));
 		if (n < 0) {
