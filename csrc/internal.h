@@ -69,32 +69,47 @@ enum sl_tcp_state {
 
 /* TCP flow flags */
 #define SL_TF_GUEST_FIN 0x01	/* guest sent FIN; host socket shut for write */
-#define SL_TF_HOST_EOF 0x02	/* host socket read returned 0 */
-#define SL_TF_FIN_SENT 0x04	/* we sent FIN to the guest */
+#define SL_TF_HOST_EOF 0x02	/* host socket read returned 0; fin_seq valid */
+#define SL_TF_FIN_SENT 0x04	/* snd_nxt is past our FIN (cleared on rewind) */
 #define SL_TF_FIN_ACKED 0x08	/* the guest acknowledged our FIN */
 #define SL_TF_ACK_DUE 0x10	/* an ACK must go out at the end of the batch */
 #define SL_TF_WS_OK 0x20	/* both sides use window scaling */
 #define SL_TF_PEEK_OFF 0x40	/* SO_PEEK_OFF works on this socket */
-#define SL_TF_WND_FULL 0x80	/* stopped reading: guest window full */
+#define SL_TF_WND_FULL 0x80	/* stopped sending: guest window full */
 #define SL_TF_NEED_WUPD 0x100	/* host send buffer was full: update when free */
+#define SL_TF_RTT_OK 0x200	/* srtt/rttvar hold at least one sample */
+#define SL_TF_TIMING 0x400	/* rtt_seq/rtt_at time one segment (Karn) */
 
+/**
+ * struct sl_tcp - the translation state of one TCP flow.
+ *
+ * Sequence space toward the guest: isn is our SYN, data follows, and when
+ * the host socket reached EOF the FIN sits at fin_seq. snd_nxt may move back
+ * (retransmission rewinds it to snd_una); snd_max never does.
+ */
 struct sl_tcp {
 	uint32_t isn;		/* our initial sequence number toward guest */
 	uint32_t snd_una;	/* oldest byte the guest has not acked */
 	uint32_t snd_nxt;	/* next byte we send to the guest */
+	uint32_t snd_max;	/* highest sequence number sent so far */
+	uint32_t fin_seq;	/* sequence number of our FIN (SL_TF_HOST_EOF) */
 	uint32_t rcv_nxt;	/* next byte we expect from the guest */
 	uint32_t gwnd;		/* guest's receive window in bytes */
 	uint32_t wnd_sent;	/* the window we last advertised (bytes) */
 	uint32_t ack_sent;	/* the ack we last sent */
 	uint32_t recover;	/* no new fast retransmit before this is acked */
+	uint32_t rtt_seq;	/* the ack that ends the timed segment */
+	uint32_t srtt_us;	/* smoothed round trip time to the guest */
+	uint32_t rttvar_us;
 	uint16_t gmss;		/* largest segment the guest takes */
 	uint8_t gws;		/* guest's window scale shift */
 	uint8_t dupacks;
 	uint16_t flags;
 	uint8_t retries;
 	uint8_t state;
-	uint32_t rto_ms;
-	uint64_t rto_at;	/* 0: no retransmission timer */
+	uint32_t rto_ms;	/* current timeout, backed off on expiry */
+	uint64_t rto_at;	/* 0: no retransmission (or persist) timer */
+	uint64_t rtt_at;	/* when the timed segment left */
 };
 
 struct sl_udp {

@@ -38,6 +38,7 @@
 #define SEQ_GT(a, b) ((int32_t)((a) - (b)) > 0)
 
 #define OUR_WS 7			/* window scale we announce */
+#define RTO_INIT_MS 1000		/* RFC 6298 2.1: before any RTT sample */
 #define RTO_MIN_MS 200
 #define RTO_MAX_MS 30000
 #define RTO_MAX_RETRIES 12
@@ -95,10 +96,55 @@ static uint16_t window_field(struct sl_flow *f, uint32_t *bytes, bool *low)
 
 static void update_events(struct sl_engine *e, struct sl_flow *f);
 
+/* RFC 6298: RTO = SRTT + 4 * RTTVAR, bounded; 1 s before the first sample.
+ * The round trip is to the guest's kernel: short, but it includes the
+ * guest's delayed ACKs, which is why a fixed 200 ms would misfire. */
+static uint32_t rto_base(const struct sl_flow *f)
+{
+	uint64_t us;
+
+	if (!(f->tcp.flags & SL_TF_RTT_OK))
+		return RTO_INIT_MS;
+	us = (uint64_t)f->tcp.srtt_us + 4 * (uint64_t)f->tcp.rttvar_us;
+	if (us < RTO_MIN_MS * 1000ULL)
+		return RTO_MIN_MS;
+	if (us > RTO_MAX_MS * 1000ULL)
+		return RTO_MAX_MS;
+	return (uint32_t)(us / 1000);
+}
+
+static void rtt_sample(struct sl_engine *e, struct sl_flow *f)
+{
+	uint64_t r = (e->now - f->tcp.rtt_at) / 1000;
+	uint32_t us = r > RTO_MAX_MS * 1000ULL ? RTO_MAX_MS * 1000 : (uint32_t)r;
+
+	f->tcp.flags &= (uint16_t)~SL_TF_TIMING;
+	if (!(f->tcp.flags & SL_TF_RTT_OK)) {
+		f->tcp.srtt_us = us;
+		f->tcp.rttvar_us = us / 2;
+		f->tcp.flags |= SL_TF_RTT_OK;
+		return;
+	}
+	f->tcp.rttvar_us = (3 * f->tcp.rttvar_us +
+			    (f->tcp.srtt_us > us ? f->tcp.srtt_us - us :
+						   us - f->tcp.srtt_us)) / 4;
+	f->tcp.srtt_us = (7 * f->tcp.srtt_us + us) / 8;
+}
+
+/* Time the segment ending at @end unless one is being timed already. */
+static void rtt_start(struct sl_engine *e, struct sl_flow *f, uint32_t end)
+{
+	if (f->tcp.flags & SL_TF_TIMING)
+		return;
+	f->tcp.flags |= SL_TF_TIMING;
+	f->tcp.rtt_seq = end;
+	f->tcp.rtt_at = e->now;
+}
+
 static void arm_rto(struct sl_engine *e, struct sl_flow *f)
 {
 	if (!f->tcp.rto_ms)
-		f->tcp.rto_ms = RTO_MIN_MS;
+		f->tcp.rto_ms = rto_base(f);
 	f->tcp.rto_at = e->now + (uint64_t)f->tcp.rto_ms * NSEC_PER_MSEC;
 	if (f->tcp.rto_at < e->next_scan)
 		e->next_scan = f->tcp.rto_at;
@@ -114,8 +160,11 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 {
 	struct virtio_net_hdr vh = { 0 };
 	bool gso = len > f->tcp.gmss;
+	/* RFC 7323 2.2: a SYN-ACK carries window scale only if the SYN did. */
+	bool ws = syn_opts && (!(flags & TCP_ACK) ||
+			       (f->tcp.flags & SL_TF_WS_OK));
 	uint8_t *b = e->txbuf, *t;
-	size_t l3, thl = syn_opts ? 28 : 20;
+	size_t l3, thl = syn_opts ? (ws ? 28 : 24) : 20;
 	struct iovec iov[2];
 	uint32_t sum, wbytes;
 	uint16_t csum, wnd;
@@ -153,6 +202,8 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 		t[20] = 2;	/* MSS */
 		t[21] = 4;
 		sl_put16(t + 22, mss_cap(e, f->family));
+	}
+	if (ws) {
 		t[24] = 1;	/* NOP, then window scale */
 		t[25] = 3;
 		t[26] = 3;
@@ -214,6 +265,14 @@ void sl_tcp_send_ack(struct sl_engine *e, struct sl_flow *f)
 	emit(e, f, TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
 }
 
+/*
+ * Established sockets are edge-triggered. Data we peeked stays queued in the
+ * socket until the guest acknowledges it, so a level-triggered EPOLLIN would
+ * fire on every poll while anything is in flight (a busy loop). With EPOLLET
+ * a wake-up means new data (or an error) arrived; data_to_guest() always
+ * reads up to EAGAIN or to the guest's window, and a guest ACK that opens
+ * the window calls it again, so no edge is ever needed twice.
+ */
 static void update_events(struct sl_engine *e, struct sl_flow *f)
 {
 	uint32_t ev = 0;
@@ -221,8 +280,7 @@ static void update_events(struct sl_engine *e, struct sl_flow *f)
 	if (f->tcp.state == SL_TCP_CONNECTING) {
 		ev = EPOLLOUT;
 	} else if (f->tcp.state == SL_TCP_ESTABLISHED) {
-		if (!(f->tcp.flags & (SL_TF_HOST_EOF | SL_TF_WND_FULL)))
-			ev |= EPOLLIN;
+		ev = EPOLLIN | EPOLLET;
 		if (f->tcp.flags & SL_TF_NEED_WUPD)
 			ev |= EPOLLOUT;
 	}
@@ -232,6 +290,9 @@ static void update_events(struct sl_engine *e, struct sl_flow *f)
 
 static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 {
+	/* An ACK still owed (e.g. for the guest's last FIN) leaves now. */
+	if (!rst_host && (f->tcp.flags & SL_TF_ACK_DUE))
+		sl_tcp_send_ack(e, f);
 	if (rst_host && f->fd >= 0) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
@@ -260,6 +321,10 @@ static uint32_t data_in_flight(const struct sl_flow *f)
 	return n;
 }
 
+/**
+ * peek() - read host data after what is in flight, leaving it queued.
+ * Return: bytes (0 at EOF), or -1 with errno set (EAGAIN: nothing new).
+ */
 static ssize_t peek(struct sl_flow *f, uint8_t *buf, size_t want,
 		    uint32_t in_flight)
 {
@@ -267,14 +332,18 @@ static ssize_t peek(struct sl_flow *f, uint8_t *buf, size_t want,
 
 	if (f->tcp.flags & SL_TF_PEEK_OFF)
 		return recv(f->fd, buf, want, MSG_PEEK | MSG_DONTWAIT);
-	/* No SO_PEEK_OFF: peek from the start and skip what is in flight. */
+	/* No SO_PEEK_OFF: peek from the start and skip what is in flight.
+	 * This caps the data in flight at PEEK_MAX, and EOF shows only once
+	 * everything is acknowledged: fine for a fallback. */
 	if (in_flight + want > PEEK_MAX)
 		want = in_flight < PEEK_MAX ? PEEK_MAX - in_flight : 0;
-	if (!want)
-		return -EAGAIN;
+	if (!want) {
+		errno = EAGAIN;
+		return -1;
+	}
 	n = recv(f->fd, buf, in_flight + want, MSG_PEEK | MSG_DONTWAIT);
 	if (n <= 0)
-		return n < 0 ? -errno : 0;
+		return n;
 	if ((size_t)n <= in_flight) {
 		errno = EAGAIN;
 		return -1;
@@ -283,13 +352,32 @@ static ssize_t peek(struct sl_flow *f, uint8_t *buf, size_t want,
 	return n - (ssize_t)in_flight;
 }
 
+static void advance_snd(struct sl_flow *f, uint32_t n)
+{
+	f->tcp.snd_nxt += n;
+	if (SEQ_GT(f->tcp.snd_nxt, f->tcp.snd_max))
+		f->tcp.snd_max = f->tcp.snd_nxt;
+}
+
 static void send_fin(struct sl_engine *e, struct sl_flow *f)
 {
 	emit(e, f, TCP_FIN | TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
-	f->tcp.snd_nxt++;
+	advance_snd(f, 1);
 	f->tcp.flags |= SL_TF_FIN_SENT;
 	if (!f->tcp.rto_at)
 		arm_rto(e, f);
+}
+
+/* Does the socket hold data the guest has not seen yet? Asked only when
+ * its window is closed, to decide whether to probe it. */
+static bool data_pending(const struct sl_flow *f)
+{
+	int inq = 0;
+
+	if (f->tcp.flags & SL_TF_HOST_EOF)
+		return f->tcp.snd_nxt != f->tcp.fin_seq + 1;
+	return ioctl(f->fd, SIOCINQ, &inq) == 0 &&
+	       (uint32_t)inq > data_in_flight(f);
 }
 
 /**
@@ -299,29 +387,41 @@ static void send_fin(struct sl_engine *e, struct sl_flow *f)
 static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 {
 	uint8_t *buf = e->peekbuf;
+	size_t chunk = PEEK_MAX;
 
 	if (f->tcp.state != SL_TCP_ESTABLISHED ||
 	    f->tcp.snd_una == f->tcp.isn)	/* SYN not yet acked */
 		return true;
+	if (e->cfg.offload && e->cfg.vnet_hdr_len) {
+		/* One GSO frame per read, of whole segments. An MSS above
+		 * 32 KiB (MTU 65520) fits once: the rounding gives 0, and a
+		 * 0-byte peek would look like the host's EOF. */
+		chunk = (PEEK_MAX - 120) / f->tcp.gmss * f->tcp.gmss;
+		if (!chunk)
+			chunk = f->tcp.gmss;
+	}
 	f->tcp.flags &= (uint16_t)~SL_TF_WND_FULL;
-	while (!(f->tcp.flags & (SL_TF_HOST_EOF | SL_TF_FIN_SENT))) {
+	while (!(f->tcp.flags & SL_TF_FIN_SENT)) {
 		uint32_t inflight = f->tcp.snd_nxt - f->tcp.snd_una;
 		uint32_t wnd = f->tcp.gwnd > inflight ? f->tcp.gwnd - inflight :
 							0;
-		size_t want, chunk;
+		bool fresh = f->tcp.snd_nxt == f->tcp.snd_max;
+		size_t want;
 		ssize_t n;
 
+		/* After EOF the stream ends at fin_seq: a rewind re-sends up
+		 * to there, then the FIN again. */
+		if ((f->tcp.flags & SL_TF_HOST_EOF) &&
+		    f->tcp.snd_nxt == f->tcp.fin_seq)
+			break;
 		if (!wnd) {
 			f->tcp.flags |= SL_TF_WND_FULL;
+			/* Persist timer: probe a closed window while we have
+			 * something to say, in case its update gets lost. */
+			if (!f->tcp.rto_at && data_pending(f))
+				arm_rto(e, f);
 			break;
 		}
-		chunk = (e->cfg.offload && e->cfg.vnet_hdr_len) ?
-			(PEEK_MAX - 120) / f->tcp.gmss * f->tcp.gmss : PEEK_MAX;
-		/* An MSS above 32 KiB (MTU 65520) fits once in a GSO frame:
-		 * the rounding above gives 0, and a 0-byte peek would look
-		 * like the host's EOF. */
-		if (!chunk)
-			chunk = f->tcp.gmss;
 		want = wnd < chunk ? wnd : chunk;
 		n = peek(f, buf, want, data_in_flight(f));
 		if (n < 0) {
@@ -332,46 +432,63 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 			return false;
 		}
 		if (n == 0) {
-			f->tcp.flags |= SL_TF_HOST_EOF;
+			if (!(f->tcp.flags & SL_TF_HOST_EOF)) {
+				f->tcp.flags |= SL_TF_HOST_EOF;
+				f->tcp.fin_seq = f->tcp.snd_nxt;
+			}
 			break;
 		}
 		emit_data(e, f, f->tcp.snd_nxt, buf, (size_t)n);
-		f->tcp.snd_nxt += (uint32_t)n;
-		e->ctr[SL_C_tcp_bytes_to_guest] += (uint64_t)n;
+		if (fresh) {
+			rtt_start(e, f, f->tcp.snd_nxt + (uint32_t)n);
+			e->ctr[SL_C_tcp_bytes_to_guest] += (uint64_t)n;
+		}
+		advance_snd(f, (uint32_t)n);
 		if (!f->tcp.rto_at)
 			arm_rto(e, f);
 		if ((size_t)n < want)
 			break;
 	}
-	if ((f->tcp.flags & SL_TF_HOST_EOF) && !(f->tcp.flags & SL_TF_FIN_SENT))
+	if ((f->tcp.flags & SL_TF_HOST_EOF) &&
+	    !(f->tcp.flags & SL_TF_FIN_SENT) &&
+	    f->tcp.snd_nxt == f->tcp.fin_seq)
 		send_fin(e, f);
 	update_events(e, f);	/* no syscall unless the mask changes */
 	return true;
 }
 
-/* Go back to the oldest unacknowledged byte: the kernel still has it. */
-static void rewind_send(struct sl_engine *e, struct sl_flow *f)
+/**
+ * rewind_send() - go back to the oldest unacknowledged byte and send again
+ * (go-back-N): the kernel still has the data, nothing was copied.
+ * Return: false when the flow was closed.
+ */
+static bool rewind_send(struct sl_engine *e, struct sl_flow *f)
 {
 	int zero = 0;
 
 	sl_count(e, SL_C_tcp_retransmits);
+	f->tcp.flags &= (uint16_t)~SL_TF_TIMING;	/* Karn */
 	if (f->tcp.snd_una == f->tcp.isn) {	/* our SYN or SYN-ACK */
 		f->tcp.snd_nxt = f->tcp.isn + 1;
 		emit(e, f, (uint8_t)(TCP_SYN | (f->tcp.state ==
 				      SL_TCP_SYN_TO_GUEST ? 0 : TCP_ACK)),
 		     f->tcp.isn, NULL, 0, true);
-		return;
+		return true;
 	}
-	f->tcp.recover = f->tcp.snd_nxt;
+	f->tcp.recover = f->tcp.snd_max;
 	f->tcp.snd_nxt = f->tcp.snd_una;
-	f->tcp.flags &= (uint16_t)~SL_TF_FIN_SENT;
+	if (!(f->tcp.flags & SL_TF_FIN_ACKED))
+		f->tcp.flags &= (uint16_t)~SL_TF_FIN_SENT;
 	if (f->tcp.flags & SL_TF_PEEK_OFF)
 		setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero));
-	if (data_to_guest(e, f) && f->tcp.snd_nxt == f->tcp.snd_una &&
-	    f->tcp.gwnd == 0)
+	if (!data_to_guest(e, f))
+		return false;
+	if (f->tcp.snd_nxt == f->tcp.snd_una && f->tcp.gwnd == 0 &&
+	    !(f->tcp.flags & SL_TF_FIN_ACKED))
 		/* Zero window: a probe makes the guest tell us when it opens,
 		 * in case its window update was lost. */
 		emit(e, f, TCP_ACK, f->tcp.snd_una - 1, NULL, 0, false);
+	return true;
 }
 
 /* Drop acknowledged bytes from the host socket. */
@@ -400,33 +517,48 @@ static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
 	uint32_t ack = p->ack, old_wnd = f->tcp.gwnd;
 
 	f->tcp.gwnd = (uint32_t)p->win << f->tcp.gws;
-	if (SEQ_GT(ack, f->tcp.snd_nxt))
-		return true;	/* acks what we never sent: ignore */
+	if (SEQ_GT(ack, f->tcp.snd_max)) {
+		sl_flow_mark_ack(e, f);	/* acks what we never sent */
+		return true;
+	}
 	if (SEQ_GT(ack, f->tcp.snd_una)) {
-		uint32_t acked = ack - f->tcp.snd_una;
+		/* Data bytes acknowledged: the SYN and the FIN take a
+		 * sequence number each but no byte in the socket. */
+		uint32_t from = f->tcp.snd_una, to = ack, acked;
 
-		if (f->tcp.snd_una == f->tcp.isn)
-			acked--;	/* our SYN */
-		if ((f->tcp.flags & SL_TF_FIN_SENT) && ack == f->tcp.snd_nxt) {
-			acked--;
-			f->tcp.flags |= SL_TF_FIN_ACKED;
+		if (from == f->tcp.isn)
+			from++;
+		if ((f->tcp.flags & SL_TF_HOST_EOF) &&
+		    ack == f->tcp.fin_seq + 1) {
+			to = f->tcp.fin_seq;
+			f->tcp.flags |= SL_TF_FIN_ACKED | SL_TF_FIN_SENT;
 		}
+		acked = SEQ_GT(to, from) ? to - from : 0;
 		f->tcp.snd_una = ack;
+		/* After a rewind the guest may ack past what we re-sent. */
+		if (SEQ_GT(ack, f->tcp.snd_nxt))
+			f->tcp.snd_nxt = ack;
+		if ((f->tcp.flags & SL_TF_TIMING) &&
+		    !SEQ_LT(ack, f->tcp.rtt_seq))
+			rtt_sample(e, f);
 		if (acked && !consume(e, f, acked))
 			return false;
 		f->tcp.dupacks = 0;
 		f->tcp.retries = 0;
-		f->tcp.rto_ms = RTO_MIN_MS;
+		f->tcp.rto_ms = rto_base(f);
 		f->tcp.rto_at = 0;
-		if (f->tcp.snd_nxt != f->tcp.snd_una)
+		if (f->tcp.snd_max != f->tcp.snd_una)
 			arm_rto(e, f);
 	} else if (ack == f->tcp.snd_una && !p->payload_len &&
-		   f->tcp.gwnd == old_wnd && f->tcp.snd_nxt != f->tcp.snd_una &&
+		   f->tcp.gwnd == old_wnd && f->tcp.snd_max != f->tcp.snd_una &&
 		   !(p->tflags & (TCP_SYN | TCP_FIN))) {
 		/* Fast retransmit, once per window (NewReno's recover). */
 		if (++f->tcp.dupacks == 3 &&
-		    SEQ_GT(f->tcp.snd_una, f->tcp.recover))
-			rewind_send(e, f);
+		    SEQ_GT(f->tcp.snd_una, f->tcp.recover) &&
+		    !rewind_send(e, f))
+			return false;
+	} else if (f->tcp.snd_max == f->tcp.snd_una) {
+		f->tcp.retries = 0;	/* it answers our window probes */
 	}
 	return data_to_guest(e, f);
 }
@@ -444,6 +576,14 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 	bool fin = p->tflags & TCP_FIN;
 	ssize_t n = 0;
 
+	if (!len && !fin) {
+		/* A pure ACK needs no answer, or the guest would count ours as
+		 * duplicate ACKs. One off our sequence (a window or keepalive
+		 * probe, or a sign that we lost data) gets the ACK it wants. */
+		if (seq != f->tcp.rcv_nxt)
+			sl_flow_mark_ack(e, f);
+		return true;
+	}
 	if (SEQ_LT(seq, f->tcp.rcv_nxt)) {	/* trim what we already have */
 		uint32_t old = f->tcp.rcv_nxt - seq;
 
@@ -530,8 +670,9 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	if (e->n_half_open)
 		e->n_half_open--;
 	f->tcp.snd_una = f->tcp.isn;
-	f->tcp.snd_nxt = f->tcp.isn + 1;
+	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
+	rtt_start(e, f, f->tcp.isn + 1);
 	arm_rto(e, f);
 	update_events(e, f);
 }
@@ -680,7 +821,7 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 	if (e->n_half_open)
 		e->n_half_open--;
 	f->tcp.rcv_nxt = p->seq + 1;
-	f->tcp.snd_una = f->tcp.snd_nxt = f->tcp.isn + 1;
+	f->tcp.snd_una = f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	f->tcp.gmss = p->opt_mss ? p->opt_mss : (f->family == 4 ? 536 : 1220);
 	if (f->tcp.gmss > mss_cap(e, f->family))
 		f->tcp.gmss = mss_cap(e, f->family);
@@ -691,8 +832,10 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 		f->tcp.gws = (uint8_t)p->opt_wscale;
 	}
 	f->tcp.gwnd = p->win;
+	if (f->tcp.flags & SL_TF_TIMING)
+		rtt_sample(e, f);
 	f->tcp.rto_at = 0;
-	f->tcp.rto_ms = RTO_MIN_MS;
+	f->tcp.rto_ms = rto_base(f);
 	f->tcp.retries = 0;
 	sl_flow_mark_ack(e, f);
 	update_events(e, f);
@@ -740,7 +883,7 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 	if (!data_from_guest(e, f, p))
 		return;
 	if ((f->tcp.flags & SL_TF_GUEST_FIN) && (f->tcp.flags & SL_TF_FIN_ACKED))
-		close_flow(e, f, false);
+		close_flow(e, f, false);	/* sends the ACK of a last FIN */
 }
 
 /**
@@ -763,6 +906,12 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 	if (f->tcp.state != SL_TCP_ESTABLISHED)
 		return;
 	f->last_ns = e->now;
+	if (ev & EPOLLERR) {
+		/* Reset by the host peer, or a socket error: pass it on. */
+		reset_guest(e, f);
+		close_flow(e, f, false);
+		return;
+	}
 	if (ev & EPOLLOUT && (f->tcp.flags & SL_TF_NEED_WUPD)) {
 		f->tcp.flags &= (uint16_t)~SL_TF_NEED_WUPD;
 		update_events(e, f);
@@ -810,11 +959,12 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 		f->tcp.isn = new_isn(e);
 		f->tcp.recover = f->tcp.isn;
 		f->tcp.snd_una = f->tcp.isn;
-		f->tcp.snd_nxt = f->tcp.isn + 1;
+		f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 		f->tcp.gmss = mss_cap(e, fam);
 		sl_count(e, SL_C_tcp_flows_opened);
 		sl_count(e, SL_C_tcp_flows_inbound);
 		emit(e, f, TCP_SYN, f->tcp.isn, NULL, 0, true);
+		rtt_start(e, f, f->tcp.isn + 1);
 		arm_rto(e, f);
 		update_events(e, f);
 	}
@@ -835,8 +985,11 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 				close_flow(e, f, true);
 			return;
 		}
-	} else if ((f->tcp.flags & (SL_TF_GUEST_FIN | SL_TF_HOST_EOF)) &&
+	} else if ((f->tcp.flags & SL_TF_GUEST_FIN) &&
+		   (f->tcp.flags & SL_TF_HOST_EOF) &&
 		   idle >= CLOSING_IDLE_S * NSEC_PER_SEC) {
+		/* Both sides closed and the last ACK never came. A half-closed
+		 * connection is legitimate for as long as it is used. */
 		reset_guest(e, f);
 		close_flow(e, f, true);
 		return;
@@ -855,8 +1008,8 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 	f->tcp.rto_ms = f->tcp.rto_ms * 2 > RTO_MAX_MS ? RTO_MAX_MS :
 							 f->tcp.rto_ms * 2;
 	f->tcp.rto_at = 0;
-	rewind_send(e, f);
-	if (f->kind == SL_FLOW_TCP && !f->tcp.rto_at &&
-	    (f->tcp.snd_nxt != f->tcp.snd_una || f->tcp.gwnd == 0))
+	if (!rewind_send(e, f))
+		return;
+	if (!f->tcp.rto_at && f->tcp.snd_max != f->tcp.snd_una)
 		arm_rto(e, f);
 }
