@@ -112,5 +112,8 @@ int sl_engine_set_fault(struct sl_engine *e, uint32_t drop_in_permille,
 int sl_setns(int fd, int nstype);
 int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
 		size_t errlen);
+int sl_sandbox_apply(const char *const *extra, int nextra, char *err,
+		     size_t errlen);
+int sl_seccomp_apply(char *err, size_t errlen);
 
 #endif /* SLIRPY_H */

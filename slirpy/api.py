@@ -584,6 +584,7 @@ class ApiServer:
         self._conns: set[_ApiConnection] = set()
         self._rejected: set[_ApiConnection] = set()  # answered "busy", lingering
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
+        self._dirfd: int | None = None
 
     @property
     def is_serving(self) -> bool:
@@ -610,6 +611,12 @@ class ApiServer:
                         f"api socket {self.path} is in use", errno.EADDRINUSE
                     ) from None
                 raise ApiSocketError(f"api socket {self.path}: {exc.strerror}", exc.errno) from None
+            # A handle on the directory: the socket file can still be removed
+            # after --enable-sandbox has pivoted away from the host's tree.
+            self._dirfd = os.open(
+                os.path.dirname(os.path.abspath(self.path)),
+                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+            )
             st = os.stat(self.path)
             self._ident = (st.st_dev, st.st_ino)
             sock.listen(self._backlog)
@@ -641,15 +648,22 @@ class ApiServer:
 
     def _unlink(self) -> None:
         ident, self._ident = self._ident, None
-        if ident is None:
+        dirfd, self._dirfd = self._dirfd, None
+        if ident is None or dirfd is None:
+            if dirfd is not None:
+                os.close(dirfd)
             return
+        name = os.path.basename(self.path)
         try:
-            st = os.lstat(self.path)
+            st = os.lstat(name, dir_fd=dirfd)
             # Do not remove a socket someone else put there after us.
             if (st.st_dev, st.st_ino) == ident:
-                os.unlink(self.path)
+                os.unlink(name, dir_fd=dirfd)
         except OSError:
             pass
+        finally:
+            if dirfd is not None:
+                os.close(dirfd)
 
     def _register(self, conn: _ApiConnection) -> bool | None:
         """True: serve it. False: over the cap, answer "busy". None: even the

@@ -128,6 +128,8 @@ class Daemon:
         ready_fd: int | None = None,
         exit_fd: int | None = None,
         watch_pid: int | None = None,
+        sandbox: bool = False,
+        seccomp: bool = False,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -140,6 +142,8 @@ class Daemon:
         self.ready_fd = ready_fd
         self.exit_fd = exit_fd
         self.watch_pid = watch_pid
+        self.sandbox = sandbox
+        self.seccomp = seccomp
         self.engine = None
         self.dhcp = None
         self.dns = None
@@ -205,6 +209,8 @@ class Daemon:
                 self.dns = DnsProxy(
                     resolv_conf=self.resolv_conf,
                     upstreams=list(self.dns_upstreams) or None,
+                    # IPv6 + UDP headers: the worst case of both families.
+                    max_udp_reply=net.mtu - 48,
                 )
                 await self.dns.start()
                 stack.push_async_callback(self.dns.close)
@@ -255,6 +261,7 @@ class Daemon:
                 loop.add_signal_handler(sig, self.stop, 0)
                 stack.callback(loop.remove_signal_handler, sig)
             self._on_engine()  # frames queued before we listened
+            confine(self.sandbox, self.seccomp, self.resolv_conf)
             if self.ready_fd is not None:
                 try:
                     os.write(self.ready_fd, b"1")
@@ -274,12 +281,50 @@ def _preload() -> None:
     _loop_factory()
 
 
+def sandbox_extra_dirs(resolv_conf: str) -> list[str]:
+    """Directories the sandbox must keep visible besides /etc and /run.
+
+    resolv.conf is often a symlink (systemd-resolved, WSL, NetworkManager);
+    slirp4netns loses DNS when its target is elsewhere. Keep the directory of
+    every link in the chain and of the final file.
+    """
+    dirs: list[str] = []
+    path = os.path.abspath(resolv_conf)
+    for _ in range(16):
+        d = os.path.dirname(path)
+        if d not in dirs and d != "/":
+            dirs.append(d)
+        if not os.path.islink(path):
+            break
+        path = os.path.normpath(os.path.join(d, os.readlink(path)))
+    real = os.path.dirname(os.path.realpath(resolv_conf))
+    if real not in dirs and real != "/":
+        dirs.append(real)
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def confine(sandbox: bool, seccomp: bool, resolv_conf: str) -> None:
+    """Apply --enable-sandbox then --enable-seccomp (after set-up, before ready)."""
+    from slirpy.engine import sandbox_apply, seccomp_apply
+
+    if sandbox:
+        # unshare(CLONE_NEWUSER) fails in a multi-threaded process; a thread
+        # here is a bug in slirpy, reported rather than worked around.
+        if len(os.listdir("/proc/self/task")) > 1:
+            raise ConfigError("--enable-sandbox: slirpy has started a thread; cannot sandbox")
+        try:
+            sandbox_apply(sandbox_extra_dirs(resolv_conf))
+        except OSError as e:
+            raise ConfigError(e.strerror or str(e)) from None
+    if seccomp:
+        try:
+            seccomp_apply()
+        except OSError as e:
+            raise ConfigError(e.strerror or str(e)) from None
+
+
 def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
     """The slirpy-slirp4netns command, after parsing. Returns the exit code."""
-    if cfg.enable_sandbox:
-        raise ConfigError("--enable-sandbox is not implemented yet in slirpy")
-    if cfg.enable_seccomp:
-        raise ConfigError("--enable-seccomp is not implemented yet in slirpy")
     import logging
 
     logging.basicConfig(
@@ -330,6 +375,8 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         ready_fd=cfg.ready_fd,
         exit_fd=cfg.exit_fd,
         watch_pid=cfg.pid,
+        sandbox=cfg.enable_sandbox,
+        seccomp=cfg.enable_seccomp,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(daemon.serve())

@@ -253,3 +253,21 @@ def tun_open(name: str, *, vnet_hdr: bool = True, offload: bool = True) -> int:
     if fd < 0:
         raise TunError(-fd, ffi.string(err).decode())
     return fd
+
+
+def sandbox_apply(extra_dirs: list[str]) -> None:
+    """--enable-sandbox (csrc/sandbox.c); raises OSError with one line."""
+    err = ffi.new("char[]", 512)
+    keep = [ffi.new("char[]", d.encode()) for d in extra_dirs]
+    arr = ffi.new("const char *[]", keep) if keep else ffi.NULL
+    rc = lib.sl_sandbox_apply(arr, len(keep), err, 512)
+    if rc < 0:
+        raise OSError(-rc, ffi.string(err).decode())
+
+
+def seccomp_apply() -> None:
+    """--enable-seccomp (csrc/sandbox.c); raises OSError with one line."""
+    err = ffi.new("char[]", 512)
+    rc = lib.sl_seccomp_apply(err, 512)
+    if rc < 0:
+        raise OSError(-rc, ffi.string(err).decode())

@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -215,3 +216,18 @@ def free_port(family: int = socket.AF_INET) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[pathlib.Path]:
+    """A fresh directory under /tmp that the unprivileged user can read.
+
+    pytest's tmp_path lives under a 0700 directory of root's: files there are
+    invisible to slirpy and the container, which run as the test user.
+    """
+    d = pathlib.Path(tempfile.mkdtemp(prefix="slirpy-test-", dir="/tmp"))
+    try:
+        d.chmod(0o755)
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
