@@ -115,6 +115,21 @@ def parse_resolv_conf(text: str) -> list[tuple[str, int]]:
 # --------------------------------------------------------------------------
 
 
+async def _open_numeric(
+    host: str, port: int
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """open_connection to a numeric address without the loop's resolver threads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return await asyncio.open_connection(sock=sock)
+
+
 @dataclass(frozen=True, slots=True)
 class Expired:
     """A query that timed out or whose upstream failed.
@@ -164,6 +179,23 @@ def _question_section(msg: bytes) -> bytes | None:
     if off > n:
         return None
     return msg[HEADER_LEN:off].lower()
+
+
+def truncate_for_udp(reply: bytes, limit: int) -> bytes:
+    """``reply`` if it fits in ``limit`` bytes, else its truncated form.
+
+    The truncated form is the header with TC set and no records, plus the
+    question: what a server sends when the answer does not fit, so that the
+    client retries over TCP at once instead of timing out (slirpy never
+    fragments toward the guest, so an oversized datagram would be lost).
+    """
+    if len(reply) <= limit or len(reply) < HEADER_LEN:
+        return reply
+    question = _question_section(reply)
+    qlen = len(question) if question is not None else 0
+    qdcount = b"\x00\x01" if question is not None else b"\x00\x00"
+    header = reply[:2] + bytes([reply[2] | 0x02, reply[3]]) + qdcount + b"\x00" * 6
+    return header + reply[HEADER_LEN : HEADER_LEN + qlen]
 
 
 class DnsForwarderCore:
@@ -484,7 +516,7 @@ class _TcpUpstream:
         s = self.session
         try:
             reader, self.writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), s.proxy.timeout
+                _open_numeric(self.host, self.port), s.proxy.timeout
             )
             for frame in self.queue:
                 self.writer.write(frame)
@@ -631,6 +663,8 @@ class DnsProxy:
     nameserver or cannot be read at start, 127.0.0.1:53 is used, as glibc does;
     if it disappears later, the last known list is kept. ``resolv_conf_port``
     is the port used for the file's nameservers (53 unless testing).
+    ``max_udp_reply`` is the largest UDP answer the guest can receive unfragmented;
+    larger ones are sent truncated (TC set).
     """
 
     def __init__(
@@ -648,6 +682,7 @@ class DnsProxy:
         tcp_idle_timeout: float = 10.0,
         resolv_conf_check_interval: float = 1.0,
         resolv_conf_port: int = DNS_PORT,
+        max_udp_reply: int = 65535,
     ) -> None:
         if upstreams is None and resolv_conf is None:
             raise ValueError("DnsProxy needs upstreams or a resolv.conf path")
@@ -655,6 +690,7 @@ class DnsProxy:
             raise ValueError("timeout must be > 0")
         self.timeout = timeout
         self.listen_host = listen_host
+        self.max_udp_reply = max_udp_reply
         self.tcp_max_pending = tcp_max_pending
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_clients = max_tcp_clients
@@ -736,16 +772,22 @@ class DnsProxy:
         loop = asyncio.get_running_loop()
         self._loop = loop
         try:
+            # Bind numeric addresses ourselves: letting the loop resolve them
+            # starts uvloop's resolver threads, and --enable-sandbox must run
+            # single-threaded.
+            family = socket.AF_INET6 if ":" in self.listen_host else socket.AF_INET
+            udp = socket.socket(family, socket.SOCK_DGRAM)
+            udp.bind((self.listen_host, self._want_udp_port))
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpListener(self),
-                local_addr=(self.listen_host, self._want_udp_port),
+                lambda: _UdpListener(self), sock=udp
             )
             self._udp_transport = transport
             _grow_rcvbuf(transport.get_extra_info("socket"))
             self._udp_port = transport.get_extra_info("sockname")[1]
-            self._server = await asyncio.start_server(
-                self._on_tcp_client, self.listen_host, self._want_tcp_port
-            )
+            tcp = socket.socket(family, socket.SOCK_STREAM)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((self.listen_host, self._want_tcp_port))
+            self._server = await asyncio.start_server(self._on_tcp_client, sock=tcp)
             self._tcp_port = self._server.sockets[0].getsockname()[1]
             # After binding: the self-loop filter needs our own ports.
             if self._explicit is not None:
@@ -914,6 +956,7 @@ class DnsProxy:
                 res = self._core.answer(data, idx, now)
                 if res is not None and self._udp_transport is not None:
                     client, reply = res
+                    reply = truncate_for_udp(reply, self.max_udp_reply)
                     self._udp_transport.sendto(reply, client)  # type: ignore[arg-type]
         except Exception:
             self._stats["callback_errors"] += 1

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -751,3 +752,16 @@ def test_proxy_close_is_idempotent_and_ports_need_start() -> None:
             DnsProxy(resolv_conf=None)
 
     run("asyncio", main)
+
+
+def test_truncate_for_udp_keeps_small_replies_and_cuts_big_ones() -> None:
+    from slirpy.dns import truncate_for_udp
+
+    q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x03Big\x04test\x00\x00\x01\x00\x01"
+    answer = struct.pack("!HHHHHH", 9, 0x8180, 1, 200, 0, 0) + q[12:] + b"\xc0\x0c" * 800
+    assert truncate_for_udp(answer, len(answer)) == answer
+    cut = truncate_for_udp(answer, 1000)
+    assert cut == struct.pack("!HHHHHH", 9, 0x8380, 1, 0, 0, 0) + q[12:]
+    # An unparseable question: header only, TC set, no sections at all.
+    junk = b"\x00\x09\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00" + b"\xff" * 2000
+    assert truncate_for_udp(junk, 100) == b"\x00\x09\x83\x80" + b"\x00" * 8
