@@ -763,8 +763,24 @@ int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)
 		struct sl_listener *l = &e->listeners[i];
 
 		if (l->used && l->id == id) {
+			uint32_t k;
+
 			close(l->fd);
 			l->used = false;
+			/* Inbound UDP flows answer through the listener's
+			 * socket, by slot: forget them, or a forward added
+			 * later in this slot would carry their replies from
+			 * its own port. (TCP flows own their accepted fd.) */
+			for (k = 0; l->proto == SL_UDP && k < e->nflows_max;
+			     k++) {
+				struct sl_flow *f = &e->flows[k];
+
+				if (f->kind == SL_FLOW_UDP && f->udp.inbound &&
+				    f->udp.listener == (uint32_t)i) {
+					sl_count(e, SL_C_udp_flows_closed);
+					sl_flow_free(e, f);
+				}
+			}
 			return 0;
 		}
 	}

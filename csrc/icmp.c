@@ -242,3 +242,21 @@ void sl_icmp6_unreach(struct sl_engine *e, const struct sl_pkt *p,
 {
 	unreach(e, p, ICMP6_UNREACH, code);
 }
+
+/**
+ * sl_icmp_net_unreach() - tell the guest its destination's network is unreachable.
+ * @e: the engine.
+ * @p: the guest packet that cannot be delivered.
+ *
+ * IPv4 uses code 9 (network administratively prohibited): Linux maps it to a
+ * *fatal* ENETUNREACH, so connected UDP sockets see the error too; code 0 is
+ * only reported to TCP. ICMPv6 has no fatal "no route", so code 0 it is:
+ * TCP sees ENETUNREACH, UDP only with IPV6_RECVERR.
+ */
+void sl_icmp_net_unreach(struct sl_engine *e, const struct sl_pkt *p)
+{
+	if (p->family == 4)
+		unreach(e, p, ICMP_UNREACH, 9);
+	else
+		unreach(e, p, ICMP6_UNREACH, 0);
+}

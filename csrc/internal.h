@@ -263,6 +263,7 @@ void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_icmp6_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_icmp6_unreach(struct sl_engine *e, const struct sl_pkt *p,
 		      uint8_t code);
+void sl_icmp_net_unreach(struct sl_engine *e, const struct sl_pkt *p);
 void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
 		const uint8_t *dst6);
 

@@ -700,10 +700,12 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 		p.l3 = q;
 		p.l3_len = l3 + 8;
 		memcpy(p.src, f->gaddr, 16);
-		if (f->family == 4)
-			sl_icmp4_unreach(e, &p, err == ENETUNREACH ? 0 : 1);
+		if (err == ENETUNREACH)
+			sl_icmp_net_unreach(e, &p);
+		else if (f->family == 4)
+			sl_icmp4_unreach(e, &p, 1);
 		else
-			sl_icmp6_unreach(e, &p, err == ENETUNREACH ? 0 : 3);
+			sl_icmp6_unreach(e, &p, 3);
 	}
 	close_flow(e, f, false);
 }
@@ -751,10 +753,7 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 	r = sl_remote_sockaddr(e, p->family, p->dst, p->dport, IPPROTO_TCP_,
 			       &sa, &salen);
 	if (r == -ENETUNREACH) {
-		if (p->family == 4)
-			sl_icmp4_unreach(e, p, 0);
-		else
-			sl_icmp6_unreach(e, p, 0);
+		sl_icmp_net_unreach(e, p);
 		return;
 	}
 	if (r < 0) {
@@ -941,11 +940,22 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 			     SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			break;
-		if (e->n_half_open >= e->cfg.max_half_open ||
-		    sl_guest_view_of(e, &sa, &fam, view, &cport) < 0 ||
-		    !(f = sl_flow_new(e, SL_FLOW_TCP, fam, l->gaddr, l->gport,
-				      view, cport))) {
-			sl_count(e, SL_C_drop_flow_cap);
+		/* Closing at once (rather than leaving it in the backlog)
+		 * keeps the level-triggered listener from spinning; the
+		 * client sees EOF. sl_flow_new counts its own failures. */
+		if (e->n_half_open >= e->cfg.max_half_open) {
+			sl_count(e, SL_C_drop_half_open_cap);
+			close(fd);
+			continue;
+		}
+		if (sl_guest_view_of(e, &sa, &fam, view, &cport) < 0) {
+			sl_count(e, SL_C_drop_dst_invalid);
+			close(fd);
+			continue;
+		}
+		f = sl_flow_new(e, SL_FLOW_TCP, fam, l->gaddr, l->gport, view,
+				cport);
+		if (!f) {
 			close(fd);
 			continue;
 		}

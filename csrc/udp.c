@@ -72,10 +72,12 @@ static void refuse(struct sl_engine *e, const struct sl_pkt *p, int err)
 		return;
 	}
 	/* ENETUNREACH: host loopback disabled; ECONNREFUSED: closed port. */
-	if (p->family == 4)
-		sl_icmp4_unreach(e, p, err == -ENETUNREACH ? 0 : 3);
+	if (err == -ENETUNREACH)
+		sl_icmp_net_unreach(e, p);
+	else if (p->family == 4)
+		sl_icmp4_unreach(e, p, 3);
 	else
-		sl_icmp6_unreach(e, p, err == -ENETUNREACH ? 0 : 4);
+		sl_icmp6_unreach(e, p, 4);
 }
 
 static struct sl_flow *open_flow(struct sl_engine *e, const struct sl_pkt *p)
