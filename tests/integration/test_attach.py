@@ -97,7 +97,7 @@ def test_exit_fd_hangup_exits_zero_and_removes_api_socket(container: Container) 
 def test_signal_orderly_exit(container: Container, sig) -> None:
     s = start_slirpy(["-c", str(container.pid), "tap0"])
     assert s.stop(sig) == 0
-    out, err = s.output()
+    _out, err = s.output()
     assert "Traceback" not in err
 
 
@@ -126,7 +126,7 @@ def test_netns_type_path(slirpy_factory) -> None:
 
 
 def test_missing_pid_one_line() -> None:
-    rc, out, err = run_slirpy_error(["999999999", "tap0"])
+    rc, _out, err = run_slirpy_error(["999999999", "tap0"])
     assert rc == 1
     assert err.strip().splitlines() == [
         "slirpy-slirp4netns: no process with PID 999999999: is the container still running?"
@@ -135,14 +135,14 @@ def test_missing_pid_one_line() -> None:
 
 @pytest.mark.parametrize("mtu", ["67", "65522", "abc"])
 def test_bad_mtu_one_line(mtu) -> None:
-    rc, out, err = run_slirpy_error([f"--mtu={mtu}", "1", "tap0"])
+    rc, _out, err = run_slirpy_error([f"--mtu={mtu}", "1", "tap0"])
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "MTU" in lines[0] and "Traceback" not in err
 
 
 def test_bad_option_one_line() -> None:
-    rc, out, err = run_slirpy_error(["--no-such-option", "1", "tap0"])
+    rc, _out, err = run_slirpy_error(["--no-such-option", "1", "tap0"])
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "--no-such-option" in lines[0]
@@ -153,7 +153,7 @@ def test_namespace_not_joinable() -> None:
     name = f"slirpy-test-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        rc, out, err = run_slirpy_error(
+        rc, _out, err = run_slirpy_error(
             ["--netns-type=path", f"/run/netns/{name}", "tap0"]
         )
         assert rc == 1
@@ -182,7 +182,7 @@ def _with_tun_replaced(setup: str, container: Container) -> tuple[int, str, str]
 
 
 def test_dev_net_tun_missing(container: Container) -> None:
-    rc, out, err = _with_tun_replaced("mount -t tmpfs none /dev/net", container)
+    rc, _out, err = _with_tun_replaced("mount -t tmpfs none /dev/net", container)
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -192,7 +192,7 @@ def test_dev_net_tun_missing(container: Container) -> None:
 def test_dev_net_tun_not_permitted(container: Container, tmp_path) -> None:
     node = tmp_path / "tun"
     setup = f"mknod {node} c 10 200 && chmod 600 {node} && mount --bind {node} /dev/net/tun"
-    rc, out, err = _with_tun_replaced(setup, container)
+    rc, _out, err = _with_tun_replaced(setup, container)
     assert rc == 1
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
