@@ -107,10 +107,8 @@ def tcp_session(config: int, six: bool = False, dst: str | None = None, dport: i
                 payload: bytes = b"GET / HTTP/1.0\r\n\r\n") -> Seed:
     """SYN, ACK of the predicted SYN-ACK, data, FIN, then a timer jump."""
     s = Seed(config)
-    if six:
-        base = e6() / IPv6(src=GUEST6, dst=dst or GW6)
-    else:
-        base = e4() / IP(src=GUEST, dst=dst or GW)
+    base = (e6() / IPv6(src=GUEST6, dst=dst or GW6) if six
+            else e4() / IP(src=GUEST, dst=dst or GW))
     opts = [("MSS", 1460), ("SAckOK", b""), ("NOP", None), ("WScale", 7)]
     s.add(base / TCP(sport=40000, dport=dport, flags="S", seq=1000, options=opts,
                      window=65535))
