@@ -21,7 +21,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
@@ -130,6 +130,9 @@ class Daemon:
         watch_pid: int | None = None,
         sandbox: bool = False,
         seccomp: bool = False,
+        on_signal: Callable[[int], None] | None = None,
+        handle_signals: bool = True,
+        setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -144,6 +147,15 @@ class Daemon:
         self.watch_pid = watch_pid
         self.sandbox = sandbox
         self.seccomp = seccomp
+        # `slirpy run` forwards signals to its command instead of stopping;
+        # the library (slirpy.Network) may run outside the main thread, where
+        # signal handlers cannot be installed, and leaves signals alone.
+        self.on_signal = on_signal
+        self.handle_signals = handle_signals
+        # Called once the engine and services run, before confinement and
+        # the ready byte: `slirpy run` and the library add forwards there
+        # and push their own clean-up (it runs before the engine closes).
+        self.setup = setup
         self.engine = None
         self.dhcp = None
         self.dns = None
@@ -258,8 +270,15 @@ class Daemon:
                     stack.callback(os.close, pidfd)
                     stack.callback(loop.remove_reader, pidfd)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.add_signal_handler(sig, self.stop, 0)
+                if not self.handle_signals:
+                    break
+                if self.on_signal is not None:
+                    loop.add_signal_handler(sig, self.on_signal, sig)
+                else:
+                    loop.add_signal_handler(sig, self.stop, 0)
                 stack.callback(loop.remove_signal_handler, sig)
+            if self.setup is not None:
+                await self.setup(self, stack)
             self._on_engine()  # frames queued before we listened
             confine(self.sandbox, self.seccomp, self.resolv_conf)
             if self.ready_fd is not None:
@@ -383,5 +402,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
 
 
 def run_command(cfg: object) -> int:
-    """`slirpy run`: not built yet; say so in one line rather than half-work."""
-    raise ConfigError("'slirpy run' is not implemented yet; use slirpy-slirp4netns")
+    """`slirpy run` (slirpy.run owns it); returns CMD's exit code."""
+    from slirpy.run import run
+
+    return run(cfg)  # type: ignore[arg-type]

@@ -393,7 +393,14 @@ def _build_parser() -> _ArgumentParser:
         action="store_true",
         help="do not use TAP checksum/segmentation offloads",
     )
-    run.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    run.add_argument(
+        "--keep-id",
+        action="store_true",
+        help="COMMAND runs as your own uid/gid inside, not as root",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log flows as they open and close"
+    )
     run.add_argument("--stats", action="store_true", help="print traffic statistics on exit")
     # REMAINDER: everything from the first positional on belongs to COMMAND,
     # including its own options.
@@ -422,6 +429,7 @@ def _run_config_from(ns: argparse.Namespace) -> RunConfig:
         offload=not ns.disable_offload,
         verbose=ns.verbose,
         stats=ns.stats,
+        keep_id=ns.keep_id,
     )
 
 

@@ -585,6 +585,7 @@ class RunConfig:
     offload: bool = True
     verbose: int = 0
     stats: bool = False
+    keep_id: bool = False
 
     def __post_init__(self) -> None:
         if not self.command:
