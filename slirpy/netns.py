@@ -164,7 +164,8 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
         try:
             fd = tun_open(req.tapname, vnet_hdr=req.vnet_hdr, offload=req.offload)
         except TunError as e:
-            raise NamespaceError(str(e)) from None
+            # strerror is the one-line advice; str() would prefix "[Errno N]".
+            raise NamespaceError(e.strerror or str(e)) from None
         if req.configure:
             try:
                 _configure(req)
