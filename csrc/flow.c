@@ -127,10 +127,44 @@ static uint32_t kind_cap(const struct sl_engine *e, int kind)
 }
 
 /**
+ * evict_lru() - make room for a new UDP or ICMP flow at the cap by closing
+ * the least recently used flow of @kind.
+ *
+ * Datagram flows carry no state the guest cannot recreate, so a guest that
+ * sweeps thousands of ports only recycles its own table: the flows it uses
+ * right after (DNS above all) open at once instead of waiting out the idle
+ * timeout. TCP flows are never evicted (that would reset live connections);
+ * at the TCP cap new SYNs are refused. O(pool) per eviction, which is paid
+ * only at the cap and is small next to the socket() + connect() that follow.
+ *
+ * Return: true when a flow was freed.
+ */
+static bool evict_lru(struct sl_engine *e, int kind)
+{
+	struct sl_flow *lru = NULL;
+	uint32_t i;
+
+	for (i = 0; i < e->nflows_max; i++) {
+		struct sl_flow *f = &e->flows[i];
+
+		if (f->kind == kind && (!lru || f->last_ns < lru->last_ns))
+			lru = f;
+	}
+	if (!lru)
+		return false;
+	sl_count(e, kind == SL_FLOW_UDP ? SL_C_udp_flows_closed :
+					  SL_C_icmp_flows_closed);
+	sl_count(e, SL_C_flows_evicted);
+	sl_flow_free(e, lru);
+	return true;
+}
+
+/**
  * sl_flow_new() - take a flow from the pool and insert it in the hash.
  *
  * Return: the flow with fd = -1 and the key set, or NULL when the cap for
- * @kind is reached (counted as drop_flow_cap).
+ * @kind is reached (counted as drop_flow_cap). At the UDP and ICMP caps the
+ * least recently used flow of that kind is evicted instead (flows_evicted).
  */
 struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 			    const uint8_t *gaddr, uint16_t gport,
@@ -139,8 +173,12 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 	struct sl_flow *f;
 	uint32_t b, gen;
 
-	if (e->n_by_kind[kind] >= kind_cap(e, kind) ||
-	    e->free_head == SL_NIL) {
+	if (e->n_by_kind[kind] >= kind_cap(e, kind) &&
+	    (kind == SL_FLOW_TCP || !evict_lru(e, kind))) {
+		sl_count(e, SL_C_drop_flow_cap);
+		return NULL;
+	}
+	if (e->free_head == SL_NIL) {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}

@@ -47,7 +47,7 @@
 	X(tcp_bytes_to_guest) X(udp_flows_opened) X(udp_flows_closed)         \
 	X(udp_datagrams_to_host) X(udp_datagrams_to_guest)                    \
 	X(icmp_flows_opened) X(icmp_flows_closed) X(punted) X(gso_frames_in)  \
-	X(gso_frames_out) X(timers_fired)
+	X(gso_frames_out) X(timers_fired) X(flows_evicted)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,

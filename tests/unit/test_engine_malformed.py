@@ -325,3 +325,44 @@ def test_dns_mac_frames_are_not_misrouted(guest):
     outs = guest.out()
     assert [(o.pkt[ICMP].type, o.pkt[ICMP].code) for o in outs if ICMP in o.pkt] == [(3, 3)]
     assert guest.counters()["udp_flows_opened"] == 0
+
+
+# ------------------------------------------------------------------ caps
+
+
+def test_udp_sweep_at_the_cap_evicts_the_least_recently_used_flow(make_guest, socks):
+    """Found by the hostile-guest port sweep: at the UDP cap new flows were
+    refused until the idle timeout (60 s), so after a sweep the guest could not
+    even resolve names. Now the least recently used UDP flow makes room."""
+    from slirpy.engine import Limits
+
+    g = make_guest(limits=Limits(max_udp_flows=8))
+    first = socks.udp()
+    for i in range(8):
+        g.send(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
+               / UDP(sport=30000 + i, dport=first.getsockname()[1]) / b"sweep")
+        g.clock.advance(0.001)
+    server = socks.udp()
+    g.send(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
+           / UDP(sport=40000, dport=server.getsockname()[1]) / b"after the sweep")
+    data, _ = server.recvfrom(100)
+    assert data == b"after the sweep"
+    c = g.counters()
+    assert c["flows_evicted"] == 1 and c["drop_flow_cap"] == 0
+    assert c["udp_flows_opened"] == 9 and c["udp_flows_closed"] == 1
+    ports = sorted(f["guest_port"] for f in g.engine.flows())
+    assert ports == [*range(30001, 30008), 40000]  # 30000 was the oldest
+
+
+def test_tcp_cap_refuses_and_never_evicts(make_guest, socks):
+    from slirpy.engine import Limits
+
+    g = make_guest(limits=Limits(max_tcp_flows=2))
+    ls = socks.tcp_listener()
+    port = ls.getsockname()[1]
+    for i in range(3):
+        g.send(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
+               / TCP(sport=30000 + i, dport=port, flags="S", seq=1))
+    c = g.counters()
+    assert c["tcp_flows_opened"] == 2 and c["drop_flow_cap"] == 1
+    assert c["flows_evicted"] == 0
