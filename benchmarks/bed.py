@@ -93,6 +93,22 @@ def prepare_host() -> None:
     pathlib.Path("/proc/sys/net/ipv4/ping_group_range").write_text("0 2147483647\n")
 
 
+def pycache_dir() -> str:
+    """Where the stacks' Python writes and finds its bytecode (PYTHONPYCACHEPREFIX).
+
+    A pip-installed slirpy has its .pyc files from install time. Run from
+    this checkout as uid 65534, Python could not write them next to the
+    sources (root owns the tree) and would compile every module at every
+    start: about 80 ms of "time to ready" that no installed slirpy pays. A
+    prefix that the unprivileged user owns fixes that after one warm-up start
+    (see compare's warm_up), without writing into the repository.
+    """
+    d = pathlib.Path(tempfile.gettempdir()) / f"slirpy-bench-pycache-{UID}"
+    d.mkdir(mode=0o755, exist_ok=True)
+    os.chown(d, UID, UID)
+    return str(d)
+
+
 def user_tmpdir() -> str:
     """A private directory the unprivileged user owns (API sockets)."""
     d = tempfile.mkdtemp(prefix="slirpy-bench-")
@@ -303,6 +319,7 @@ def start_stack(spec: StackSpec, c: Container, mtu: int, *, fwd_port: int,
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "PYTHONPATH": str(REPO),
+        "PYTHONPYCACHEPREFIX": pycache_dir(),
         **dict(spec.env),
     }
     with open(log, "wb") as logf:
