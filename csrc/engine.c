@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/timerfd.h>
 
@@ -100,6 +101,42 @@ static void set_defaults(struct sl_config *c)
 		c->mtu = 1500;
 }
 
+#define SL_FD_RESERVE 256
+
+static uint32_t scale_cap(uint32_t cap, uint64_t budget, uint64_t want)
+{
+	uint64_t v = cap * budget / want;
+
+	return v ? (uint32_t)v : 1;
+}
+
+/*
+ * Every flow holds one socket. Keep the sum of the flow caps under the
+ * process's RLIMIT_NOFILE, less a reserve for what Python needs (API and
+ * DNS sockets, forwarded-port listeners, the TAP): a guest that floods
+ * flows then meets drop_flow_cap (or, for UDP/ICMP, LRU eviction) instead
+ * of starving the control plane of file descriptors with EMFILE.
+ */
+static void clamp_to_fd_limit(struct sl_config *c)
+{
+	uint64_t want = (uint64_t)c->max_tcp_flows + c->max_udp_flows +
+			c->max_icmp_flows;
+	uint64_t budget;
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return;
+	budget = rl.rlim_cur > 2 * SL_FD_RESERVE ? rl.rlim_cur - SL_FD_RESERVE :
+						   rl.rlim_cur / 2;
+	if (want <= budget)
+		return;
+	c->max_tcp_flows = scale_cap(c->max_tcp_flows, budget, want);
+	c->max_udp_flows = scale_cap(c->max_udp_flows, budget, want);
+	c->max_icmp_flows = scale_cap(c->max_icmp_flows, budget, want);
+	if (c->max_half_open > c->max_tcp_flows)
+		c->max_half_open = c->max_tcp_flows;
+}
+
 struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 {
 	struct sl_engine *e = calloc(1, sizeof(*e));
@@ -109,6 +146,7 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 		return NULL;
 	e->cfg = *cfg;
 	set_defaults(&e->cfg);
+	clamp_to_fd_limit(&e->cfg);
 	e->tapfd = -1;
 	e->timerfd = -1;
 	e->mask4 = e->cfg.prefix4 ? ~0u << (32 - e->cfg.prefix4) : 0;

@@ -366,3 +366,46 @@ def test_tcp_cap_refuses_and_never_evicts(make_guest, socks):
     c = g.counters()
     assert c["tcp_flows_opened"] == 2 and c["drop_flow_cap"] == 1
     assert c["flows_evicted"] == 0
+
+
+_FD_LIMIT_SCRIPT = r"""
+import json, os, resource, socket, sys
+sys.path[:0] = [sys.argv[1], os.path.dirname(os.path.dirname(sys.argv[1]))]
+from frames import GUEST, GUEST_MAC, GW, GW_MAC, IP, UDP, Ether, raw
+from slirpy.config import NetworkModel
+from slirpy.engine import Engine
+resource.setrlimit(resource.RLIMIT_NOFILE, (512, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sink.bind(("127.0.0.1", 0))
+port = sink.getsockname()[1]
+e = Engine(NetworkModel(), vnet_hdr=False)
+peak = 0
+for i in range(600):
+    frame = raw(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
+                / UDP(sport=20000 + i, dport=port) / b"x")
+    e.input_frame(frame, 10**9 + i * 10**6)
+    peak = max(peak, len(os.listdir("/proc/self/fd")))
+c = e.counters()
+print(json.dumps({"peak_fds": peak, "flows": len(e.flows()), **c}))
+"""
+
+
+def test_flow_caps_stay_under_the_fd_limit(tmp_path):
+    """With RLIMIT_NOFILE at 512 the default caps (8448 sockets) cannot all
+    be honoured: the engine scales them down to leave 256 fds to the control
+    plane, so 600 UDP flows evict instead of failing with EMFILE."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    here = pathlib.Path(__file__).resolve().parent
+    r = subprocess.run([sys.executable, "-c", _FD_LIMIT_SCRIPT, str(here)], capture_output=True,
+                       text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    c = json.loads(r.stdout.splitlines()[-1])
+    assert c["drop_socket_error"] == 0
+    assert c["udp_datagrams_to_host"] == 600
+    assert c["flows_evicted"] > 0
+    assert c["flows"] == c["udp_flows_opened"] - c["udp_flows_closed"] <= 256
+    assert c["peak_fds"] < 512 - 128
