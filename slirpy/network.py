@@ -160,14 +160,19 @@ def _enter_new_namespaces(libc: _Libc, flags: int, keep_id: bool) -> None:
 
 
 def fork_namespaced(
-    flags: int, then: Callable[[], NoReturn], *, keep_id: bool = False
+    flags: int,
+    then: Callable[[], NoReturn],
+    *,
+    keep_id: bool = False,
+    prepare: Callable[[], None] | None = None,
 ) -> int:
     """Fork a child in new namespaces (`flags`: CLONE_NEW*), run `then` in it.
 
-    Returns the child's PID once its namespaces exist and its user is
-    mapped, so that /proc/PID/ns/* can be joined; raises NamespaceError with
-    the child's one-line reason otherwise (the child is reaped). `then` runs
-    in the child and must end with os._exit or an exec.
+    Returns the child's PID once its namespaces exist, its user is mapped and
+    `prepare` (if any) ran in it, so that /proc/PID/ns/* can be joined;
+    raises NamespaceError with the child's one-line reason otherwise (the
+    child is reaped). `then` runs in the child and must end with os._exit or
+    an exec.
     """
     libc = _Libc()
     rfd, wfd = os.pipe()
@@ -178,6 +183,8 @@ def fork_namespaced(
             os.close(rfd)
             try:
                 _enter_new_namespaces(libc, flags, keep_id)
+                if prepare is not None:
+                    prepare()
             except NamespaceError as e:
                 os.write(wfd, str(e).encode() + b"\n")
                 os._exit(1)

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import select
+import shlex
 import signal
 import socket
 import subprocess
@@ -98,12 +99,13 @@ def read_line(proc: subprocess.Popen[bytes], timeout: float = 20) -> str:
 
 
 class HostServer:
-    """TCP server on 127.0.0.1: reads to EOF, answers sha256(received) + `payload`."""
+    """TCP server on loopback: reads to EOF, answers sha256(received) + `payload`."""
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, host: str = "127.0.0.1") -> None:
         self.payload = payload
         self.received_sha: list[str] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
+        fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.create_server((host, 0), family=fam)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self._stop = threading.Event()
@@ -172,6 +174,23 @@ def test_outbound_to_host_loopback_through_gateway(host_server: HostServer) -> N
     res = json.loads(r.stdout)
     assert res["sent"] == res["echo"] == host_server.received_sha[0]
     assert res["rest"] == hashlib.sha256(host_server.payload).hexdigest()
+
+
+def test_ipv6_is_usable_as_soon_as_cmd_starts() -> None:
+    # No sleep in the guest: slirpy runs CMD only once SLAAC gave tap0 an address.
+    srv = HostServer(b"six", host="::1")
+    try:
+        client = shlex.join([PY, "-c", GUEST_CLIENT, "fd00::2", str(srv.port), "1000"])
+        script = f"head -2 /etc/resolv.conf; exec {client}"
+        r = run_fg(["--ipv6"], ["sh", "-c", script])
+    finally:
+        srv.close()
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["nameserver 10.0.2.3", "nameserver fd00::3"]
+    res = json.loads(lines[2])
+    assert res["sent"] == res["echo"] == srv.received_sha[0]
+    assert res["rest"] == hashlib.sha256(b"six").hexdigest()
 
 
 def test_no_host_loopback_refuses_the_gateway(host_server: HostServer) -> None:
