@@ -103,6 +103,7 @@ static void set_defaults(struct sl_config *c)
 
 #define SL_FD_RESERVE 256
 
+/* @cap * @budget / @want, at least 1. */
 static uint32_t scale_cap(uint32_t cap, uint64_t budget, uint64_t want)
 {
 	uint64_t v = cap * budget / want;
@@ -110,7 +111,10 @@ static uint32_t scale_cap(uint32_t cap, uint64_t budget, uint64_t want)
 	return v ? (uint32_t)v : 1;
 }
 
-/*
+/**
+ * clamp_to_fd_limit() - scale the flow caps down to the fd budget.
+ * @c: the configuration, defaults already applied
+ *
  * Every flow holds one socket. Keep the sum of the flow caps under the
  * process's RLIMIT_NOFILE, less a reserve for what Python needs (API and
  * DNS sockets, forwarded-port listeners, the TAP): a guest that floods
