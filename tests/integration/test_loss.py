@@ -101,4 +101,3 @@ def test_host_to_guest_64mib_under_2pct_loss(lossy: Container, tcp_server: Serve
     # Data segments were lost on their way into the guest: slirpy resent them.
     assert d["in"] > 0, d
     print(f"host->guest under loss: {d}, {rep['seconds']:.1f} s")
-
