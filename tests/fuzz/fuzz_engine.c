@@ -16,6 +16,12 @@
  *     0x08 host loopback DISABLED (N+2 gives ENETUNREACH)
  *     0x10 DNS forwarding disabled
  *     0x60 MTU: 1500, 68, 9000, 65520
+ *     0x80 port forwards: TCP and UDP listeners on loopback handed to the
+ *          engine (guest 10.0.2.100 port 80 / 5353, or fd00::100 with
+ *          0x04); a loopback client from port 40080 connects and one from
+ *          40053 sends a datagram before the first frame is polled, so the
+ *          engine's SYN and datagram toward the guest are what the frames
+ *          answer
  *   then records until the input ends:
  *     2 bytes big-endian frame length (clipped to what is left)
  *     1 byte clock step: < 200 -> step * 10 ms; else (step - 199) * 30 s
@@ -218,6 +224,102 @@ static void serve_peers(void)
 			;
 }
 
+#define FZ_FWD_TCP_CLIENT 40080
+#define FZ_FWD_UDP_CLIENT 40053
+
+struct fz_fwd {
+	int tcp_client, udp_client;
+};
+
+/* A loopback socket bound to @port (and to 0 for the listeners). */
+static int fwd_socket(int type, uint16_t port)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET,
+				   .sin_port = htons(port),
+				   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct linger lg = { .l_onoff = 1, .l_linger = 0 };
+	int one = 1;
+	int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -1;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* RST on close: no TIME-WAIT, the fixed client port is free again. */
+	setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	if (bind(fd, (struct sockaddr *)&sin, sizeof(sin)) < 0 ||
+	    (type == SOCK_STREAM && !port && listen(fd, 8) < 0)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+static uint16_t local_port(int fd)
+{
+	struct sockaddr_in sin;
+	socklen_t len = sizeof(sin);
+
+	if (getsockname(fd, (struct sockaddr *)&sin, &len) < 0)
+		return 0;
+	return ntohs(sin.sin_port);
+}
+
+/*
+ * Hand the engine a TCP and a UDP listener (it owns them from then on) and
+ * make a loopback client knock on each. Failures only mean less coverage.
+ */
+static void add_forwards(struct sl_engine *e, const struct sl_config *c,
+			 struct fz_fwd *fw)
+{
+	static const uint8_t guest6[16] = { 0xfd, [14] = 0x01, [15] = 0x00 };
+	const uint8_t *gaddr = c->ipv6 ? guest6 : c->guest4;
+	int family = c->ipv6 ? 6 : 4;
+	int lt = fwd_socket(SOCK_STREAM, 0), lu = fwd_socket(SOCK_DGRAM, 0);
+	struct sockaddr_in to = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	fw->tcp_client = fw->udp_client = -1;
+	if (lt >= 0) {
+		to.sin_port = htons(local_port(lt));
+		if (sl_engine_add_listener(e, lt, SL_TCP, gaddr, family, 80,
+					   1) < 0) {
+			close(lt);
+		} else {
+			fw->tcp_client = fwd_socket(SOCK_STREAM,
+						    FZ_FWD_TCP_CLIENT);
+			if (fw->tcp_client >= 0)
+				connect(fw->tcp_client,
+					(struct sockaddr *)&to, sizeof(to));
+		}
+	}
+	if (lu >= 0) {
+		to.sin_port = htons(local_port(lu));
+		if (sl_engine_add_listener(e, lu, SL_UDP, gaddr, family, 5353,
+					   2) < 0) {
+			close(lu);
+		} else {
+			fw->udp_client = fwd_socket(SOCK_DGRAM,
+						    FZ_FWD_UDP_CLIENT);
+			if (fw->udp_client >= 0)
+				sendto(fw->udp_client, "knock", 5, 0,
+				       (struct sockaddr *)&to, sizeof(to));
+		}
+	}
+}
+
+/* The forwarded clients read what the guest sent them, then go away. */
+static void serve_forwards(const struct fz_fwd *fw)
+{
+	uint8_t buf[2048];
+
+	if (fw->tcp_client >= 0)
+		while (recv(fw->tcp_client, buf, sizeof(buf), 0) > 0)
+			;
+	if (fw->udp_client >= 0)
+		while (recv(fw->udp_client, buf, sizeof(buf), 0) > 0)
+			;
+}
+
 static void drain(struct sl_engine *e)
 {
 	static uint8_t out[FZ_OUTBUF];
@@ -274,6 +376,7 @@ static void make_config(struct sl_config *c, uint8_t bits)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+	struct fz_fwd fw = { -1, -1 };
 	struct sl_config cfg;
 	struct sl_engine *e;
 	uint64_t now = FZ_START_NS;
@@ -286,6 +389,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	e = sl_engine_new(&cfg);
 	if (!e)
 		abort();
+	if (data[0] & 0x80)
+		add_forwards(e, &cfg, &fw);
 	while (off + 3 <= size) {
 		size_t len = ((size_t)data[off] << 8) | data[off + 1];
 		uint8_t step = data[off + 2];
@@ -300,6 +405,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		off += len;
 		drain(e);
 		serve_peers();
+		serve_forwards(&fw);
 		sl_engine_poll(e, now, 64);
 		drain(e);
 	}
@@ -316,6 +422,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (getenv("FUZZ_DEBUG"))
 		print_counters(e);
 	sl_engine_free(e);
+	if (fw.tcp_client >= 0)
+		close(fw.tcp_client);
+	if (fw.udp_client >= 0)
+		close(fw.udp_client);
 	for (i = 0; i < peers.naccepted; i++)
 		close(peers.accepted[i]);
 	peers.naccepted = 0;

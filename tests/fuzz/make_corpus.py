@@ -53,6 +53,8 @@ PORT = 7777
 
 # Configuration bits, as fuzz_engine.c reads byte 0.
 VNET, OFFLOAD, IPV6, NO_LOOPBACK, NO_DNS = 0x01, 0x02, 0x04, 0x08, 0x10
+FWD = 0x80
+FWD_TCP_CLIENT, FWD_UDP_CLIENT = 40080, 40053
 MTU_68, MTU_9000, MTU_65520 = 0x20, 0x40, 0x60
 
 START_NS = 1000 * 1_000_000_000
@@ -141,6 +143,31 @@ def gso_session(config: int) -> Seed:
     return s
 
 
+def fwd_sessions(config: int) -> tuple[Seed, Seed]:
+    """Answers to the harness's port forwards (config bit 0x80): the guest
+    completes the engine's SYN to port 80 (its ISN is predicted for the clock
+    of the first frame, when the harness's client is accepted) and sends data
+    and FIN; and it answers the datagram that arrived on port 5353."""
+    six = bool(config & IPV6)
+    hello = (Ether(dst=BCAST, src=GUEST_MAC)
+             / ARP(op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst=GW))
+    base = (e6() / IPv6(src=GUEST6, dst=GW6) if six else e4() / IP(src=GUEST, dst=GW))
+    t = Seed(config)
+    t.add(hello)
+    ours = t.isn()
+    t.add(base / TCP(sport=80, dport=FWD_TCP_CLIENT, flags="SA", seq=7000, ack=ours + 1,
+                     options=[("MSS", 1460), ("WScale", 7)]))
+    t.add(base / TCP(sport=80, dport=FWD_TCP_CLIENT, flags="PA", seq=7001, ack=ours + 1)
+          / b"HTTP/1.0 200 OK\r\n\r\n")
+    t.add(base / TCP(sport=80, dport=FWD_TCP_CLIENT, flags="FA", seq=7020, ack=ours + 1),
+          step=250)
+    u = Seed(config)
+    u.add(hello)
+    u.add(base / UDP(sport=5353, dport=FWD_UDP_CLIENT) / b"reply")
+    u.add(base / UDP(sport=5353, dport=FWD_UDP_CLIENT) / b"reply again", step=255)
+    return t, u
+
+
 def simple(config: int, *pkts, step: int = 1) -> Seed:
     s = Seed(config)
     for p in pkts:
@@ -221,6 +248,8 @@ def seeds() -> dict[str, Seed]:
             / UDP(sport=40002, dport=PORT) / b"frag6")
         out[f"tcp6-{tag}"] = tcp_session(cfg6, six=True)
     out["gso-vnet"] = gso_session(VNET | OFFLOAD)
+    for cfg, tag in ((FWD, "fwd4"), (FWD | IPV6, "fwd6"), (FWD | VNET | OFFLOAD, "fwd4-vnet")):
+        out[f"{tag}-tcp"], out[f"{tag}-udp"] = fwd_sessions(cfg)
     out["tcp4-mtu68"] = tcp_session(MTU_68)
     out["tcp4-mtu65520-vnet"] = tcp_session(VNET | OFFLOAD | MTU_65520)
     out["tcp4-noloopback"] = tcp_session(NO_LOOPBACK)
