@@ -1,0 +1,252 @@
+"""Packet-level tests of the engine's TCP translation (issue 3, item 1).
+
+This file owns what the integration tests cannot pin down with a real guest
+kernel: the exact segments slirpy sends (SYN-ACK only after the host connect
+succeeded, RST for a refused port, retransmission on the RTO, duplicate and
+out-of-order guest data) and the timers (idle timeout from Limits, the
+half-open timeout, keepalive probes keeping a flow alive), driven by the fake
+clock of conftest.py. The guest's side is played by `Conn`; the host side is
+a loopback socket. The deterministic fault injector (set_fault) drops frames
+both ways while a transfer must still arrive byte-exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import socket
+import subprocess
+import time
+
+from conftest import Conn, mss_of
+from frames import ICMP, TCP, tcp_flags, tcp_payload
+
+from slirpy.engine import Limits
+
+
+def _flags(outs) -> list[str]:
+    return [tcp_flags(o.pkt) for o in outs]
+
+
+def _established(g, socks, **kw) -> tuple[Conn, socket.socket]:
+    lst = socks.tcp_listener()
+    c = Conn(g, lst.getsockname()[1], **kw)
+    c.handshake()
+    return c, socks.accept(lst)
+
+
+def test_synack_only_after_host_connect_and_mss_from_mtu(make_guest, socks):
+    g = make_guest(mtu=1500)
+    lst = socks.tcp_listener()
+    c = Conn(g, lst.getsockname()[1], mss=65000)
+    sa = c.handshake()
+    assert tcp_flags(sa.pkt) == "SA"
+    assert mss_of(sa) == 1460                    # MTU 1500 - 40, not the guest's 65000
+    assert "WScale" in dict(sa.pkt[TCP].options)  # window scaling offered back
+    assert g.counters()["tcp_flows_opened"] == 1
+    socks.accept(lst)  # the host side really is connected
+
+
+def test_no_synack_while_host_connect_is_pending_then_half_open_timeout(make_guest, socks):
+    g = make_guest()
+    # A listener whose accept queue is full drops further SYNs: the engine's
+    # connect() stays in progress, and the guest must not get a SYN-ACK.
+    lst = socks.add(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
+    port = lst.getsockname()[1]
+    fillers = []
+    for _ in range(2):
+        s = socks.add(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.1)
+    c = Conn(g, port)
+    c.syn()
+    outs = g.settle(0.3)
+    assert not [o for o in c.mine(outs) if "S" in tcp_flags(o.pkt)], outs
+    assert [f["state"] for f in g.engine.flows()] == [1]          # CONNECTING
+    g.advance(70)
+    assert len(g.engine.flows()) == 1                             # 70 s < 75 s
+    outs = g.advance(10)                                          # past 75 s
+    assert g.engine.flows() == []
+    # The guest learns it: ICMP host unreachable quoting its SYN.
+    icmp = [o for o in outs if ICMP in o.pkt]
+    assert icmp and icmp[0].pkt[ICMP].type == 3 and icmp[0].pkt[ICMP].code == 1, outs
+    assert icmp[0].pkt[ICMP].payload.sport == c.sport  # quoted as TCPerror
+
+
+def test_refused_port_gets_rst(guest, socks):
+    port = socks.closed_port()
+    c = Conn(guest, port)
+    c.syn()
+    outs = c.mine(guest.wait(lambda o: bool(c.mine(o))))
+    assert _flags(outs) == ["RA"]
+    assert outs[0].pkt[TCP].ack == c.snd_nxt
+    assert guest.counters()["tcp_connect_refused"] == 1
+    assert guest.engine.flows() == []
+
+
+def test_data_both_ways_and_host_rst_reaches_guest(guest, socks):
+    c, h = _established(guest, socks)
+    c.send(b"hello host")
+    assert h.recv(100) == b"hello host"
+    h.sendall(b"hello guest")
+    c.pump(11)
+    assert bytes(c.received) == b"hello guest"
+    # SO_LINGER 0: the host resets; the guest must see a RST.
+    h.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    h.close()
+    outs = c.mine(guest.wait(lambda o: any("R" in tcp_flags(x.pkt) for x in c.mine(o))))
+    assert any("R" in f for f in _flags(outs)), outs
+
+
+def test_guest_rst_resets_host_socket(guest, socks):
+    c, h = _established(guest, socks)
+    c.g.send(c.seg("R"))
+    guest.settle(0.1)
+    h.settimeout(2)
+    try:
+        data = h.recv(10)
+        assert data == b""  # at least EOF; ECONNRESET is the usual outcome
+    except ConnectionResetError:
+        pass
+    assert guest.engine.flows() == []
+
+
+def test_duplicate_and_out_of_order_guest_data(guest, socks):
+    c, h = _established(guest, socks)
+    base = c.snd_nxt
+    # A segment ahead of the expected sequence: not delivered out of order,
+    # and the engine answers with an ACK for what it has (a duplicate ACK).
+    c.g.send(c.seg("PA", b"BBBB", seq=base + 4))
+    outs = c.mine(guest.settle(0.1))
+    assert outs and all(o.pkt[TCP].ack == base for o in outs), outs
+    h.settimeout(0.2)
+    try:
+        early = h.recv(100)
+    except TimeoutError:
+        early = b""
+    assert early == b""
+    # The gap, then the same bytes again (a retransmission): the host gets
+    # each byte exactly once, in order.
+    c.send(b"AAAA")
+    c.g.send(c.seg("PA", b"AAAA", seq=base))        # duplicate
+    c.send(b"BBBB")
+    c.g.send(c.seg("PA", b"AABB", seq=base + 2))    # overlapping
+    c.send(b"CC")
+    got = b""
+    h.settimeout(2)
+    while len(got) < 10:
+        got += h.recv(100)
+    assert got == b"AAAABBBBCC"
+    outs = c.mine(guest.settle(0.1))
+    assert max(o.pkt[TCP].ack for o in outs) == c.snd_nxt
+
+
+def test_unacked_data_is_retransmitted_on_rto(guest, socks):
+    c, h = _established(guest, socks)
+    h.sendall(b"x" * 1000)
+    first = [o for o in c.mine(guest.wait(lambda o: bool(c.mine(o)))) if tcp_payload(o.pkt)]
+    assert first and first[0].pkt[TCP].seq == c.rcv_nxt
+    # No ACK: before the initial RTO (1 s) nothing; after it the same bytes.
+    assert [o for o in c.mine(guest.advance(0.1)) if tcp_payload(o.pkt)] == []
+    again = [o for o in c.mine(guest.advance(1.5)) if tcp_payload(o.pkt)]
+    assert again, "no retransmission after the RTO"
+    assert again[0].pkt[TCP].seq == first[0].pkt[TCP].seq
+    assert tcp_payload(again[0].pkt) == tcp_payload(first[0].pkt)
+    assert guest.counters()["tcp_retransmits"] >= 1
+    # Acked at last: the host's data was delivered once.
+    c.take(again, ack=True)
+    assert bytes(c.received) == b"x" * 1000
+
+
+def test_idle_timeout_from_limits_resets_both_sides(make_guest, socks):
+    g = make_guest(limits=Limits(tcp_idle_s=30))
+    c, h = _established(g, socks)
+    c.send(b"ping")
+    assert h.recv(10) == b"ping"
+    g.advance(20)
+    assert len(g.engine.flows()) == 1
+    outs = c.mine(g.advance(15))                      # 35 s idle > 30 s
+    assert any("R" in f for f in _flags(outs)), outs
+    assert g.engine.flows() == []
+    h.settimeout(2)
+    with contextlib.suppress(ConnectionResetError):
+        assert h.recv(10) == b""
+
+
+def test_keepalive_probes_keep_an_idle_flow_open(make_guest, socks):
+    g = make_guest(limits=Limits(tcp_idle_s=30))
+    c, h = _established(g, socks)
+    for _ in range(4):                                # 80 s in all, never 30 idle
+        g.advance(20)
+        # A Linux keepalive probe: one byte before snd_nxt, no data.
+        c.g.send(c.seg("A", seq=(c.snd_nxt - 1) & 0xFFFFFFFF))
+        outs = c.mine(g.settle(0.05))
+        assert outs and outs[-1].pkt[TCP].ack == c.snd_nxt, outs  # answered
+    assert len(g.engine.flows()) == 1
+    c.send(b"still here")
+    assert h.recv(100) == b"still here"
+
+
+def test_host_socket_has_keepalive(guest, socks):
+    """Dead host peers are found by the kernel's keepalive on our socket."""
+    _c, h = _established(guest, socks)
+    engine_port = h.getpeername()[1]
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{engine_port} )"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "timer:(keepalive" in out, out
+
+
+def test_transfer_byte_exact_under_injected_loss_both_ways(guest, socks):
+    c, h = _established(guest, socks)
+    guest.engine.set_fault(50, 50, seed=7)            # 5% each way
+    size = 256 << 10
+    data = random.Random(3).randbytes(size)
+    # host -> guest: the guest acks in order only; lost frames come back by
+    # the engine's fast retransmit or its RTO (the clock jumps when stuck).
+    h.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 30
+    while len(c.received) < size and time.monotonic() < deadline:
+        if sent < size:
+            with contextlib.suppress(BlockingIOError):
+                sent += h.send(data[sent:sent + 65536])
+        before = len(c.received)
+        c.pump(before + 1, timeout=0.05)
+        if len(c.received) == before:
+            c.take(guest.advance(0.5), ack=True)
+            c.send_ack()                              # the ACK itself may be lost
+    assert hashlib.sha256(c.received).hexdigest() == hashlib.sha256(data).hexdigest()
+    # guest -> host: the guest resends what was not acknowledged.
+    h.setblocking(True)
+    h.settimeout(0.05)
+    back = random.Random(4).randbytes(64 << 10)
+    got = bytearray()
+    una = c.snd_nxt
+    deadline = time.monotonic() + 30
+    while len(got) < len(back) and time.monotonic() < deadline:
+        off = 0
+        c.snd_nxt = una + len(got)
+        pos = len(got)
+        while off < 8 and pos < len(back):              # a window of 8 segments
+            c.send(back[pos:pos + 1400])
+            pos += 1400
+            off += 1
+        try:
+            while True:
+                chunk = h.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except TimeoutError:
+            pass
+    assert bytes(got) == back
+    cnt = guest.counters()
+    assert cnt["drop_fault_in"] > 0 and cnt["drop_fault_out"] > 0
