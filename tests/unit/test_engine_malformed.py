@@ -409,3 +409,64 @@ def test_flow_caps_stay_under_the_fd_limit(tmp_path):
     assert c["flows_evicted"] > 0
     assert c["flows"] == c["udp_flows_opened"] - c["udp_flows_closed"] <= 256
     assert c["peak_fds"] < 512 - 128
+
+
+# ------------------------------------------------- TCP state-machine abuse
+
+
+def _conn(g, socks, **kw):
+    from conftest import Conn
+
+    lst = socks.tcp_listener()
+    c = Conn(g, lst.getsockname()[1], **kw)
+    c.handshake()
+    return c, socks.accept(lst)
+
+
+def _still_works(c, h) -> None:
+    c.send(b"still here")
+    assert h.recv(100) == b"still here"
+    h.sendall(b"and back")
+    c.pump(len(c.received) + 8)
+    assert bytes(c.received).endswith(b"and back")
+
+
+@pytest.mark.parametrize("abuse", [
+    "ack-from-the-future", "data-far-ahead", "data-far-behind", "syn-on-established",
+    "zero-window-then-open", "huge-window-scale-ack", "fin-far-ahead", "urgent-pointer",
+])
+def test_tcp_abuse_on_an_established_flow_is_contained(guest, socks, abuse):
+    """Nonsense from the guest on a live connection: nothing reaches the host
+    out of order, nothing is counted as sent that was not, and the connection
+    still carries data both ways afterwards."""
+    c, h = _conn(guest, socks)
+    far = (c.snd_nxt + 0x40000000) & 0xFFFFFFFF
+    if abuse == "ack-from-the-future":
+        c.g.send(c.seg("A", ack=(c.rcv_nxt + 100000) & 0xFFFFFFFF))
+    elif abuse == "data-far-ahead":
+        c.g.send(c.seg("PA", b"X" * 100, seq=far))
+    elif abuse == "data-far-behind":
+        c.g.send(c.seg("PA", b"Y" * 100, seq=(c.snd_nxt - 0x40000000) & 0xFFFFFFFF))
+    elif abuse == "syn-on-established":
+        c.g.send(c.seg("S", seq=far))
+    elif abuse == "zero-window-then-open":
+        c.send_ack(window=0)
+        h.sendall(b"Z" * 5000)
+        guest.settle(0.1)
+        for _ in range(5):
+            guest.advance(2)  # window probes, bounded
+        c.send_ack()
+        c.pump(5000)
+        assert bytes(c.received) == b"Z" * 5000
+    elif abuse == "huge-window-scale-ack":
+        c.g.send(c.seg("A", window=65535 << 7))
+    elif abuse == "fin-far-ahead":
+        c.g.send(c.seg("FA", seq=far))
+    elif abuse == "urgent-pointer":
+        c.send(b"U", flags="PAU")
+        assert h.recv(10) == b"U"
+    guest.settle(0.05)
+    assert guest.engine.flows() != []
+    _still_works(c, h)
+    c_ = guest.counters()
+    assert c_["tcp_bytes_to_host"] == len(b"still here") + (1 if abuse == "urgent-pointer" else 0)
