@@ -222,7 +222,8 @@ def stats_table(counters: dict[str, int], services: dict[str, Any]) -> str:
         ("tcp flows", f"{c('tcp_flows_opened', 0)} opened",
          f"{c('tcp_flows_inbound', 0)} inbound, {c('tcp_retransmits', 0)} retransmits"),
         ("udp flows", f"{c('udp_flows_opened', 0)} opened", ""),
-        ("icmp flows", f"{c('icmp_flows_opened', 0)} opened", ""),
+        ("icmp flows", f"{c('icmp_flows_opened', 0)} opened",
+         f"{c('icmp_echo_local', 0)} echoes answered by slirpy"),
     ]
     dns = services.get("dns")
     if isinstance(dns, dict) and dns:

@@ -36,6 +36,10 @@ import pytest
 from conftest import AS_USER, Container, free_port, user_env
 from test_dhcp_dns import fake_dns
 
+from slirpy.config import NetworkModel, parse_cidr
+from slirpy.network import userns_error
+from slirpy.run import guest_resolv_conf, stats_table
+
 GUEST = "10.0.2.100"
 GATEWAY = "10.0.2.2"
 PY = sys.executable  # the guest runs the venv's Python too (readable by uid 65534)
@@ -519,3 +523,51 @@ def test_library_network_creates_a_namespace() -> None:
 def test_library_async_network_attaches_to_a_container(container: Container) -> None:
     res = _lib(["async", str(free_port()), str(container.pid)])
     assert res == {"id": 1, "ok": True, "inbound": 1}
+
+
+# Pure helpers: the messages and texts the tests above cannot provoke safely.
+
+
+def test_userns_error_names_the_sysctl(shared_dir: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = f"{shared_dir}/sys"
+    os.makedirs(f"{root}/kernel")
+    os.makedirs(f"{root}/user")
+    with open(f"{root}/kernel/unprivileged_userns_clone", "w") as f:
+        f.write("0\n")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    msg = userns_error(PermissionError(1, "x"), proc_sys=root)
+    assert "kernel.unprivileged_userns_clone=0" in msg
+    assert "sysctl -w kernel.unprivileged_userns_clone=1" in msg
+    os.unlink(f"{root}/kernel/unprivileged_userns_clone")
+    with open(f"{root}/kernel/apparmor_restrict_unprivileged_userns", "w") as f:
+        f.write("1\n")
+    assert "AppArmor" in userns_error(PermissionError(1, "x"), proc_sys=root)
+    os.unlink(f"{root}/kernel/apparmor_restrict_unprivileged_userns")
+    with open(f"{root}/user/max_user_namespaces", "w") as f:
+        f.write("10\n")
+    msg = userns_error(OSError(28, "x"), proc_sys=root)
+    assert "limit" in msg and "user.max_user_namespaces=10" in msg
+
+
+def test_guest_resolv_conf_keeps_search_domains(shared_dir: object) -> None:
+    host = f"{shared_dir}/resolv.conf"
+    with open(host, "w") as f:
+        f.write("nameserver 192.0.2.53\nsearch corp.test lab.test\noptions edns0\n")
+    net = NetworkModel(cidr=parse_cidr("10.5.0.0/24"), ipv6=True)
+    assert guest_resolv_conf(net, host) == (
+        "nameserver 10.5.0.3\nnameserver fd00::3\nsearch corp.test lab.test\n"
+    )
+    assert guest_resolv_conf(NetworkModel(), f"{shared_dir}/missing") == "nameserver 10.0.2.3\n"
+
+
+def test_stats_table_lists_drops_by_reason() -> None:
+    text = stats_table(
+        {"frames_in": 5, "bytes_in": 300, "drop_ip_fragment": 2, "drop_flow_cap": 0},
+        {"dns": {"udp_queries": 3, "tcp_queries": 1, "udp_answered": 3, "tcp_answered": 1}},
+    )
+    lines = text.splitlines()
+    assert lines[0] == "slirpy: statistics"
+    assert any("guest -> slirpy" in ln and "5 frames" in ln and "300 bytes" in ln for ln in lines)
+    assert any("dns queries" in ln and "4 queries" in ln and "4 answered" in ln for ln in lines)
+    assert lines[-2].split() == ["drops", "2"]
+    assert lines[-1].split() == ["ip_fragment", "2"]
