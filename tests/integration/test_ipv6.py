@@ -37,14 +37,14 @@ def v6_addrs(c: Container) -> list[dict[str, object]]:
     return [a for a in links[0]["addr_info"] if a["family"] == "inet6"] if links else []
 
 
-def wait_slaac(c: Container, timeout: float = 10.0) -> dict[str, object]:
-    """The guest's fd00::/64 address once duplicate address detection is over."""
+def wait_slaac(c: Container, timeout: float = 10.0, prefix: str = "fd00::") -> dict[str, object]:
+    """The guest's `prefix`/64 address once duplicate address detection is over."""
     deadline = time.monotonic() + timeout
     seen: list[dict[str, object]] = []
     while time.monotonic() < deadline:
         seen = v6_addrs(c)
         for a in seen:
-            if str(a["local"]).startswith("fd00::") and a.get("scope") == "global" and not (
+            if str(a["local"]).startswith(prefix) and a.get("scope") == "global" and not (
                 a.get("tentative") or a.get("dadfailed")
             ):
                 return a
@@ -474,4 +474,37 @@ def test_slaac_without_configure(container: Container, slirpy_factory, scripts: 
     assert [(r["gateway"], r["dev"]) for r in routes] == [("fe80::2", "tap0")]
     p = container.run("busybox", "ping", "-6", "-c", "2", "-W", "2", "fd00::2")
     assert "2 packets received" in p.stdout.decode()
+    assert s.proc.poll() is None
+
+
+def test_ipv6_prefix_option(container: Container, slirpy_factory, scripts: str) -> None:
+    """--ipv6-prefix moves the whole v6 side: SLAAC prefix, gateway, DNS."""
+    s = slirpy_factory(["-6", "-c", "--ipv6-prefix=fd42:1:2:3::/64",
+                        f"--dns-upstream=127.0.0.1:{free_port()}", str(container.pid), "tap0"])
+    addr = wait_slaac(container, prefix="fd42:1:2:3:")
+    assert addr["prefixlen"] == 64
+    assert not [a for a in v6_addrs(container) if str(a["local"]).startswith("fd00:")]
+    onlink = json.loads(container.run("ip", "-j", "-6", "route", "show",
+                                      "fd42:1:2:3::/64").stdout)
+    assert [r["dev"] for r in onlink] == ["tap0"]
+    for target in ("fd42:1:2:3::2", "fd42:1:2:3::3"):
+        p = container.run("busybox", "ping", "-6", "-c", "2", "-W", "2", target, check=False)
+        assert "2 packets received" in p.stdout.decode(), p.stdout
+    # TCP through the new gateway reaches the host's ::1, byte-exact.
+    data = _bulk(5, 4 << 20)
+
+    def sink(conn: socket.socket, _stop: threading.Event) -> None:
+        got = bytearray()
+        while b := conn.recv(1 << 20):
+            got += b
+        results.append((conn.getpeername()[0], hashlib.sha256(got).hexdigest()))
+        conn.sendall(b"done")
+
+    script = GUEST_TCP.replace('("fd00::2", port)', '("fd42:1:2:3::2", port)')
+    with host_server(socket.AF_INET6, socket.SOCK_STREAM, sink) as (port, results):
+        path = guest_script(scripts, "tcp42.py", script)
+        r = container.run(GUEST_PY, path, "send", str(port), "5", str(len(data)), timeout=60)
+    out = json.loads(r.stdout)
+    assert results == [("::1", hashlib.sha256(data).hexdigest())]
+    assert out["n"] == 4 and out["local"] == addr["local"]
     assert s.proc.poll() is None
