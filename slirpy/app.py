@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from typing import TextIO
 
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
 from slirpy.netns import (
@@ -38,9 +39,10 @@ POLL_BUDGET = 512
 SIOCGIFADDR = 0x8915
 
 
-def _say(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+def _say(text: str, stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def _warn(text: str) -> None:
@@ -379,8 +381,9 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         tap = pending.wait()
     except NamespaceError as e:
         raise ConfigError(str(e)) from None
-    _say(f"sent tapfd={tap.fd} for {cfg.tapname}")
-    _say(f"received tapfd={tap.fd}")
+    # slirp4netns prints these two on stderr and the banner on stdout: same here.
+    _say(f"sent tapfd={tap.fd} for {cfg.tapname}", sys.stderr)
+    _say(f"received tapfd={tap.fd}", sys.stderr)
     print_banner(cfg)
     daemon = Daemon(
         net,
