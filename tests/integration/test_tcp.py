@@ -188,12 +188,14 @@ def test_testhost_tcp(net: tuple[Container, Slirpy], testhost: TestHost) -> None
     assert rep["bytes"] == size and rep["sha256"] == pattern_digest(6, size)
 
 
-@pytest.mark.parametrize("which", ["primary", "secondary"])
+@pytest.mark.parametrize("which", ["primary", "secondary", "ifname"])
 def test_outbound_addr_tcp(container: Container, slirpy_factory, testhost: TestHost, which) -> None:
     # The secondary address is never the kernel's default source, so seeing
     # it proves the bind; the primary is what the issue names.
-    src = testhost.root_addr if which == "primary" else testhost.root_addr2
-    slirpy_factory(["--configure", f"--outbound-addr={src}", str(container.pid), "tap0"])
+    src = testhost.root_addr if which != "secondary" else testhost.root_addr2
+    # IFNAME form: the interface's primary address is what gets bound.
+    opt = testhost.veth if which == "ifname" else src
+    slirpy_factory(["--configure", f"--outbound-addr={opt}", str(container.pid), "tap0"])
     srv = testhost.serve("serve-tcp")
     size = 1 << 20
     rep = guest(container, "send", testhost.addr, str(srv.port), "--size", str(size))

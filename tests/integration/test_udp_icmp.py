@@ -108,10 +108,12 @@ def test_testhost_udp_and_ping(net: tuple[Container, Slirpy], testhost: TestHost
     assert len(re.findall(rf"bytes from {re.escape(testhost.addr)}: seq=\d", out)) == 3
 
 
-@pytest.mark.parametrize("which", ["primary", "secondary"])
+@pytest.mark.parametrize("which", ["primary", "secondary", "ifname"])
 def test_outbound_addr_udp(container: Container, slirpy_factory, testhost: TestHost, which) -> None:
-    src = testhost.root_addr if which == "primary" else testhost.root_addr2
-    slirpy_factory(["--configure", f"--outbound-addr={src}", str(container.pid), "tap0"])
+    src = testhost.root_addr if which != "secondary" else testhost.root_addr2
+    # IFNAME form: the interface's primary address is what gets bound.
+    opt = testhost.veth if which == "ifname" else src
+    slirpy_factory(["--configure", f"--outbound-addr={opt}", str(container.pid), "tap0"])
     srv = testhost.serve("serve-udp")
     rep = guest(container, "udp", testhost.addr, str(srv.port), "--sizes", "100,1000")
     assert rep["ok"] == 2
