@@ -396,6 +396,55 @@ def test_dns_tcp(dns_net, scripts: str) -> None:
     alive(s)
 
 
+# Several queries written at once on one TCP connection (RFC 7766
+# pipelining); the answers may come back in any order and are matched by ID.
+DNS_PIPELINE = r"""
+import json, socket, struct, sys
+server, names = sys.argv[1], sys.argv[2:]
+qs = {}
+for i, name in enumerate(names):
+    qid = 0x4000 + i
+    q = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0"
+    qs[qid] = q + struct.pack("!HH", 1, 1)
+s = socket.create_connection((server, 53), timeout=5)
+s.sendall(b"".join(struct.pack("!H", len(q)) + q for q in qs.values()))
+def take(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError("short read")
+        b += c
+    return b
+out = []
+for _ in qs:
+    r = take(struct.unpack("!H", take(2))[0])
+    out.append({"query": qs[int.from_bytes(r[:2], "big")].hex(), "reply": r.hex()})
+print(json.dumps(out))
+"""
+
+
+def test_dns_tcp_pipelined(dns_net, scripts: str) -> None:
+    c, s, srv = dns_net
+    path = os.path.join(scripts, "pipeline.py")
+    with open(path, "w") as f:
+        f.write(DNS_PIPELINE)
+    os.chmod(path, 0o644)
+    names = ["alpha.slirpy.test", "beta.slirpy.test", "nosuch.slirpy.test", "alpha.slirpy.test"]
+    r = c.run(GUEST_PY, path, "10.0.2.3", *names, timeout=30)
+    answers = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    assert len(answers) == len(names)
+    got = sorted((bytes.fromhex(a["query"])[:2].hex(), assert_forwarded(a, RECORDS)[-4:].hex())
+                 for a in answers)
+    # Every query answered once, by ID; A records for the known names.
+    assert [g[0] for g in got] == ["4000", "4001", "4002", "4003"]
+    assert got[0][1] == got[3][1] == bytes([192, 0, 2, 10]).hex()
+    assert got[1][1] == bytes([192, 0, 2, 11]).hex()
+    assert sorted(srv.names("tcp")) == sorted(names)
+    alive(s)
+
+
 def _write_resolv_conf(path: str, server: str) -> None:
     # Atomic replace (new inode), the way resolvconf/systemd rewrite it.
     tmp = path + ".new"
