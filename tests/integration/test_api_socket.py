@@ -14,13 +14,16 @@ Data only goes to the host's loopback (forwarded ports on 127.0.0.1 / ::1).
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import Container, Slirpy, free_port
+from conftest import UID, Container, Slirpy, free_port, start_slirpy
 from test_portfwd import (
     GATEWAY,
     GUEST,
@@ -329,3 +332,32 @@ def test_get_stats_and_list_flows(fwd: Forwarding) -> None:
     assert [f for f in flows if f["proto"] == "tcp"] == []
     engine = api_call(fwd.api, {"execute": "get_stats"})["return"]["engine"]  # type: ignore[index]
     assert engine["tcp_flows_closed"] == 1
+
+
+def test_api_socket_file_lifecycle(container: Container, slirpy_factory) -> None:
+    """A stale socket file left by a dead daemon is replaced; an orderly exit
+    removes the file; a path of 108 bytes or more is refused before start."""
+    with api_dir() as d:
+        path = f"{d}/api.sock"
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(path)
+        stale.close()  # the file stays, nothing listens: a crashed daemon's leftover
+        os.chown(path, UID, UID)  # as a dead daemon of this user would leave it
+        with pytest.raises(ConnectionRefusedError):
+            raw_call(path, b'{"execute":"list_hostfwd"}')
+        s = slirpy_factory(["-c", f"--api-socket={path}", str(container.pid), "tap0"])
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        assert listing(path) == []
+        assert add(path, proto="tcp", host_addr="127.0.0.1", host_port=free_port(),
+                   guest_port=80) == {"return": {"id": 1}}
+        assert s.stop(signal.SIGTERM) == 0
+        assert not os.path.exists(path)
+        # 108 bytes: one more than sun_path can hold with its NUL.
+        long_path = f"{d}/" + "a" * (108 - len(d) - 1)
+        assert len(long_path) == 108
+        bad = start_slirpy(["-c", f"--api-socket={long_path}", str(container.pid), "tap0"],
+                           wait_ready=False)
+        rc = bad.proc.wait(timeout=20)
+        _, err = bad.output()
+        assert rc != 0 and "--api-socket path is too long (108 bytes" in err, (rc, err)
+        assert not os.path.exists(long_path)
