@@ -37,8 +37,8 @@
  * nothing the fuzzer writes can leave the machine.
  *
  * So that the TCP and UDP translation paths see real peers, the harness
- * listens on 127.0.0.1 and ::1 port 7777 (TCP: accept, write a few bytes,
- * half-close; UDP: echo). The seed corpus aims at N+2:7777.
+ * listens on 127.0.0.1 and ::1 port 7777 (TCP: accept, write a 28-byte line
+ * then 96 KiB, half-close; UDP: echo). The seed corpus aims at N+2:7777.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -186,6 +186,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static void serve_peers(void)
 {
 	static const char hello[] = "hello from the fuzz harness\n";
+	static uint8_t bulk[96 << 10];
 	int ls[2] = { peers.tcp4, peers.tcp6 };
 	int us[2] = { peers.udp4, peers.udp6 };
 	uint8_t buf[2048];
@@ -203,6 +204,9 @@ static void serve_peers(void)
 				close(c);
 				continue;
 			}
+			/* Then more than a window's worth: host->guest
+			 * segmentation, GSO, peek offsets, window stalls. */
+			send(c, bulk, sizeof(bulk), MSG_NOSIGNAL | MSG_DONTWAIT);
 			shutdown(c, SHUT_WR);
 			peers.accepted[peers.naccepted++] = c;
 		}

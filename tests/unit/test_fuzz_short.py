@@ -43,5 +43,5 @@ def test_fuzz_engine_60s(tmp_path: pathlib.Path) -> None:
     assert not findings, f"findings: {findings}\n{tail}"
     m = re.search(r"stat::number_of_executed_units:\s+(\d+)", log)
     assert m, f"no final stats:\n{tail}"
-    # It really ran: even a slow CI machine does several thousand a minute.
-    assert int(m.group(1)) > 5000, tail
+    # It really ran: even a slow CI machine does thousands a minute.
+    assert int(m.group(1)) > 2000, tail
