@@ -250,3 +250,23 @@ def test_transfer_byte_exact_under_injected_loss_both_ways(guest, socks):
     assert bytes(got) == back
     cnt = guest.counters()
     assert cnt["drop_fault_in"] > 0 and cnt["drop_fault_out"] > 0
+
+
+def test_half_open_cap_from_limits(make_guest, socks):
+    """max_half_open bounds pending connects; a refused SYN is dropped (the
+    guest retries) and gets through once a slot is free."""
+    g = make_guest(limits=Limits(max_half_open=2))
+    lst = socks.tcp_listener()
+    port = lst.getsockname()[1]
+    conns = [Conn(g, port, sport=41000 + i) for i in range(3)]
+    for c in conns:  # no poll in between: all three connects are pending
+        c.syn()
+    cnt = g.counters()
+    assert cnt["drop_half_open_cap"] == 1 and cnt["tcp_flows_opened"] == 2
+    outs = g.wait(lambda o: len([x for x in o if "S" in tcp_flags(x.pkt)]) >= 2)
+    assert sorted(o.pkt[TCP].dport for o in outs if tcp_flags(o.pkt) == "SA") == [41000, 41001]
+    # The two connects completed: the third SYN, resent, is taken now.
+    conns[2].snd_nxt = conns[2].iss
+    sa = conns[2].handshake()
+    assert sa.pkt[TCP].dport == 41002
+    assert g.counters()["drop_half_open_cap"] == 1
