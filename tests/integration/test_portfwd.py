@@ -495,3 +495,45 @@ def test_100_parallel_connections_distinct_payloads(fwd: Forwarding) -> None:
     assert counters["tcp_flows_inbound"] == 100
     assert counters["drop_half_open_cap"] == 0 and counters["drop_flow_cap"] == 0
     fwd.alive()
+
+
+def _guest_v6_addr(c: Container, timeout: float = 10.0) -> str:
+    """The guest's SLAAC address in fd00::/64 once DAD is over."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        links = json.loads(c.run("ip", "-j", "-6", "addr", "show", "dev", "tap0").stdout)
+        for a in links[0]["addr_info"] if links else []:
+            if (str(a["local"]).startswith("fd00:") and a.get("scope") == "global"
+                    and not a.get("tentative")):
+                return str(a["local"])
+        time.sleep(0.1)
+    raise AssertionError("no SLAAC address in the guest")
+
+
+def test_forward_to_guest_ipv6_address(fwd_factory) -> None:
+    """tcp6/udp6 forwards to the guest's IPv6 address: a loopback client
+    appears as fd00::2, bytes arrive exact both ways."""
+    f = fwd_factory("-6", f"--dns-upstream=127.0.0.1:{free_port()}")
+    gaddr = _guest_v6_addr(f.c)
+    tport, uport = free_port(socket.AF_INET6), free_port(socket.AF_INET6)
+    add_fwd(f.api, proto="tcp6", host_addr="::1", host_port=tport, guest_addr=gaddr,
+            guest_port=8080)
+    add_fwd(f.api, proto="udp6", host_addr="::1", host_port=uport, guest_addr=gaddr,
+            guest_port=5353)
+    entries = api_call(f.api, {"execute": "list_hostfwd"})["entries"]
+    assert [e["guest_addr"] for e in entries] == [gaddr, gaddr]  # type: ignore[index]
+    f.guest_server("peer6", 8080)
+    f.guest_server("udp6", 5353)
+    payload = random.Random(66).randbytes(4 << 20)
+    with socket.create_connection(("::1", tport), timeout=10) as s:
+        assert recv_line(s) == f"fd00::2 {s.getsockname()[1]}\n".encode()
+        assert sha(echo_roundtrip(s, payload)) == sha(payload)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as c:
+        c.settimeout(5)
+        c.bind(("::1", 0))
+        c.sendto(b"to the guest's v6", ("::1", uport))
+        data, src = c.recvfrom(65535)
+        cport = c.getsockname()[1]
+    assert src[:2] == ("::1", uport)
+    assert data == f"fd00::2 {cport}|to the guest's v6".encode()
+    f.alive()
