@@ -354,7 +354,7 @@ def _build_parser() -> _ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run COMMAND in a new user+network namespace with slirpy networking",
-        description="Run COMMAND in a new user and network namespace networked by slirpy.",
+        description="Run COMMAND in a new user, network and mount namespace networked by slirpy.",
         usage=f"{PROG_SLIRPY} run [OPTIONS] -- COMMAND [ARG]...",
     )
     run.add_argument(

@@ -331,6 +331,10 @@ class AsyncNetwork:
 
     async def start(self) -> AsyncNetwork:
         """Open the TAP, start the engine and services; return once serving."""
+        # Everything the forked helpers use is imported before they fork:
+        # this process may have threads (an import lock held across fork()).
+        import slirpy.engine
+        import slirpy.ifconfig  # noqa: F401
         from slirpy.app import Daemon, resolve_outbound
         from slirpy.portfwd import PortForwarder
 
