@@ -177,3 +177,14 @@ def test_container_exit_stops_slirpy(podman: Podman) -> None:
         while slirpy_procs(podman.user.uid, c.netns):
             assert time.monotonic() < deadline, "slirpy outlived the container's command"
             time.sleep(0.1)
+
+
+def test_mtu_option(podman: Podman, loopback_server: LineServer) -> None:
+    net = "slirp4netns:mtu=1500,allow_host_loopback=true"
+    with podman.container("--network", net) as c:
+        assert option_value(c.slirpy_argv(), "--mtu") == "1500"
+        mtu = c.sh("cat /sys/class/net/tap0/mtu").stdout
+        # 3000 bytes in one line: more than one segment at this MTU.
+        out = nc_line(c, "10.0.2.2", loopback_server.port, "m" * 3000)
+    assert mtu == "1500\n"
+    assert out == f"pong {line_digest(b'm' * 3000)}\n"
