@@ -10,6 +10,7 @@ sha256 against what the test computes itself.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import time
@@ -201,3 +202,17 @@ def test_outbound_addr_tcp(container: Container, slirpy_factory, testhost: TestH
     rep = guest(container, "send", testhost.addr, str(srv.port), "--size", str(size))
     assert rep["server"]["peer"][0] == src  # type: ignore[index]
     assert rep["server"]["sha256"] == pattern_digest(1, size)  # type: ignore[index]
+
+
+def test_unreachable_host_gives_ehostunreach(
+    net: tuple[Container, Slirpy], testhost: TestHost
+) -> None:
+    # An unused address on the test host's /29: the root namespace's ARP for
+    # it goes unanswered, the host connect() fails with EHOSTUNREACH, and
+    # slirpy reports ICMP host unreachable for the guest's SYN.
+    c, _ = net
+    nobody = str(ipaddress.ip_address(testhost.addr) + 2)
+    t0 = time.monotonic()
+    rep = guest(c, "connect", nobody, "80", "--timeout", "30")
+    assert rep == {"result": "EHOSTUNREACH", "text": "No route to host"}
+    assert time.monotonic() - t0 < 25  # reported, not left to the guest's timeout
