@@ -30,7 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 UID = int(os.environ.get("SLIRPY_TEST_UID", "65534"))
-AS_USER = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
+# Every process the bed starts gets SIGKILL when compare dies, even by
+# SIGKILL (PR_SET_PDEATHSIG, set by setpriv after its credential changes): no
+# stack, namespace or load generator outlives the run.
+DIE_WITH_US = ["setpriv", "--pdeathsig", "KILL"]
+AS_USER = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups",
+           "--pdeathsig", "KILL"]
 VENV_BIN = pathlib.Path(sys.executable).parent
 # The checkout that benchmarks/ lives in: slirpy is imported from here (the
 # venv's editable install may point elsewhere, and may not be readable by uid
@@ -159,7 +164,9 @@ class Container:
         return self.proc.pid
 
     def nsenter(self) -> list[str]:
-        return ["nsenter", "-t", str(self.pid), "-U", "-n"]
+        # setpriv after nsenter: joining the user namespace changes
+        # credentials, which clears a parent-death signal set before it.
+        return ["nsenter", "-t", str(self.pid), "-U", "-n", *DIE_WITH_US]
 
     def run(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         r = subprocess.run([*self.nsenter(), *cmd], capture_output=True, timeout=timeout)
