@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -27,6 +28,16 @@ from collections.abc import Callable, Iterator
 import pytest
 from conftest import Container, Slirpy, free_port
 from test_dhcp_dns import PORT_PROBE, RECORDS, assert_forwarded, fake_dns
+from testhost import (
+    HERE,
+    PY,
+    Server,
+    TestHost,
+    guest_cmd,
+    make_testhost,
+    parse_report,
+    pattern_digest,
+)
 
 GUEST_PY = "/opt/slirpy-venv/bin/python"
 BULK = 64 << 20
@@ -508,3 +519,54 @@ def test_ipv6_prefix_option(container: Container, slirpy_factory, scripts: str) 
     assert results == [("::1", hashlib.sha256(data).hexdigest())]
     assert out["n"] == 4 and out["local"] == addr["local"]
     assert s.proc.poll() is None
+
+
+
+@pytest.fixture
+def testhost6() -> Iterator[tuple[TestHost, str, str, str]]:
+    """A test host (testhost.py) with IPv6 too: a random fd5e::/64 ULA on the
+    veth, ::1 (primary) and ::3 (secondary) on the root side, ::2 inside.
+    Yields (host, inside_addr, root_addr, root_addr2)."""
+    with make_testhost() as th:
+        r = random.Random()
+        net = "fd5e:" + ":".join(f"{r.randrange(1 << 16):x}" for _ in range(3))
+        root, inside, root2 = f"{net}::1", f"{net}::2", f"{net}::3"
+        for cmd in (
+            ["ip", "addr", "add", f"{root}/64", "dev", th.veth, "nodad"],
+            ["ip", "addr", "add", f"{root2}/64", "dev", th.veth, "nodad"],
+            [*th.exec_prefix(), "ip", "addr", "add", f"{inside}/64", "dev", f"{th.veth}p",
+             "nodad"],
+        ):
+            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+        yield th, inside, root, root2
+
+
+@pytest.mark.parametrize("which", ["secondary", "ifname"])
+def test_outbound_addr6_tcp_and_udp(container: Container, slirpy_factory, testhost6,
+                                    which: str) -> None:
+    th, inside, root, root2 = testhost6
+    # The secondary address is never the kernel's default source, so seeing
+    # it proves the bind; IFNAME takes the interface's first global address
+    # (which of the two that is, is the kernel's order).
+    opt = root2 if which == "secondary" else th.veth
+    slirpy_factory(["-6", "-c", f"--outbound-addr6={opt}",
+                    f"--dns-upstream=127.0.0.1:{free_port()}", str(container.pid), "tap0"])
+    wait_slaac(container)
+    tcp = th.serve("serve-tcp")  # the test host's IPv4 server: slirpy's v4 side
+    tcp6 = Server.start([*th.exec_prefix(), PY, HERE, "serve-tcp", "--bind", inside])
+    udp6 = Server.start([*th.exec_prefix(), PY, HERE, "serve-udp", "--bind", inside])
+    th.procs += [tcp6.proc, udp6.proc]
+    size = 1 << 20
+    r = container.run(*guest_cmd("send", inside, str(tcp6.port), "--size", str(size)),
+                      timeout=60)
+    rep = parse_report(r.stdout)
+    assert rep["server"]["sha256"] == pattern_digest(1, size)  # type: ignore[index]
+    src = rep["server"]["peer"][0]  # type: ignore[index]
+    assert src == root2 if which == "secondary" else src in (root, root2)
+    r = container.run(*guest_cmd("udp", inside, str(udp6.port), "--sizes", "10,1000"),
+                      timeout=60)
+    assert parse_report(r.stdout)["ok"] == 2
+    assert udp6.next(timeout=5)["peer"][0] == src  # type: ignore[index]
+    # IPv4 is untouched by --outbound-addr6: the kernel's default source.
+    r = container.run(*guest_cmd("send", th.addr, str(tcp.port), "--size", "1000"), timeout=60)
+    assert parse_report(r.stdout)["server"]["peer"][0] == th.root_addr  # type: ignore[index]

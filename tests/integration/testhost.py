@@ -313,8 +313,12 @@ def _tcp_session(conn: socket.socket, peer: tuple[str, int]) -> None:
     _say(report)
 
 
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
 def cmd_serve_tcp(a: argparse.Namespace) -> None:
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls = socket.socket(_family(a.bind), socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((a.bind, a.port))
     ls.listen(1024)
@@ -332,7 +336,7 @@ def cmd_serve_tcp(a: argparse.Namespace) -> None:
 
 def cmd_serve_udp(a: argparse.Namespace) -> None:
     """Echo every datagram; print each peer once."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(a.bind), socket.SOCK_DGRAM)
     s.bind((a.bind, a.port))
     _say({"port": s.getsockname()[1]})
     seen: set[tuple[str, int]] = set()
@@ -440,7 +444,7 @@ def cmd_connect(a: argparse.Namespace) -> None:
 
 def cmd_udp(a: argparse.Namespace) -> None:
     """Send each datagram, wait for its echo; report mismatches and errors."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(_family(a.host), socket.SOCK_DGRAM)
     s.settimeout(a.timeout)
     s.connect((a.host, a.port))
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else []
