@@ -188,3 +188,36 @@ def test_sandbox_and_seccomp(
     assert status["Seccomp"].strip() == "2" and status["NoNewPrivs"].strip() == "1"
     assert out.read_text() == f"pong {line_digest(b'hello-kit')}\n"
     assert loopback_server.seen == [("127.0.0.1", b"hello-kit")]
+
+
+def test_cidr_ipv6_mtu(
+    client_user: ClientUser,
+    workdir: pathlib.Path,
+    loopback_server: LineServer,
+    loopback6_server: LineServer,
+) -> None:
+    """RootlessKit computes the guest's addresses from --cidr itself: they must match."""
+    report, out4, out6 = workdir / "report", workdir / "out4", workdir / "out6"
+    script = (
+        # SLAAC from slirpy's RA (RootlessKit configures IPv4 only): bounded wait.
+        "for i in $(seq 50); do ip -6 addr show dev tap0 scope global | grep -v tentative | "
+        "grep -q 'inet6 fd00::' && break; sleep 0.2; done\n"
+        f"ip addr show dev tap0 > {report}; ip route >> {report}; ip -6 route >> {report}\n"
+        f"echo hello-kit4 | busybox nc -w 5 10.0.135.130 {loopback_server.port} > {out4}\n"
+        f"echo hello-kit6 | busybox nc -w 5 fd00::2 {loopback6_server.port} > {out6}"
+    )
+    opts = ["--ipv6", "--cidr=10.0.135.128/25", "--mtu=1500"]
+    with rootlesskit(client_user, workdir, opts, script) as kit:
+        assert option_value(kit.argv, "--cidr") == "10.0.135.128/25"
+        assert option_value(kit.argv, "--mtu") == "1500" and "--enable-ipv6" in kit.argv
+        deadline = time.monotonic() + 30
+        while not out6.exists():
+            assert time.monotonic() < deadline, "the child did not finish"
+            time.sleep(0.1)
+    info = report.read_text()
+    assert "mtu 1500" in info and "inet 10.0.135.228/25" in info and "inet6 fd00::" in info
+    assert "default via 10.0.135.130 dev tap0" in info and "default via fe80::2 dev tap0" in info
+    assert out4.read_text() == f"pong {line_digest(b'hello-kit4')}\n"
+    assert out6.read_text() == f"pong {line_digest(b'hello-kit6')}\n"
+    assert loopback_server.seen == [("127.0.0.1", b"hello-kit4")]
+    assert loopback6_server.seen == [("::1", b"hello-kit6")]
