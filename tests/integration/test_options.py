@@ -234,6 +234,23 @@ def test_api_socket_path_is_a_regular_file_one_line(container: Container, shared
 # ---------------------------------------------------------------- behaviour
 
 
+def test_exit_fd_data_is_ignored_hangup_exits_zero(container: Container, slirpy_factory) -> None:
+    er, ew = os.pipe()
+    try:
+        s = slirpy_factory(["-c", "-e", str(er), str(container.pid), "tap0"], pass_fds=(er,))
+    finally:
+        os.close(er)
+    try:
+        os.write(ew, b"data is not a request to exit\n")
+        time.sleep(0.5)
+        assert s.proc.poll() is None
+        r = container.run("busybox", "ping", "-c", "1", "-W", "5", "10.0.2.2")
+        assert "1 packets received" in r.stdout.decode()
+    finally:
+        os.close(ew)
+    assert s.proc.wait(timeout=10) == 0
+
+
 def test_macaddress_is_the_guest_mac(container: Container, slirpy_factory) -> None:
     slirpy_factory(["-c", "--macaddress=02:42:ac:11:00:02", str(container.pid), "tap0"])
     link = container.run("ip", "-o", "link", "show", "tap0").stdout.decode()
@@ -327,9 +344,16 @@ print(peer[0], flush=True)
 """
 
 
-def test_outbound_addr6(container: Container, slirpy_factory, testhost: TestHost) -> None:
-    """--outbound-addr6: the test host sees the secondary IPv6 address as the source."""
-    net = f"2001:db8:5117:{random.randrange(1, 0xffff):x}"
+@pytest.mark.parametrize("form", ["address", "ifname"])
+def test_outbound_addr6(container: Container, slirpy_factory, testhost: TestHost, form) -> None:
+    """--outbound-addr6: the test host sees the chosen IPv6 address as the source.
+
+    "address": the secondary address of the veth (never the kernel's choice);
+    "ifname": an interface of its own whose one global address is not on the
+    route to the test host (a veth pair with both ends in the root namespace).
+    """
+    tag = random.randrange(1, 0xFFFF)
+    net = f"2001:db8:5117:{tag:x}"
     root1, root2, host = f"{net}::1", f"{net}::3", f"{net}::2"
     subprocess.run(["ip", "addr", "add", f"{root1}/64", "dev", testhost.veth, "nodad"],
                    check=True)
@@ -337,23 +361,40 @@ def test_outbound_addr6(container: Container, slirpy_factory, testhost: TestHost
                    check=True)
     peer_dev = testhost.veth + "p"
     testhost.run("ip", "addr", "add", f"{host}/64", "dev", peer_dev, "nodad")
-    srv = subprocess.Popen(
-        [*testhost.exec_prefix(), sys.executable, "-c", _SERVE6, host],
-        stdout=subprocess.PIPE, text=True,
-    )
-    testhost.procs.append(srv)  # type: ignore[arg-type]
-    assert srv.stdout is not None
-    port = int(srv.stdout.readline())
-    slirpy_factory(["-c", "-6", f"--outbound-addr6={root2}", str(container.pid), "tap0"])
-    out = ""
-    deadline = time.monotonic() + 20
-    while not out and time.monotonic() < deadline:  # SLAAC and DAD in the guest first
-        r = container.sh(f"echo hello6 | busybox nc -w 5 {host} {port}", check=False)
-        out = r.stdout.decode()
-        if not out:
-            time.sleep(0.5)
-    assert out == "v6 hello6\n"
-    assert srv.stdout.readline().strip() == root2
+    dev = f"sdm6{os.getpid() % 100000}"
+    if form == "address":
+        option, expected = f"--outbound-addr6={root2}", root2
+    else:
+        expected = f"2001:db8:5118:{tag:x}::5"
+        subprocess.run(["ip", "link", "add", dev, "type", "veth", "peer", "name", dev + "p"],
+                       check=True)
+        subprocess.run(["ip", "addr", "add", f"{expected}/128", "dev", dev, "nodad"],
+                       check=True)
+        subprocess.run(["ip", "link", "set", dev + "p", "up"], check=True)
+        subprocess.run(["ip", "link", "set", dev, "up"], check=True)
+        testhost.run("ip", "-6", "route", "add", f"{expected}/128", "via", root1)
+        option = f"--outbound-addr6={dev}"
+    try:
+        srv = subprocess.Popen(
+            [*testhost.exec_prefix(), sys.executable, "-c", _SERVE6, host],
+            stdout=subprocess.PIPE, text=True,
+        )
+        testhost.procs.append(srv)  # type: ignore[arg-type]
+        assert srv.stdout is not None
+        port = int(srv.stdout.readline())
+        slirpy_factory(["-c", "-6", option, str(container.pid), "tap0"])
+        out = ""
+        deadline = time.monotonic() + 20
+        while not out and time.monotonic() < deadline:  # SLAAC and DAD in the guest first
+            r = container.sh(f"echo hello6 | busybox nc -w 5 {host} {port}", check=False)
+            out = r.stdout.decode()
+            if not out:
+                time.sleep(0.5)
+        assert out == "v6 hello6\n"
+        assert srv.stdout.readline().strip() == expected
+    finally:
+        if form == "ifname":
+            subprocess.run(["ip", "link", "del", dev], check=False)
 
 
 def test_ipv6_prefix(container: Container, slirpy_factory) -> None:
