@@ -135,6 +135,7 @@ class Daemon:
         on_signal: Callable[[int], None] | None = None,
         handle_signals: bool = True,
         setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
+        limits: tuple[tuple[str, int], ...] = (),
     ) -> None:
         self.net = net
         self.tap = tap
@@ -143,6 +144,7 @@ class Daemon:
         self.dns_upstreams = dns_upstreams
         self.outbound4 = outbound4
         self.outbound6 = outbound6
+        self.limits = limits  # (name, value) pairs of slirpy.engine.Limits fields
         self.api_socket = api_socket
         self.ready_fd = ready_fd
         self.exit_fd = exit_fd
@@ -209,7 +211,7 @@ class Daemon:
     async def serve(self) -> int:
         from slirpy.api import ApiServer
         from slirpy.dhcp import DhcpServer
-        from slirpy.engine import Engine
+        from slirpy.engine import Engine, Limits
         from slirpy.portfwd import PortForwarder
 
         loop = asyncio.get_running_loop()
@@ -237,6 +239,7 @@ class Daemon:
                 dns_tcp_port=dns_tcp,
                 outbound4=self.outbound4,
                 outbound6=self.outbound6,
+                limits=Limits(**dict(self.limits)),
             )
             stack.callback(self.engine.close)
             self.engine.set_tap(self.tap.fd)
@@ -393,6 +396,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         dns_upstreams=tuple((str(a), p) for a, p in cfg.dns_upstream_endpoints),
         outbound4=outbound4,
         outbound6=outbound6,
+        limits=cfg.limits,
         api_socket=cfg.api_socket,
         ready_fd=cfg.ready_fd,
         exit_fd=cfg.exit_fd,

@@ -30,6 +30,7 @@ from slirpy.config import (
     normalize_dns_upstream,
     parse_cidr,
     parse_fd,
+    parse_limit,
     parse_mac,
     parse_mtu,
     parse_outbound_addr,
@@ -100,6 +101,7 @@ _HELP_OPTIONS = (
     ("--dns-upstream=ADDR[:PORT]", "slirpy: forward DNS here instead of resolv.conf (repeatable)"),
     ("--resolv-conf=PATH", f"slirpy: take DNS servers from PATH (default={DEFAULT_RESOLV_CONF})"),
     ("--disable-offload", "slirpy: do not use TAP checksum/segmentation offloads"),
+    ("--limit=NAME=VALUE", "slirpy: engine cap or timeout, e.g. udp_idle_s=60 (repeatable)"),
     ("--debug", "slirpy: verbose logging to stderr"),
     ("-h, --help", "show this help and exit"),
     ("-v, --version", "show version and exit"),
@@ -132,6 +134,7 @@ _LONG_OPTS = [
     "dns-upstream=",
     "resolv-conf=",
     "disable-offload",
+    "limit=",
     "debug",
 ]
 
@@ -204,6 +207,7 @@ def parse_slirp4netns_args(
     net: dict[str, object] = {}
     kw: dict[str, object] = {}
     dns_upstreams: list[str] = []
+    limits: list[tuple[str, int]] = []
     mac_text: str | None = None
     for name, value in opts:
         match name:
@@ -253,6 +257,8 @@ def parse_slirp4netns_args(
                 dns_upstreams.append(normalize_dns_upstream(value))
             case "--resolv-conf":
                 kw["resolv_conf"] = value
+            case "--limit":
+                limits.append(parse_limit(value))
             case "--disable-offload":
                 kw["offload"] = False
             case "--debug":
@@ -277,6 +283,7 @@ def parse_slirp4netns_args(
     return Slirp4netnsConfig(
         net=NetworkModel(**net),  # type: ignore[arg-type]
         dns_upstreams=tuple(dns_upstreams),
+        limits=tuple(limits),
         **kw,  # type: ignore[arg-type]
     )
 

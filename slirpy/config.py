@@ -51,6 +51,7 @@ __all__ = [
     "parse_cidr",
     "parse_dns_upstream",
     "parse_fd",
+    "parse_limit",
     "parse_mac",
     "parse_mtu",
     "parse_outbound_addr",
@@ -226,6 +227,36 @@ def _looks_like_ipv4(text: str) -> bool:
     # A name made only of digits and dots is almost certainly a mistyped
     # address rather than an interface: say so instead of "no such interface".
     return bool(text) and all(c.isdigit() or c == "." for c in text) and "." in text
+
+
+# The engine's hard caps and timeouts that `--limit NAME=VALUE` may set: the
+# fields of slirpy.engine.Limits (kept here so that parsing options does not
+# load the C engine; a unit test checks that the two agree), each with the
+# largest value accepted. The engine also scales the flow caps down to what
+# RLIMIT_NOFILE allows; timeouts are in seconds.
+LIMITS: dict[str, int] = {
+    "max_tcp_flows": 1 << 20,
+    "max_udp_flows": 1 << 20,
+    "max_icmp_flows": 1 << 20,
+    "max_half_open": 1 << 20,
+    "udp_idle_s": 7 * 86400,
+    "tcp_idle_s": 7 * 86400,
+}
+
+
+def parse_limit(text: str) -> tuple[str, int]:
+    """Validate `--limit NAME=VALUE` (e.g. `max_tcp_flows=1000`, `udp_idle_s=30`)."""
+    name, sep, value = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in LIMITS:
+        raise ConfigError(
+            f"--limit takes NAME=VALUE with NAME one of {', '.join(LIMITS)}; got {text!r}"
+        )
+    top = LIMITS[name]
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= top:
+        raise ConfigError(f"--limit {name} must be an integer from 1 to {top}, got {value!r}")
+    return name, int(value)
 
 
 def parse_outbound_addr(text: str) -> str:
@@ -453,6 +484,7 @@ class Slirp4netnsConfig:
     resolv_conf: str = DEFAULT_RESOLV_CONF
     offload: bool = True
     debug: bool = False
+    limits: tuple[tuple[str, int], ...] = ()  # --limit NAME=VALUE, in order
 
     def __post_init__(self) -> None:
         if self.netns_type not in ("pid", "path"):
@@ -485,6 +517,8 @@ class Slirp4netnsConfig:
             parse_dns_upstream(upstream)
         if not self.resolv_conf:
             raise ConfigError("--resolv-conf must not be empty")
+        for name, value in self.limits:
+            parse_limit(f"{name}={value}")
 
     @property
     def pid(self) -> int | None:
