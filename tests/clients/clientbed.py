@@ -44,7 +44,9 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 # The console script pip made next to the interpreter running the tests: the
 # very command a user puts in containers.conf / --slirp4netns-binary.
 SLIRPY_SCRIPT = pathlib.Path(sys.executable).parent / "slirpy-slirp4netns"
-USER_NAME = "slirpy-client"
+# One user per test run ("slirpy-c" + the pytest process's PID): runs of the
+# suite at the same time on one machine must not remove each other's user.
+USER_PREFIX = "slirpy-c"
 IMAGE = "localhost/slirpy-busybox:latest"
 
 
@@ -155,26 +157,50 @@ def _drop_sub_ids(name: str) -> None:
             p.write_text("".join(ln for ln in lines if not ln.startswith(f"{name}:")))
 
 
-def make_client_user(name: str = USER_NAME) -> ClientUser:
-    """Create the test user afresh (a leftover of a killed run is removed first)."""
+def _remove_user(name: str) -> None:
     with contextlib.suppress(KeyError):
         old = pwd.getpwnam(name)
         ClientUser(name, old.pw_uid, old.pw_gid, pathlib.Path(old.pw_dir),
                    pathlib.Path(f"/run/user/{old.pw_uid}")).remove()
     _drop_sub_ids(name)
+
+
+def _remove_stale_users() -> None:
+    """Users of earlier runs that were killed before their clean-up (their PID is gone)."""
+    for entry in pwd.getpwall():
+        suffix = entry.pw_name.removeprefix(USER_PREFIX)
+        alive = suffix.isdigit() and os.path.exists(f"/proc/{suffix}")
+        if entry.pw_name.startswith(USER_PREFIX) and suffix.isdigit() and not alive:
+            _remove_user(entry.pw_name)
+
+
+def make_client_user() -> ClientUser:
+    """Create this run's test user afresh (leftovers of killed runs are removed first)."""
+    _remove_stale_users()
+    name = f"{USER_PREFIX}{os.getpid()}"
+    _remove_user(name)
     home = pathlib.Path(f"/tmp/{name}-home")
     shutil.rmtree(home, ignore_errors=True)
-    subprocess.run(
-        ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
-        check=True, capture_output=True, timeout=30,
-    )
+    for attempt in range(10):
+        # useradd fails when another one holds the lock on /etc/passwd: retry.
+        r = subprocess.run(
+            ["useradd", "--create-home", "--home-dir", str(home), "--shell", "/bin/sh", name],
+            capture_output=True, text=True, timeout=30,
+        )
+        if r.returncode == 0:
+            break
+        if attempt == 9 or "lock" not in r.stderr:
+            raise AssertionError(f"useradd {name} failed: {r.stderr.strip()}")
+        time.sleep(0.5)
     pw = pwd.getpwnam(name)
     subuid = pathlib.Path("/etc/subuid").read_text() if os.path.exists("/etc/subuid") else ""
     if not any(ln.startswith(f"{name}:") for ln in subuid.splitlines()):
-        # useradd gives ranges only when login.defs says so: add them by hand.
+        # useradd gives ranges only when login.defs says so: add them by hand,
+        # one per uid so that concurrent runs do not share one.
+        first = 3_000_000 + (pw.pw_uid % 10_000) * 65_536
+        sub = f"{first}-{first + 65_535}"
         subprocess.run(
-            ["usermod", "--add-subuids", "3100000-3165535",
-             "--add-subgids", "3100000-3165535", name],
+            ["usermod", "--add-subuids", sub, "--add-subgids", sub, name],
             check=True, capture_output=True, timeout=30,
         )
     runtime = pathlib.Path(f"/run/user/{pw.pw_uid}")

@@ -1,8 +1,9 @@
 """Fixtures of the client tests: real rootless Podman and RootlessKit running slirpy.
 
-The tests here run as a user made for the session (`slirpy-client`, created
-with `useradd`, which gives it /etc/subuid and /etc/subgid ranges; removed with
-its home, runtime directory and processes at the end, even on failure). Root
+The tests here run as a user made for the session (`slirpy-c<PID of pytest>`,
+created with `useradd`, which gives it /etc/subuid and /etc/subgid ranges;
+removed with its home, runtime directory and processes at the end, even on
+failure; users left by killed runs are removed at the next start). Root
 is used only to build that bed: chmod /dev/net/tun, make the user, write its
 Podman configuration. Podman and RootlessKit themselves, and so slirpy, run as
 the user. Traffic goes only to the host's loopback or test-host namespaces
