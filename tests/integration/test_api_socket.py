@@ -361,3 +361,33 @@ def test_api_socket_file_lifecycle(container: Container, slirpy_factory) -> None
         _, err = bad.output()
         assert rc != 0 and "--api-socket path is too long (108 bytes" in err, (rc, err)
         assert not os.path.exists(long_path)
+
+
+def test_stalled_api_clients_never_stall_data_or_other_requests(fwd: Forwarding) -> None:
+    """Clients that connect and never finish a request (silent, half a JSON
+    object, a huge unterminated string) must not block forwarding or other
+    API clients: the API lives on the event loop next to the data path."""
+    port = free_port()
+    assert add(fwd.api, proto="tcp", host_addr="127.0.0.1", host_port=port,
+               guest_port=80) == {"return": {"id": 1}}
+    fwd.guest_server("echo", 80)
+    stalled: list[socket.socket] = []
+    try:
+        for i in range(30):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(fwd.api)
+            if i % 3 == 1:
+                s.sendall(b'{"execute":"list_hos')
+            elif i % 3 == 2:
+                s.sendall(b'{"execute":"' + b"x" * 3000)
+            stalled.append(s)
+        t0 = time.monotonic()
+        payload = random.Random(9).randbytes(8 << 20)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            assert sha(echo_roundtrip(c, payload)) == sha(payload)
+        assert listing(fwd.api)[0]["id"] == 1
+        assert time.monotonic() - t0 < 10
+    finally:
+        for s in stalled:
+            s.close()
+    fwd.alive()
