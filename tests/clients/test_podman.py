@@ -16,6 +16,7 @@ import urllib.request
 
 import pytest
 from clientbed import (
+    IMAGE,
     LineServer,
     Podman,
     PodmanContainer,
@@ -188,3 +189,14 @@ def test_mtu_option(podman: Podman, loopback_server: LineServer) -> None:
         out = nc_line(c, "10.0.2.2", loopback_server.port, "m" * 3000)
     assert mtu == "1500\n"
     assert out == f"pong {line_digest(b'm' * 3000)}\n"
+
+
+def test_slirpy_error_reaches_the_podman_user(podman: Podman) -> None:
+    """A value slirpy refuses: `podman run` fails and shows slirpy's one-line reason."""
+    r = podman(
+        "run", "--rm", "--network", "slirp4netns:cidr=10.0.2.0/26", IMAGE, "true", check=False
+    )
+    assert r.returncode != 0
+    assert "CIDR prefix length must be between 1 and 25, got /26" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    assert slirpy_procs(podman.user.uid, "tap0") == []
