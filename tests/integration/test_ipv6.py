@@ -570,3 +570,18 @@ def test_outbound_addr6_tcp_and_udp(container: Container, slirpy_factory, testho
     # IPv4 is untouched by --outbound-addr6: the kernel's default source.
     r = container.run(*guest_cmd("send", th.addr, str(tcp.port), "--size", "1000"), timeout=60)
     assert parse_report(r.stdout)["server"]["peer"][0] == th.root_addr  # type: ignore[index]
+
+
+def test_ping6_test_host_through_ping_sockets(container: Container, slirpy_factory,
+                                              testhost6) -> None:
+    """ICMPv6 echo to a real destination goes out through a ping socket and
+    the replies come back matched to the guest's id and sequence."""
+    _th, inside, _root, _root2 = testhost6
+    s = slirpy_factory(["-6", "-c", f"--dns-upstream=127.0.0.1:{free_port()}",
+                        str(container.pid), "tap0"])
+    wait_slaac(container)
+    r = container.run("busybox", "ping", "-6", "-c", "3", "-W", "2", inside, check=False)
+    out = r.stdout.decode()
+    assert "3 packets transmitted, 3 packets received" in out, out
+    assert len([ln for ln in out.splitlines() if f"bytes from {inside}: seq=" in ln]) == 3
+    assert s.proc.poll() is None
