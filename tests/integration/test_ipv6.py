@@ -585,3 +585,13 @@ def test_ping6_test_host_through_ping_sockets(container: Container, slirpy_facto
     assert "3 packets transmitted, 3 packets received" in out, out
     assert len([ln for ln in out.splitlines() if f"bytes from {inside}: seq=" in ln]) == 3
     assert s.proc.poll() is None
+
+
+def test_closed_port_on_host_loopback_v6_refused(net6, scripts: str) -> None:
+    """A closed port on the host's ::1 through fd00::2: the host's port
+    unreachable (UDP) and refusal (TCP) reach the guest as ECONNREFUSED."""
+    c, s, _ = net6
+    path = guest_script(scripts, "probe.py", PORT_PROBE)
+    r = c.run(GUEST_PY, path, "fd00::2", str(free_port(socket.AF_INET6)), timeout=30)
+    assert r.stdout.decode().split() == ["ECONNREFUSED"] * 2
+    assert s.proc.poll() is None
