@@ -270,3 +270,23 @@ def test_half_open_cap_from_limits(make_guest, socks):
     sa = conns[2].handshake()
     assert sa.pkt[TCP].dport == 41002
     assert g.counters()["drop_half_open_cap"] == 1
+
+
+def test_window_scaling_lets_more_than_64k_fly(guest, socks):
+    """With the guest's window scale, the engine keeps more than 64 KiB
+    unacknowledged toward it (what keeps throughput up when the RTT grows),
+    and it announces a window beyond 64 KiB itself."""
+    c, h = _established(guest, socks, window=1 << 20, wscale=7)
+    ws = dict(c.synack.pkt[TCP].options)["WScale"]
+    assert ws > 0
+    h.sendall(random.Random(5).randbytes(512 << 10))
+    inflight = 0
+    deadline = time.monotonic() + 3
+    while inflight < (256 << 10) and time.monotonic() < deadline:
+        guest.poll(0.02)
+        inflight += sum(len(tcp_payload(o.pkt)) for o in c.mine(guest.out()))
+    assert inflight >= 256 << 10, inflight  # no ACK sent yet: all of it in flight
+    # The engine's own receive window (the host socket's free space), scaled.
+    c.send(b"x")
+    acks = [o for o in c.mine(guest.settle(0.1)) if o.pkt[TCP].ack == c.snd_nxt]
+    assert acks and acks[-1].pkt[TCP].window << ws > 65535
