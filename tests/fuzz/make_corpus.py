@@ -255,6 +255,9 @@ def seeds() -> dict[str, Seed]:
     out["tcp4-noloopback"] = tcp_session(NO_LOOPBACK)
     out["dns-disabled"] = simple(
         NO_DNS, e4(DNS_MAC) / IP(src=GUEST, dst=DNS_IP) / UDP(sport=5353, dport=53) / dns_q)
+    # More UDP flows than the harness's cap (32): LRU eviction.
+    out["udp-cap"] = simple(0, *[e4() / IP(src=GUEST, dst=GW) / UDP(sport=30000 + i, dport=PORT)
+                                 / b"c" for i in range(40)])
     out["timers"] = simple(
         IPV6, e4() / IP(src=GUEST, dst=GW) / UDP(sport=40000, dport=PORT) / b"t",
         e6() / IPv6(src=GUEST6, dst=GW6) / UDP(sport=40000, dport=PORT) / b"t6", step=255)
