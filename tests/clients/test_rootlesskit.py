@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -90,6 +91,7 @@ def rootlesskit(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 20
@@ -113,8 +115,15 @@ def rootlesskit(
             time.sleep(0.1)
     finally:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            proc.communicate(timeout=10)
+            # The child's background servers hold RootlessKit's stdout open:
+            # kill the whole session RootlessKit was started in.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                user.kill_all()
+                proc.communicate(timeout=10)
 
 
 def free_port() -> int:
@@ -221,3 +230,63 @@ def test_cidr_ipv6_mtu(
     assert out6.read_text() == f"pong {line_digest(b'hello-kit6')}\n"
     assert loopback_server.seen == [("127.0.0.1", b"hello-kit4")]
     assert loopback6_server.seen == [("::1", b"hello-kit6")]
+
+
+UDP_ECHO = (
+    "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.bind((\"0.0.0.0\", 8081)); s.settimeout(60)\n"
+    "for _ in range(20): d, a = s.recvfrom(2048); s.sendto(d, a)"
+)
+
+
+def test_rootlessctl_add_and_remove_ports(
+    client_user: ClientUser, workdir: pathlib.Path
+) -> None:
+    """Ports added and removed at run time: RootlessKit's add_hostfwd / remove_hostfwd."""
+    www = workdir / "www"
+    www.mkdir()
+    (www / "blob").write_bytes(served_blob())
+    os.chown(www, client_user.uid, client_user.gid)
+    tport, uport = free_port(), free_port()
+    script = (
+        # RootlessKit's child sees the host's files: Python is the UDP echo server.
+        f"python3 -c '{UDP_ECHO}' & U=$!\n"
+        f"busybox httpd -f -p 8080 -h {www} & BG=\"$! $U\""
+    )
+    with rootlesskit(client_user, workdir, ["--port-driver=slirp4netns"], script) as kit:
+        sock = kit.state_dir / "api.sock"
+        deadline = time.monotonic() + 20
+        while not sock.exists():  # RootlessKit's own API comes up after the network
+            assert time.monotonic() < deadline, "RootlessKit's api.sock did not appear"
+            time.sleep(0.1)
+        ctl = ["rootlessctl", f"--socket={sock}"]
+        client_user.run(*ctl, "add-ports", f"127.0.0.1:{tport}:8080/tcp")
+        client_user.run(*ctl, "add-ports", f"127.0.0.1:{uport}:8081/udp")
+        body = fetch(f"http://127.0.0.1:{tport}/blob")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.settimeout(2)
+            echo = b""
+            for _ in range(10):  # UDP: the server may still be starting
+                u.sendto(b"udp-through-rootlesskit\n", ("127.0.0.1", uport))
+                with contextlib.suppress(TimeoutError):
+                    echo = u.recv(100)
+                    break
+        api = option_value(kit.argv, "--api-socket")
+        assert api is not None
+        entries = api_call(api, {"execute": "list_hostfwd"})["entries"]
+        assert sorted((e["proto"], e["host_port"], e["guest_addr"], e["guest_port"])
+                      for e in entries) == sorted([  # type: ignore[union-attr]
+            ("tcp", tport, "10.0.2.100", 8080), ("udp", uport, "10.0.2.100", 8081)
+        ])
+        listed = client_user.run(*ctl, "list-ports", "--json").stdout
+        port_ids = [str(json.loads(ln)["id"]) for ln in listed.splitlines() if ln.strip()]
+        assert len(port_ids) == 2, listed
+        client_user.run(*ctl, "remove-ports", *port_ids)
+        left = api_call(api, {"execute": "list_hostfwd"})["entries"]
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(
+            ("127.0.0.1", tport), timeout=5
+        ):
+            pass
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(served_blob()).hexdigest()
+    assert echo == b"udp-through-rootlesskit\n"
+    assert left == []
