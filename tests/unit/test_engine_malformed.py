@@ -14,6 +14,7 @@ import struct
 from collections.abc import Callable
 
 import pytest
+from conftest import Conn
 from frames import (
     ARP,
     DNS_MAC,
@@ -415,8 +416,6 @@ def test_flow_caps_stay_under_the_fd_limit(tmp_path):
 
 
 def _conn(g, socks, **kw):
-    from conftest import Conn
-
     lst = socks.tcp_listener()
     c = Conn(g, lst.getsockname()[1], **kw)
     c.handshake()
