@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 
@@ -446,3 +447,74 @@ def test_debug_logs_to_stderr(container: Container, slirpy_factory) -> None:
         _out, loud_err = loud.output()
     assert "slirpy: " not in quiet_err.replace("slirpy-slirp4netns", "")
     assert re.search(r"(?m)^slirpy: slirpy\.\w+: ", loud_err), loud_err
+
+
+_SHORT_REPLY_CLIENT = """
+import socket, sys
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+ok = 0
+for i in range(rounds):
+    s = socket.create_connection(("10.0.2.2", port), timeout=5)
+    s.sendall(b"m" * 3000 + b"\\n")
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except TimeoutError:
+        print(f"round {i}: no EOF within 5 s after {data!r}", flush=True)
+        break
+    finally:
+        s.close()
+    if data != b"pong\\n":
+        print(f"round {i}: got {data!r}", flush=True)
+        break
+    ok += 1
+print(f"ok {ok}", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mtu", ["1500", "65520"])
+def test_mtu_short_reply_and_close_reach_the_guest(
+    container: Container, slirpy_factory, mtu: str
+) -> None:
+    """The host answers a multi-segment request with a few bytes and closes at once.
+
+    The reply and the FIN usually reach slirpy in one socket event: the guest
+    must get both (a stalled FIN leaves the guest's reader hanging; Podman's
+    clients tests at MTU 1500 first showed that).
+    """
+    rounds = 20
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(10)
+
+    def serve() -> None:
+        for _ in range(rounds):
+            try:
+                conn, _peer = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                with contextlib.suppress(OSError):
+                    while b"\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    conn.sendall(b"pong\n")
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        slirpy_factory(["-c", f"--mtu={mtu}", str(container.pid), "tap0"])
+        r = container.run(
+            sys.executable, "-c", _SHORT_REPLY_CLIENT, str(listener.getsockname()[1]),
+            str(rounds), timeout=150, check=False,
+        )
+    finally:
+        listener.close()
+        t.join(timeout=10)
+    assert r.stdout.decode().strip().splitlines()[-1:] == [f"ok {rounds}"], r.stdout.decode()
