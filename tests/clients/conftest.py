@@ -55,7 +55,7 @@ runroot = "{runtime}/containers"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = pathlib.Path(__file__).parent
     for item in items:
-        if here in pathlib.Path(str(item.fspath)).parents:
+        if here in item.path.parents:
             item.add_marker(pytest.mark.clients)
 
 
