@@ -79,6 +79,8 @@ enum sl_tcp_state {
 #define SL_TF_NEED_WUPD 0x100	/* host send buffer was full: update when free */
 #define SL_TF_RTT_OK 0x200	/* srtt/rttvar hold at least one sample */
 #define SL_TF_TIMING 0x400	/* rtt_seq/rtt_at time one segment (Karn) */
+#define SL_TF_HOST_DRY 0x800	/* last peek (SO_PEEK_OFF) hit EAGAIN and no
+				 * EPOLLIN since: nothing new to send */
 
 /**
  * struct sl_tcp - the translation state of one TCP flow.

@@ -425,6 +425,12 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 		want = wnd < chunk ? wnd : chunk;
 		n = peek(f, buf, want, data_in_flight(f));
 		if (n < 0) {
+			/* With SO_PEEK_OFF, EAGAIN means every byte in the
+			 * socket has been sent: until the next EPOLLIN edge
+			 * a guest ACK has nothing to pull (the fallback's
+			 * EAGAIN can also mean "PEEK_MAX reached"). */
+			if (errno == EAGAIN && (f->tcp.flags & SL_TF_PEEK_OFF))
+				f->tcp.flags |= SL_TF_HOST_DRY;
 			if (errno == EAGAIN || errno == EINTR)
 				break;
 			reset_guest(e, f);
@@ -477,6 +483,7 @@ static bool rewind_send(struct sl_engine *e, struct sl_flow *f)
 	}
 	f->tcp.recover = f->tcp.snd_max;
 	f->tcp.snd_nxt = f->tcp.snd_una;
+	f->tcp.flags &= (uint16_t)~SL_TF_HOST_DRY;	/* re-sent bytes to peek */
 	if (!(f->tcp.flags & SL_TF_FIN_ACKED))
 		f->tcp.flags &= (uint16_t)~SL_TF_FIN_SENT;
 	if (f->tcp.flags & SL_TF_PEEK_OFF)
@@ -560,6 +567,10 @@ static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
 	} else if (f->tcp.snd_max == f->tcp.snd_una) {
 		f->tcp.retries = 0;	/* it answers our window probes */
 	}
+	/* Most guest segments carry an ACK: skip the peek (a syscall) when
+	 * the socket had nothing new last time and no EPOLLIN came since. */
+	if (f->tcp.flags & SL_TF_HOST_DRY)
+		return true;
 	return data_to_guest(e, f);
 }
 
@@ -916,8 +927,10 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 		update_events(e, f);
 		sl_flow_mark_ack(e, f);	/* window update */
 	}
-	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))
+	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+		f->tcp.flags &= (uint16_t)~SL_TF_HOST_DRY;
 		data_to_guest(e, f);
+	}
 }
 
 /**
