@@ -368,17 +368,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
             target = type(target)(target.netns_path, cfg.userns_path)
         pending = start_open_tap(
             target,
-            TapRequest(
-                tapname=cfg.tapname,
-                vnet_hdr=True,
-                offload=cfg.offload,
-                configure=cfg.configure,
-                mtu=net.mtu,
-                address=ipaddress.IPv4Interface(f"{net.guest}/{net.prefixlen}"),
-                gateway=net.gateway,
-                mac=net.guest_mac,
-                ipv6=net.ipv6,
-            ),
+            TapRequest.for_net(net, cfg.tapname, offload=cfg.offload, configure=cfg.configure),
         )
         _preload()  # overlaps with the helper child's work
         tap = pending.wait()

@@ -21,6 +21,10 @@ import struct
 import traceback
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from slirpy.config import NetworkModel
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
@@ -46,6 +50,23 @@ class TapRequest:
     gateway: IPv4Address | None = None
     mac: bytes | None = None
     ipv6: bool = False
+
+    @classmethod
+    def for_net(
+        cls, net: NetworkModel, tapname: str, *, offload: bool, configure: bool
+    ) -> TapRequest:
+        """The request for `net`'s guest side: N+100/prefix, route via N+2."""
+        return cls(
+            tapname=tapname,
+            vnet_hdr=True,
+            offload=offload,
+            configure=configure,
+            mtu=net.mtu,
+            address=IPv4Interface(f"{net.guest}/{net.prefixlen}"),
+            gateway=net.gateway,
+            mac=net.guest_mac,
+            ipv6=net.ipv6,
+        )
 
 
 @dataclass(frozen=True)

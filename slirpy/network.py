@@ -317,16 +317,7 @@ class AsyncNetwork:
         net = self.net
         return start_open_tap(
             target,
-            TapRequest(
-                tapname=TAPNAME,
-                vnet_hdr=True,
-                offload=self._offload,
-                configure=self._configure,
-                mtu=net.mtu,
-                address=ipaddress.IPv4Interface(f"{net.guest}/{net.prefixlen}"),
-                gateway=net.gateway,
-                ipv6=net.ipv6,
-            ),
+            TapRequest.for_net(net, TAPNAME, offload=self._offload, configure=self._configure),
         )
 
     async def start(self) -> AsyncNetwork:

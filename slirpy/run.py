@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import shutil
@@ -388,16 +387,7 @@ def _serve(
     try:
         pending = start_open_tap(
             target_for_pid(runner.child),
-            TapRequest(
-                tapname=TAPNAME,
-                vnet_hdr=True,
-                offload=cfg.offload,
-                configure=True,
-                mtu=net.mtu,
-                address=ipaddress.IPv4Interface(f"{net.guest}/{net.prefixlen}"),
-                gateway=net.gateway,
-                ipv6=net.ipv6,
-            ),
+            TapRequest.for_net(net, TAPNAME, offload=cfg.offload, configure=True),
         )
         preload()  # overlaps with the helper child's work
         tap = pending.wait()
