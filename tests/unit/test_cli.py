@@ -86,7 +86,7 @@ OPTIONS: list[tuple[str, str | None, str | None, tuple[str, ...], Check]] = [
     ),
     ("target-type", None, "netns", (), lambda c: c.target == "1234"),
     ("ipv6-prefix", None, "fd12::/64", (), lambda c: c.net.prefix6 == IPv6Network("fd12::/64")),
-    ("dns-upstream", None, "1.1.1.1", (), lambda c: c.dns_upstreams == ("1.1.1.1:53",)),
+    ("dns-upstream", None, "192.0.2.53", (), lambda c: c.dns_upstreams == ("192.0.2.53:53",)),
     ("resolv-conf", None, "/tmp/resolv.conf", (), lambda c: c.resolv_conf == "/tmp/resolv.conf"),
     ("disable-offload", None, None, (), lambda c: not c.offload),
     ("debug", None, None, (), lambda c: c.debug),
@@ -212,10 +212,10 @@ def test_unique_prefix_of_long_option() -> None:
 
 def test_last_value_wins_and_dns_upstream_repeats() -> None:
     cfg = parse(
-        "--mtu=1400", "--mtu=1500", "--dns-upstream=1.1.1.1", "--dns-upstream", "[::1]:5353", "1"
+        "--mtu=1400", "--mtu=1500", "--dns-upstream=192.0.2.53", "--dns-upstream", "[::1]:5353", "1"
     )
     assert cfg.net.mtu == 1500
-    assert cfg.dns_upstreams == ("1.1.1.1:53", "[::1]:5353")
+    assert cfg.dns_upstreams == ("192.0.2.53:53", "[::1]:5353")
 
 
 def test_tapname_and_path_target() -> None:
@@ -480,8 +480,8 @@ def test_run_all_options() -> None:
             "--ipv6-prefix", "fd12::/64",
             "--mtu", "9000",
             "--cidr=10.0.135.128/25",
-            "--dns-upstream", "1.1.1.1",
-            "--dns-upstream=[2606:4700::1111]:53",
+            "--dns-upstream", "192.0.2.53",
+            "--dns-upstream=[2001:db8::53]:53",
             "--outbound-addr", "eth0",
             "--no-host-loopback",
             "--resolv-conf", "/tmp/r",
@@ -489,10 +489,10 @@ def test_run_all_options() -> None:
             "-vv",
             "--stats",
             "--",
-            "curl", "-v", "http://example.com",
+            "curl", "-v", "http://10.0.2.2:8080/",
         ]
     )  # fmt: skip
-    assert cfg.command == ("curl", "-v", "http://example.com")
+    assert cfg.command == ("curl", "-v", "http://10.0.2.2:8080/")
     assert cfg.publish == (
         PortMapping("tcp", "0.0.0.0", 8080, 80),
         PortMapping("udp", "127.0.0.1", 5353, 53),
@@ -502,7 +502,7 @@ def test_run_all_options() -> None:
     assert cfg.net.mtu == 9000
     assert str(cfg.net.guest) == "10.0.135.228"
     assert cfg.net.host_loopback is False
-    assert cfg.dns_upstreams == ("1.1.1.1:53", "[2606:4700::1111]:53")
+    assert cfg.dns_upstreams == ("192.0.2.53:53", "[2001:db8::53]:53")
     assert cfg.outbound_addr == "eth0"
     assert cfg.resolv_conf == "/tmp/r"
     assert cfg.offload is False

@@ -355,9 +355,9 @@ def test_parse_outbound_addr6_errors(text: str, message: str) -> None:
 @pytest.mark.parametrize(
     ("text", "addr", "port", "normal"),
     [
-        ("1.1.1.1", "1.1.1.1", 53, "1.1.1.1:53"),
-        ("1.1.1.1:5353", "1.1.1.1", 5353, "1.1.1.1:5353"),
-        ("2606:4700::1111", "2606:4700::1111", 53, "[2606:4700::1111]:53"),
+        ("192.0.2.53", "192.0.2.53", 53, "192.0.2.53:53"),
+        ("192.0.2.53:5353", "192.0.2.53", 5353, "192.0.2.53:5353"),
+        ("2001:db8::53", "2001:db8::53", 53, "[2001:db8::53]:53"),
         ("fd00::1:53", "fd00::1:53", 53, "[fd00::1:53]:53"),
         ("[::1]", "::1", 53, "[::1]:53"),
         ("[::1]:5300", "::1", 5300, "[::1]:5300"),
@@ -376,10 +376,10 @@ def test_parse_dns_upstream(text: str, addr: str, port: int, normal: str) -> Non
         ("dns.google", "invalid DNS upstream 'dns.google'"),
         ("[::1", "invalid DNS upstream '[::1'"),
         ("[::1]53", "invalid DNS upstream '[::1]53'"),
-        ("[1.1.1.1]:53", "invalid DNS upstream '[1.1.1.1]:53'"),
-        ("1.1.1.1:0", "DNS upstream '1.1.1.1:0': port must be a port number between 1 and 65535"),
-        ("1.1.1.1:70000", "port must be a port number between 1 and 65535, got '70000'"),
-        ("1.1.1.1:", "port must be a port number between 1 and 65535, got ''"),
+        ("[192.0.2.53]:53", "invalid DNS upstream '[192.0.2.53]:53'"),
+        ("192.0.2.53:0", "DNS upstream '192.0.2.53:0': port must be a port number between 1 and 65535"),
+        ("192.0.2.53:70000", "port must be a port number between 1 and 65535, got '70000'"),
+        ("192.0.2.53:", "port must be a port number between 1 and 65535, got ''"),
         ("[::1]:x", "port must be a port number between 1 and 65535, got 'x'"),
     ],
 )
@@ -457,9 +457,9 @@ def test_slirp4netns_config_path_target() -> None:
 
 
 def test_slirp4netns_config_dns_endpoints() -> None:
-    cfg = Slirp4netnsConfig(target="1", dns_upstreams=("1.1.1.1:53", "[::1]:5353"))
+    cfg = Slirp4netnsConfig(target="1", dns_upstreams=("192.0.2.53:53", "[::1]:5353"))
     assert cfg.dns_upstream_endpoints == (
-        (IPv4Address("1.1.1.1"), 53),
+        (IPv4Address("192.0.2.53"), 53),
         (IPv6Address("::1"), 5353),
     )
 

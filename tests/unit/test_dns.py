@@ -34,7 +34,7 @@ def run(kind: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         return runner.run(asyncio.wait_for(fn(), BOUND))
 
 
-def query(qid: int = 0x1234, name: str = "example.com") -> bytes:
+def query(qid: int = 0x1234, name: str = "host.example") -> bytes:
     return bytes(DNS(id=qid, rd=1, qd=DNSQR(qname=name, qtype="A")))
 
 
@@ -186,7 +186,7 @@ def test_parse_resolv_conf() -> None:
     text = """
 # comment nameserver 9.9.9.9
 ; another
-search example.org
+search slirpy.test
 nameserver 127.0.0.53
 nameserver   ::1   # trailing comment
 nameserver fd00::1%eth0
