@@ -377,7 +377,10 @@ def test_parse_dns_upstream(text: str, addr: str, port: int, normal: str) -> Non
         ("[::1", "invalid DNS upstream '[::1'"),
         ("[::1]53", "invalid DNS upstream '[::1]53'"),
         ("[192.0.2.53]:53", "invalid DNS upstream '[192.0.2.53]:53'"),
-        ("192.0.2.53:0", "DNS upstream '192.0.2.53:0': port must be a port number between 1 and 65535"),
+        (
+            "192.0.2.53:0",
+            "DNS upstream '192.0.2.53:0': port must be a port number between 1 and 65535",
+        ),
         ("192.0.2.53:70000", "port must be a port number between 1 and 65535, got '70000'"),
         ("192.0.2.53:", "port must be a port number between 1 and 65535, got ''"),
         ("[::1]:x", "port must be a port number between 1 and 65535, got 'x'"),
