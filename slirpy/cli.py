@@ -321,16 +321,21 @@ def slirp4netns_main(argv: Sequence[str] | None = None) -> NoReturn:
     except ConfigError as err:
         _fail(PROG_SLIRP4NETNS, str(err), 1)
 
+    _run_app(PROG_SLIRP4NETNS, "run_slirp4netns", cfg)
+
+
+def _run_app(prog: str, entry: str, cfg: object) -> NoReturn:
+    """Call `slirpy.app.<entry>(cfg)` and exit with its code, errors in one line."""
     try:
-        # Lazy: the app pulls in asyncio, pyroute2 and the cffi engine.
+        # Lazy: the app pulls in asyncio and the cffi engine.
         from slirpy import app
     except ImportError as err:
-        _fail(PROG_SLIRP4NETNS, f"slirpy is not installed correctly: {err}", 1)
+        _fail(prog, f"slirpy is not installed correctly: {err}", 1)
     try:
-        code = app.run_slirp4netns(cfg)
+        code = getattr(app, entry)(cfg)
     except ConfigError as err:
         # Bad input found only at run time (no such PID, no such interface...).
-        _fail(PROG_SLIRP4NETNS, str(err), 1)
+        _fail(prog, str(err), 1)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(code)
@@ -466,14 +471,4 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except ConfigError as err:
         _fail(PROG_SLIRPY, str(err), 2)
 
-    try:
-        from slirpy import app  # lazy: heavy imports
-    except ImportError as err:
-        _fail(PROG_SLIRPY, f"slirpy is not installed correctly: {err}", 1)
-    try:
-        code = app.run_command(cfg)
-    except ConfigError as err:
-        _fail(PROG_SLIRPY, str(err), 1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
+    _run_app(PROG_SLIRPY, "run_command", cfg)
