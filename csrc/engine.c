@@ -598,12 +598,14 @@ static void run_timers(struct sl_engine *e)
 		case SL_FLOW_UDP:
 			if (idle >= (uint64_t)e->cfg.udp_idle_s * NSEC_PER_SEC) {
 				sl_count(e, SL_C_udp_flows_closed);
+				f->why = SL_FC_TIMEOUT;
 				sl_flow_free(e, f);
 			}
 			break;
 		case SL_FLOW_ICMP:
 			if (idle >= 60 * NSEC_PER_SEC) {
 				sl_count(e, SL_C_icmp_flows_closed);
+				f->why = SL_FC_TIMEOUT;
 				sl_flow_free(e, f);
 			}
 			break;

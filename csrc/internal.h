@@ -22,6 +22,7 @@
 #define SL_NIL UINT32_MAX
 #define SL_FRAME_MAX (65535 + 14 + 10 + 64)
 #define SL_PUNT_CAP 128
+#define SL_PUNT_RESERVE 16	/* slots flow events leave to DHCP and notices */
 #define SL_TEST_OUT_CAP 4096
 #define SL_MAX_LISTENERS 1024
 #define NSEC_PER_MSEC 1000000ULL
@@ -47,7 +48,8 @@
 	X(tcp_bytes_to_guest) X(udp_flows_opened) X(udp_flows_closed)         \
 	X(udp_datagrams_to_host) X(udp_datagrams_to_guest)                    \
 	X(icmp_flows_opened) X(icmp_flows_closed) X(punted) X(gso_frames_in)  \
-	X(gso_frames_out) X(timers_fired) X(flows_evicted)
+	X(gso_frames_out) X(timers_fired) X(flows_evicted)                    \
+	X(flow_events_dropped)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,
@@ -133,6 +135,8 @@ struct sl_flow {
 	uint8_t family;
 	uint16_t gport;
 	uint16_t rport;
+	uint8_t evflags;	/* SL_FE_* (flow events, cfg.flow_events) */
+	uint8_t why;		/* enum sl_flow_close_reason, set before freeing */
 	uint32_t gen;
 	uint8_t gaddr[16];
 	uint8_t raddr[16];
@@ -147,6 +151,10 @@ struct sl_flow {
 		struct sl_udp udp;
 	};
 };
+
+/* struct sl_flow.evflags */
+#define SL_FE_OPENED 0x01	/* FLOW_OPEN was punted: FLOW_CLOSE follows */
+#define SL_FE_INBOUND 0x02	/* created by a port forward */
 
 /* A port-forward listener handed over by Python. */
 struct sl_listener {
@@ -244,6 +252,7 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f);
 struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag);
 uint64_t sl_flow_tag(const struct sl_flow *f);
 void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f);
+void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound);
 
 /* addr.c: guest view <-> host sockaddr */
 int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,

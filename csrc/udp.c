@@ -111,6 +111,7 @@ static struct sl_flow *open_flow(struct sl_engine *e, const struct sl_pkt *p)
 	    sl_epoll_set(e, f, EPOLLIN) < 0)
 		goto fail;
 	sl_count(e, SL_C_udp_flows_opened);
+	sl_flow_opened(e, f, false);
 	return f;
 fail:
 	sl_count(e, SL_C_drop_socket_error);
@@ -255,6 +256,7 @@ void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l)
 			f->udp.inbound = 1;
 			f->udp.listener = (uint32_t)(l - e->listeners);
 			sl_count(e, SL_C_udp_flows_opened);
+			sl_flow_opened(e, f, true);
 		}
 		if (sa.sin6_family == AF_INET) {
 			struct sockaddr_in *sin = (struct sockaddr_in *)&sa;

@@ -136,6 +136,7 @@ class Daemon:
         handle_signals: bool = True,
         setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
         limits: tuple[tuple[str, int], ...] = (),
+        on_flow: Callable[[object], None] | None = None,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -160,6 +161,9 @@ class Daemon:
         # the ready byte: `slirpy run` and the library add forwards there
         # and push their own clean-up (it runs before the engine closes).
         self.setup = setup
+        # `slirpy run -v`: gets each flow open/close event (slirpy.engine.Event).
+        # Only then does the engine make them (no cost otherwise).
+        self.on_flow = on_flow
         self.engine = None
         self.dhcp = None
         self.dns = None
@@ -186,9 +190,18 @@ class Daemon:
                 )
         elif ev.type == eng.EV_NOTICE:
             _warn(ev.data.decode(errors="replace"))
+        elif ev.type in (eng.EV_FLOW_OPEN, eng.EV_FLOW_CLOSE):
+            if self.on_flow is not None:
+                self.on_flow(ev)
         elif ev.type == eng.EV_TAP_DOWN:
             _warn("the TAP device went away (the container's network namespace is gone)")
             self.stop(0)
+
+    def drain(self) -> None:
+        """Run the engine once more and handle its events: at shut-down,
+        so that the last flows' close events are not lost."""
+        if self.engine is not None:
+            self._on_engine()
 
     def _on_exit_fd(self) -> None:
         try:
@@ -240,6 +253,7 @@ class Daemon:
                 outbound4=self.outbound4,
                 outbound6=self.outbound6,
                 limits=Limits(**dict(self.limits)),
+                flow_events=self.on_flow is not None,
             )
             stack.callback(self.engine.close)
             self.engine.set_tap(self.tap.fd)
