@@ -36,6 +36,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import AS_USER, Container, free_port, user_env
 from test_dhcp_dns import fake_dns
+from testhost import make_testhost
 
 from slirpy.config import NetworkModel, parse_cidr
 from slirpy.network import userns_error
@@ -461,6 +462,14 @@ def test_verbose_logs_open_and_close_of_a_short_tcp_flow_and_udp() -> None:
     (close,) = [ln for ln in lines if ln.startswith(f"slirpy: flow close {tcp} ")]
     assert re.fullmatch(r".* fin after [0-9.]+ (us|ms|s), out 0 B, in 0 B", close), close
     assert f"slirpy: flow open  udp {GUEST}:{usport} -> {GATEWAY}:{uport}" in lines, r.stderr
+
+
+def test_verbose_logs_icmp_echo_flow() -> None:
+    with make_testhost() as th:
+        r = run_fg(["-v"], ["busybox", "ping", "-c", "1", "-W", "5", th.addr])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(rf"^slirpy: flow open  icmp {GUEST} -> {re.escape(th.addr)} id \d+$",
+                     r.stderr, re.M), r.stderr
 
 
 def test_userns_disabled_is_one_line() -> None:
