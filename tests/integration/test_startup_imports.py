@@ -33,7 +33,7 @@ def imported(stderr: str) -> set[str]:
     ("args", "present", "absent"),
     [
         # Podman's -c case: DNS on, no API socket.
-        (["--configure", "--mtu=65520"], {"slirpy.dns"}, {"slirpy.api", "slirpy.portfwd"}),
+        (["--configure", "--mtu=65520"], {"slirpy.dns"}, {"slirpy.api", "slirpy.portfwd", "json"}),
         # An API socket and no DNS forwarder.
         (["--configure", "--disable-dns", "--api-socket=@API@"], {"slirpy.api", "slirpy.portfwd"},
          {"slirpy.dns"}),
