@@ -580,7 +580,7 @@ static void run_timers(struct sl_engine *e)
 	if (e->now < e->next_scan)
 		return;
 	sl_count(e, SL_C_timers_fired);
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		struct sl_flow *f = &e->flows[i];
 		uint64_t idle;
 
@@ -815,7 +815,7 @@ int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)
 			 * socket, by slot: forget them, or a forward added
 			 * later in this slot would carry their replies from
 			 * its own port. (TCP flows own their accepted fd.) */
-			for (k = 0; l->proto == SL_UDP && k < e->nflows_max;
+			for (k = 0; l->proto == SL_UDP && k < e->nflows_used;
 			     k++) {
 				struct sl_flow *f = &e->flows[k];
 
@@ -846,7 +846,7 @@ int sl_engine_list_flows(const struct sl_engine *e, char *buf, size_t cap)
 	size_t off = 0;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		const struct sl_flow *f = &e->flows[i];
 		char g[48], r[48], line[200];
 		int n;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <netinet/in.h>
 #include <linux/tcp.h>
@@ -49,20 +50,32 @@ static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
 }
 
 /**
- * sl_flow_init() - allocate the pool and the hash table for the caps in
- * e->cfg. Return: 0 or -1 (ENOMEM).
+ * sl_flow_init() - reserve the pool and allocate the hash table for the caps
+ * in e->cfg.
+ *
+ * The pool is an anonymous mapping that nothing touches up front: flows are
+ * handed out from the free list, then from the never-used tail (nflows_used
+ * is the high-water mark), so an idle engine's RSS holds no flow pages and
+ * grows only with the flows a guest really opens.
+ *
+ * Return: 0 or -1 (ENOMEM).
  */
 int sl_flow_init(struct sl_engine *e)
 {
 	uint32_t n = e->cfg.max_tcp_flows + e->cfg.max_udp_flows +
 		     e->cfg.max_icmp_flows + SL_MAX_LISTENERS;
 	uint32_t i;
+	void *pool;
 
 	if (getrandom(&e->hash_seed, sizeof(e->hash_seed), GRND_NONBLOCK) !=
 	    (ssize_t)sizeof(e->hash_seed))
 		e->hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
 	e->nflows_max = n;
-	e->flows = calloc(n, sizeof(*e->flows));
+	e->nflows_used = 0;
+	e->free_head = SL_NIL;
+	pool = mmap(NULL, (size_t)n * sizeof(*e->flows), PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	e->flows = pool == MAP_FAILED ? NULL : pool;
 	e->ack_list = calloc(n, sizeof(*e->ack_list));
 	for (e->nbuckets = 64; e->nbuckets < n * 2; e->nbuckets <<= 1)
 		;
@@ -71,12 +84,6 @@ int sl_flow_init(struct sl_engine *e)
 		return -1;
 	for (i = 0; i < e->nbuckets; i++)
 		e->buckets[i] = SL_NIL;
-	for (i = 0; i < n; i++) {
-		e->flows[i].self = i;
-		e->flows[i].fd = -1;
-		e->flows[i].hnext = i + 1 < n ? i + 1 : SL_NIL;
-	}
-	e->free_head = 0;
 	return 0;
 }
 
@@ -84,12 +91,13 @@ void sl_flow_fini(struct sl_engine *e)
 {
 	uint32_t i;
 
-	if (e->flows)
-		for (i = 0; i < e->nflows_max; i++)
+	if (e->flows) {
+		for (i = 0; i < e->nflows_used; i++)
 			if (e->flows[i].kind != SL_FLOW_FREE &&
 			    e->flows[i].fd >= 0)
 				close(e->flows[i].fd);
-	free(e->flows);
+		munmap(e->flows, (size_t)e->nflows_max * sizeof(*e->flows));
+	}
 	free(e->buckets);
 	free(e->ack_list);
 }
@@ -152,7 +160,7 @@ static bool evict_lru(struct sl_engine *e, int kind)
 	struct sl_flow *lru = NULL;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		struct sl_flow *f = &e->flows[i];
 
 		if (f->kind == kind && (!lru || f->last_ns < lru->last_ns))
@@ -187,12 +195,15 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
-	if (e->free_head == SL_NIL) {
+	if (e->free_head != SL_NIL) {
+		f = &e->flows[e->free_head];
+		e->free_head = f->hnext;
+	} else if (e->nflows_used < e->nflows_max) {
+		f = &e->flows[e->nflows_used++];	/* first touch of this slot */
+	} else {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
-	f = &e->flows[e->free_head];
-	e->free_head = f->hnext;
 	gen = f->gen + 1;
 	memset((uint8_t *)f, 0, sizeof(*f));
 	f->self = (uint32_t)(f - e->flows);
@@ -253,7 +264,7 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
 	uint32_t idx = (uint32_t)tag;
 	struct sl_flow *f;
 
-	if (idx >= e->nflows_max)
+	if (idx >= e->nflows_used)
 		return NULL;
 	f = &e->flows[idx];
 	if (f->kind == SL_FLOW_FREE ||

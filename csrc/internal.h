@@ -197,6 +197,7 @@ struct sl_engine {
 	/* flow pool and hash table */
 	struct sl_flow *flows;
 	uint32_t nflows_max;
+	uint32_t nflows_used;	/* high-water mark: flows[nflows_used..] never touched */
 	uint32_t free_head;	/* free list through hnext */
 	uint32_t *buckets;
 	uint64_t hash_seed;

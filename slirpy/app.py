@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
 from slirpy.netns import (
@@ -34,6 +34,9 @@ from slirpy.netns import (
     target_for_path,
     target_for_pid,
 )
+
+if TYPE_CHECKING:
+    from slirpy.dhcp import DhcpServer
 
 POLL_BUDGET = 512
 SIOCGIFADDR = 0x8915
@@ -165,9 +168,33 @@ class Daemon:
         # Only then does the engine make them (no cost otherwise).
         self.on_flow = on_flow
         self.engine = None
-        self.dhcp = None
+        self.dhcp: DhcpServer | None = None
         self.dns = None
         self._stop: asyncio.Future[int] | None = None
+
+    def _dhcp_server(self) -> DhcpServer:
+        """The DHCP server, made on the first DHCP datagram (or stats request).
+
+        Not at start: most guests never ask (Podman and `slirpy run` configure
+        the TAP with -c, RootlessKit configures it itself), and importing
+        slirpy.dhcp is a few ms of the time to ready. Under --enable-sandbox it
+        is made before confinement instead, since slirpy's files are no longer
+        visible after the pivot.
+        """
+        if self.dhcp is None:
+            from slirpy.dhcp import DhcpServer
+
+            net = self.net
+            self.dhcp = DhcpServer(
+                server_ip=net.gateway,
+                network=net.cidr,
+                router=net.gateway,
+                dns=net.dns if net.dns_enabled else None,
+                pool_start=net.dhcp_start,
+                pool_end=net.dhcp_end,
+                mtu=net.mtu,
+            )
+        return self.dhcp
 
     def stop(self, code: int = 0) -> None:
         if self._stop is not None and not self._stop.done():
@@ -183,7 +210,7 @@ class Daemon:
         from slirpy import engine as eng
 
         if ev.type == eng.EV_DHCP:
-            reply = self.dhcp.handle(ev.data, ev.mac, time.monotonic())
+            reply = self._dhcp_server().handle(ev.data, ev.mac, time.monotonic())
             if reply is not None:
                 self.engine.send_udp4(
                     reply.dst_mac, self.net.gateway, 67, reply.dst_ip, 68, reply.payload
@@ -215,17 +242,14 @@ class Daemon:
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
-        if self.dhcp is not None:
-            out["dhcp"] = dict(self.dhcp.stats)
+        if self.engine is not None:
+            out["dhcp"] = dict(self._dhcp_server().stats)
         if self.dns is not None:
             out["dns"] = dict(self.dns.stats)
         return out
 
     async def serve(self) -> int:
-        from slirpy.api import ApiServer
-        from slirpy.dhcp import DhcpServer
         from slirpy.engine import Engine, Limits
-        from slirpy.portfwd import PortForwarder
 
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
@@ -258,19 +282,13 @@ class Daemon:
             stack.callback(self.engine.close)
             self.engine.set_tap(self.tap.fd)
             self.engine.set_guest_mac(self.tap.mac)
-            self.dhcp = DhcpServer(
-                server_ip=net.gateway,
-                network=net.cidr,
-                router=net.gateway,
-                dns=net.dns if net.dns_enabled else None,
-                pool_start=net.dhcp_start,
-                pool_end=net.dhcp_end,
-                mtu=net.mtu,
-            )
             efd = self.engine.fileno()
             loop.add_reader(efd, self._on_engine)
             stack.callback(loop.remove_reader, efd)
             if self.api_socket:
+                from slirpy.api import ApiServer
+                from slirpy.portfwd import PortForwarder
+
                 fwd = PortForwarder(self.engine, stats=self.stats)
                 api = ApiServer(self.api_socket, fwd, default_guest_addr=str(net.guest))
                 try:
@@ -298,6 +316,8 @@ class Daemon:
                 stack.callback(loop.remove_signal_handler, sig)
             if self.setup is not None:
                 await self.setup(self, stack)
+            if self.sandbox:
+                self._dhcp_server()  # lazy imports are impossible after the pivot
             self._on_engine()  # frames queued before we listened
             confine(self.sandbox, self.seccomp, self.resolv_conf)
             if self.ready_fd is not None:
@@ -308,14 +328,19 @@ class Daemon:
             return await self._stop
 
 
-def _preload() -> None:
-    """Import what the daemon needs while the namespace helper works."""
-    import slirpy.api
-    import slirpy.dhcp
-    import slirpy.dns
-    import slirpy.engine
-    import slirpy.portfwd  # noqa: F401
+def _preload(*, api: bool = True, dns: bool = True) -> None:
+    """Import what the daemon needs while the namespace helper works.
 
+    Only what runs before the ready byte: slirpy.dhcp is imported on first use
+    (Daemon._dhcp_server), the API and DNS modules only when enabled.
+    """
+    import slirpy.engine
+
+    if api:
+        import slirpy.api
+        import slirpy.portfwd
+    if dns:
+        import slirpy.dns  # noqa: F401
     _loop_factory()
 
 
@@ -384,7 +409,8 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
             target,
             TapRequest.for_net(net, cfg.tapname, offload=cfg.offload, configure=cfg.configure),
         )
-        _preload()  # overlaps with the helper child's work
+        # Overlaps with the helper child's work.
+        _preload(api=bool(cfg.api_socket), dns=net.dns_enabled)
         tap = pending.wait()
     except NamespaceError as e:
         raise ConfigError(str(e)) from None
