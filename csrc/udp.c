@@ -47,12 +47,14 @@
  * struct sl_udp_batch - preallocated message vectors for sendmmsg/recvmmsg.
  * @buf: tx: copies of queued payloads (SL_UDP_TX_BYTES); rx: SL_UDP_BATCH
  *       slots of @slot bytes each
+ * @name: rx on a forwarded port: the senders' addresses
  * @used: tx: bytes of @buf taken
  * @n: tx: datagrams queued, all for flow @flow of generation @gen
  */
 struct sl_udp_batch {
 	struct mmsghdr msg[SL_UDP_BATCH];
 	struct iovec iov[SL_UDP_BATCH];
+	struct sockaddr_in6 name[SL_UDP_BATCH];	/* rx on a forwarded port */
 	uint8_t *buf;
 	size_t used;
 	size_t slot;
@@ -514,51 +516,73 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
  * to the guest from the client's guest-visible address, creating a flow per
  * client so the guest's replies find their way back.
  */
+static void relay_inbound(struct sl_engine *e, struct sl_listener *l,
+			  const struct sockaddr_in6 *sa, const uint8_t *buf,
+			  size_t n)
+{
+	uint8_t view[16] = { 0 };
+	uint16_t cport;
+	int fam = l->family;
+	struct sl_flow *f;
+
+	if (sl_guest_view_of(e, sa, &fam, view, &cport) < 0) {
+		sl_count(e, SL_C_drop_dst_invalid);
+		return;
+	}
+	f = sl_flow_lookup(e, SL_FLOW_UDP, fam, l->gaddr, l->gport, view,
+			   cport);
+	if (!f) {
+		f = sl_flow_new(e, SL_FLOW_UDP, fam, l->gaddr, l->gport, view,
+				cport);
+		if (!f)
+			return;
+		f->udp.inbound = 1;
+		f->udp.listener = (uint32_t)(l - e->listeners);
+		sl_count(e, SL_C_udp_flows_opened);
+	}
+	if (sa->sin6_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+
+		f->udp.client_family = 4;
+		memcpy(f->udp.client, &sin->sin_addr, 4);
+		f->udp.client_port = ntohs(sin->sin_port);
+	} else {
+		f->udp.client_family = 6;
+		memcpy(f->udp.client, &sa->sin6_addr, 16);
+		f->udp.client_port = ntohs(sa->sin6_port);
+	}
+	f->last_ns = e->now;
+	if (sl_udp_emit(e, fam, guest_mac(e), view, cport, l->gaddr, l->gport,
+			buf, n) == 0)
+		sl_count(e, SL_C_udp_datagrams_to_guest);
+}
+
 void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l)
 {
-	int i;
+	struct sl_udp_batch *b = e->udp_rx;
+	struct sockaddr_in6 *name = b->name;
+	int i, n, done = 0;
 
-	for (i = 0; i < UDP_RX_BATCH; i++) {
-		struct sockaddr_in6 sa;
-		socklen_t salen = sizeof(sa);
-		uint8_t view[16] = { 0 };
-		uint16_t cport;
-		int fam = l->family;
-		struct sl_flow *f;
-		ssize_t n = recvfrom(l->fd, e->rxbuf, 65535, MSG_DONTWAIT,
-				     (struct sockaddr *)&sa, &salen);
-
-		if (n < 0)
+	while (done < UDP_RX_BATCH) {
+		for (i = 0; i < SL_UDP_BATCH; i++) {
+			b->msg[i].msg_hdr.msg_name = &name[i];
+			b->msg[i].msg_hdr.msg_namelen = sizeof(name[i]);
+		}
+		n = recvmmsg(l->fd, b->msg, SL_UDP_BATCH, MSG_DONTWAIT, NULL);
+		if (n <= 0)
 			break;
-		if (sl_guest_view_of(e, &sa, &fam, view, &cport) < 0) {
-			sl_count(e, SL_C_drop_dst_invalid);
-			continue;
-		}
-		f = sl_flow_lookup(e, SL_FLOW_UDP, fam, l->gaddr, l->gport,
-				   view, cport);
-		if (!f) {
-			f = sl_flow_new(e, SL_FLOW_UDP, fam, l->gaddr, l->gport,
-					view, cport);
-			if (!f)
-				continue;
-			f->udp.inbound = 1;
-			f->udp.listener = (uint32_t)(l - e->listeners);
-			sl_count(e, SL_C_udp_flows_opened);
-		}
-		if (sa.sin6_family == AF_INET) {
-			struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
-
-			f->udp.client_family = 4;
-			memcpy(f->udp.client, &sin->sin_addr, 4);
-			f->udp.client_port = ntohs(sin->sin_port);
-		} else {
-			f->udp.client_family = 6;
-			memcpy(f->udp.client, &sa.sin6_addr, 16);
-			f->udp.client_port = ntohs(sa.sin6_port);
-		}
-		f->last_ns = e->now;
-		if (sl_udp_emit(e, fam, guest_mac(e), view, cport, l->gaddr,
-				l->gport, e->rxbuf, (size_t)n) == 0)
-			sl_count(e, SL_C_udp_datagrams_to_guest);
+		sl_count(e, SL_C_udp_recv_batches);
+		for (i = 0; i < n; i++)
+			relay_inbound(e, l, &name[i],
+				      b->buf + (size_t)i * b->slot,
+				      b->msg[i].msg_len);
+		done += n;
+		if (n < SL_UDP_BATCH)
+			break;
+	}
+	/* flow sockets are connected: no addresses to fill in */
+	for (i = 0; i < SL_UDP_BATCH; i++) {
+		b->msg[i].msg_hdr.msg_name = NULL;
+		b->msg[i].msg_hdr.msg_namelen = 0;
 	}
 }

@@ -322,3 +322,33 @@ def test_recvmmsg_drops_datagram_above_mtu_and_keeps_the_rest(make_guest, socks)
     assert [bytes(o.pkt[UDP].payload) for o in outs] == [
         bytes([k]) * s for k, s in enumerate(sizes) if s <= 1472]
     assert g.counters()["drop_udp_too_big"] == 2
+
+
+def test_forwarded_port_burst_from_two_clients_is_relayed_in_order(make_guest, socks):
+    g = make_guest()
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    g.engine.set_guest_mac(bytes.fromhex(GUEST_MAC.replace(":", "")))
+    g.engine.add_listener(s.detach(), PROTO_UDP, IPv4Address(GUEST), 53, 1)
+    c1, c2 = socks.udp(), socks.udp()
+    p1, p2 = c1.getsockname()[1], c2.getsockname()[1]
+    sent = []
+    for i in range(100):
+        c, p = (c1, p1) if i % 3 else (c2, p2)
+        d = b"%03d" % i * 10
+        c.sendto(d, ("127.0.0.1", port))
+        sent.append((p, d))
+
+    def udps(outs):
+        return [o for o in outs if UDP in o.pkt]
+
+    outs = udps(g.wait(lambda o: len(udps(o)) >= 100, timeout=5))
+    assert [(o.pkt[UDP].sport, bytes(o.pkt[UDP].payload)) for o in outs] == sent
+    assert {o.pkt[UDP].dport for o in outs} == {53}
+    c = g.counters()
+    assert c["udp_flows_opened"] == 2 and c["udp_datagrams_to_guest"] == 100
+    assert 1 <= c["udp_recv_batches"] < 50
+    # replies still reach each client from the forwarded port
+    g.send(udp4(p1, b"to one", sport=53, dst=outs[1].pkt[IP].src))
+    assert c1.recvfrom(100) == (b"to one", ("127.0.0.1", port))
