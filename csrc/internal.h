@@ -219,6 +219,7 @@ struct sl_engine {
 	 * one recvmmsg fills (preallocated, see sl_udp_init) */
 	struct sl_udp_batch *udp_tx;
 	struct sl_udp_batch *udp_rx;
+	bool udp_uso_out;	/* runs of host datagrams leave as USO frames */
 
 	/* scratch: one frame being built, one being read */
 	uint8_t *rxbuf;

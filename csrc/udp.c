@@ -42,12 +42,17 @@
 /* Segments per UDP_SEGMENT send: every kernel with UDP_SEGMENT takes 64
  * (UDP_MAX_SEGMENTS, 128 on newer kernels). */
 #define SL_USO_CHUNK 64
+/* Largest UDP payload of one frame to the guest: IPv4's total length is
+ * 16 bits (IPv6 could carry 20 bytes more; not worth a second limit). */
+#define SL_UDP_RUN_MAX (65535 - 20 - 8)
 
 /**
  * struct sl_udp_batch - preallocated message vectors for sendmmsg/recvmmsg.
  * @buf: tx: copies of queued payloads (SL_UDP_TX_BYTES); rx: SL_UDP_BATCH
  *       slots of @slot bytes each
  * @name: rx on a forwarded port: the senders' addresses
+ * @run: rx: SL_UDP_RUN_MAX bytes where a run of datagrams is copied to
+ *       leave as one USO frame
  * @used: tx: bytes of @buf taken
  * @n: tx: datagrams queued, all for flow @flow of generation @gen
  */
@@ -56,6 +61,7 @@ struct sl_udp_batch {
 	struct iovec iov[SL_UDP_BATCH];
 	struct sockaddr_in6 name[SL_UDP_BATCH];	/* rx on a forwarded port */
 	uint8_t *buf;
+	uint8_t *run;		/* rx: one run of datagrams, made contiguous */
 	size_t used;
 	size_t slot;
 	uint32_t n;
@@ -98,7 +104,11 @@ int sl_udp_init(struct sl_engine *e)
 {
 	e->udp_tx = batch_new(SL_UDP_TX_BYTES, 0);
 	e->udp_rx = batch_new((size_t)SL_UDP_BATCH * e->cfg.mtu, e->cfg.mtu);
-	return e->udp_tx && e->udp_rx ? 0 : -1;
+	if (!e->udp_tx || !e->udp_rx)
+		return -1;
+	e->udp_uso_out = e->cfg.offload && e->cfg.vnet_hdr_len;
+	e->udp_rx->run = malloc(SL_UDP_RUN_MAX);
+	return e->udp_rx->run ? 0 : -1;
 }
 
 void sl_udp_fini(struct sl_engine *e)
@@ -108,6 +118,7 @@ void sl_udp_fini(struct sl_engine *e)
 
 	for (i = 0; i < 2; i++)
 		if (b[i]) {
+			free(b[i]->run);
 			free(b[i]->buf);
 			free(b[i]);
 		}
@@ -477,6 +488,80 @@ void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p)
 		sl_count(e, SL_C_udp_datagrams_to_host);
 }
 
+/**
+ * emit_run() - datagrams @i..@j-1 of the receive batch as one USO frame:
+ * all @gso bytes long but the last, which may be shorter. The guest's
+ * kernel cuts it back into the same datagrams (or hands a UDP_GRO socket
+ * the run). Partial checksum, as for TCP GSO frames.
+ * Return: 0 (sent, or dropped and counted), or -1 when the TAP refused
+ * USO frames (EINVAL: a kernel that cannot take them).
+ */
+static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
+		    size_t gso)
+{
+	struct sl_udp_batch *b = e->udp_rx;
+	struct virtio_net_hdr vh = { 0 };
+	uint8_t *h = e->txbuf, *u;
+	struct iovec iov[2];
+	size_t l3, len = 0;
+	uint16_t csum;
+	int k;
+
+	for (k = i; k < j; k++) {
+		memcpy(b->run + len, b->buf + (size_t)k * b->slot,
+		       b->msg[k].msg_len);
+		len += b->msg[k].msg_len;
+	}
+	sl_eth_header(e, h, guest_mac(e), sl_mac_for(e, f->family, f->raddr),
+		      f->family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
+	l3 = sl_ip_header(e, h + ETH_HLEN_, f->family, f->raddr, f->gaddr,
+			  IPPROTO_UDP_, 8 + len);
+	u = h + ETH_HLEN_ + l3;
+	sl_put16(u, f->rport);
+	sl_put16(u + 2, f->gport);
+	sl_put16(u + 4, (uint16_t)(8 + len));
+	csum = (uint16_t)~sl_csum_fold(sl_csum_pseudo(f->family, f->raddr,
+						      f->gaddr, IPPROTO_UDP_,
+						      (uint32_t)(8 + len)));
+	memcpy(u + 6, &csum, 2);
+	vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+	vh.csum_start = (uint16_t)(ETH_HLEN_ + l3);
+	vh.csum_offset = 6;
+	vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+	vh.gso_size = (uint16_t)gso;
+	vh.hdr_len = (uint16_t)(ETH_HLEN_ + l3 + 8);
+	iov[0].iov_base = h;
+	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[1].iov_base = b->run;
+	iov[1].iov_len = len;
+	errno = 0;
+	if (sl_output(e, &vh, iov, 2) < 0)
+		return errno == EINVAL ? -1 : 0;
+	sl_count(e, SL_C_gso_frames_out);
+	e->ctr[SL_C_udp_datagrams_to_guest] += (uint32_t)(j - i);
+	return 0;
+}
+
+/* Where the run of datagrams starting at @i ends: equal sizes that fit
+ * the guest's MTU, the last possibly shorter, in one IP packet. */
+static int run_end(struct sl_engine *e, const struct sl_flow *f, int i,
+		   int n)
+{
+	struct sl_udp_batch *b = e->udp_rx;
+	size_t gso = b->msg[i].msg_len, total = gso;
+	int j = i + 1;
+
+	if (!gso || gso + 8 + (f->family == 4 ? 20 : 40) > e->cfg.mtu)
+		return j;
+	while (j < n && b->msg[j].msg_len && b->msg[j].msg_len <= gso &&
+	       total + b->msg[j].msg_len <= SL_UDP_RUN_MAX) {
+		total += b->msg[j].msg_len;
+		if (b->msg[j++].msg_len < gso)
+			break;
+	}
+	return j;
+}
+
 void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 {
 	struct sl_udp_batch *b = e->udp_rx;
@@ -499,12 +584,26 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 		}
 		sl_count(e, SL_C_udp_recv_batches);
 		f->last_ns = e->now;
-		for (i = 0; i < n; i++)
-			if (sl_udp_emit(e, f->family, guest_mac(e), f->raddr,
-					f->rport, f->gaddr, f->gport,
-					b->buf + (size_t)i * b->slot,
-					b->msg[i].msg_len) == 0)
-				sl_count(e, SL_C_udp_datagrams_to_guest);
+		for (i = 0; i < n;) {
+			int j = e->udp_uso_out ? run_end(e, f, i, n) : i + 1;
+
+			if (j - i > 1) {
+				if (!emit_run(e, f, i, j, b->msg[i].msg_len)) {
+					i = j;
+					continue;
+				}
+				/* an old kernel: one frame per datagram */
+				e->udp_uso_out = false;
+			}
+			for (; i < j; i++)
+				if (sl_udp_emit(e, f->family, guest_mac(e),
+						f->raddr, f->rport, f->gaddr,
+						f->gport,
+						b->buf + (size_t)i * b->slot,
+						b->msg[i].msg_len) == 0)
+					sl_count(e,
+						 SL_C_udp_datagrams_to_guest);
+		}
 		done += n;
 		if (n < SL_UDP_BATCH)
 			break;	/* drained; level-triggered epoll says if not */

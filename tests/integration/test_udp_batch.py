@@ -3,9 +3,11 @@
 This file owns: a guest program that sends one UDP_SEGMENT (USO) write of
 64 datagrams, which its kernel hands to the TAP as one GSO super-frame and
 slirpy must turn back into 64 exact datagrams on host loopback; and a
-host-to-guest burst of 2000 datagrams that must arrive complete and in order
-(slirpy reads them with recvmmsg). Evidence that the offload and batching
-paths really ran comes from get_stats. Traffic stays on loopback.
+host-to-guest burst of 2000 datagrams of mixed sizes that must arrive
+complete, in order and with their boundaries (slirpy reads them with
+recvmmsg and sends runs of equal sizes to the guest as USO frames).
+Evidence that the offload and batching paths really ran comes from
+get_stats. Traffic stays on loopback.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ print(s.send(payload), flush=True)
 """
 
 # Receive `n` datagrams (or stop after `timeout` s of silence); report the
-# count and the digest of what arrived, in arrival order.
+# count and the digest of what arrived, in arrival order, each datagram's
+# length included (so that a boundary in the wrong place shows).
 BURST_RECEIVER = r"""
 import hashlib, json, select, socket, sys
 host, port, n, timeout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
@@ -53,7 +56,8 @@ s.send(b"ready")
 h = hashlib.sha256()
 got = 0
 while got < n and select.select([s], [], [], timeout)[0]:
-    h.update(s.recv(65535))
+    d = s.recv(65535)
+    h.update(len(d).to_bytes(4, "big") + d)
     got += 1
 print(json.dumps({"got": got, "sha256": h.hexdigest()}), flush=True)
 """
@@ -115,17 +119,31 @@ def test_guest_udp_segment_write_arrives_as_exact_datagrams(
         assert s.proc.poll() is None
 
 
+def burst(n: int) -> list[bytes]:
+    """Mostly 68-byte datagrams; every 37th shorter and every 500th empty, so
+    that runs of equal sizes (one USO frame each toward the guest) end at
+    different places."""
+    out = []
+    for i in range(n):
+        body = hashlib.sha256(b"%d" % i).digest() * 2
+        size = 0 if i % 500 == 499 else 68 if i % 37 else 4 + i % 50
+        out.append((i.to_bytes(4, "big") + body)[:size])
+    return out
+
+
+@pytest.mark.parametrize("offload", [True, False], ids=["uso", "offload-off"])
 def test_host_to_guest_burst_of_2000_arrives_complete(
-    container: Container, slirpy_factory, shared_dir
+    container: Container, slirpy_factory, shared_dir, offload
 ) -> None:
     n = 2000
     with api_dir() as d:
         api = f"{d}/api.sock"
         slirpy_factory(["--configure", "--mtu=65520", "--api-socket", api,
+                        *([] if offload else ["--disable-offload"]),
                         str(container.pid), "tap0"])
         prog = shared_dir / "burst_recv.py"
         prog.write_text(BURST_RECEIVER)
-        sent = [i.to_bytes(4, "big") + hashlib.sha256(b"%d" % i).digest() * 2 for i in range(n)]
+        sent = burst(n)
         with sink() as srv:
             port = srv.getsockname()[1]
             rx = container.popen(sys.executable, str(prog), GW, str(port), str(n), "5",
@@ -144,8 +162,12 @@ def test_host_to_guest_burst_of_2000_arrives_complete(
                 if rx.poll() is None:
                     rx.kill()
         rep = json.loads(out)
-        assert rep == {"got": n, "sha256": hashlib.sha256(b"".join(sent)).hexdigest()}
+        want = hashlib.sha256(b"".join(len(d).to_bytes(4, "big") + d for d in sent))
+        assert rep == {"got": n, "sha256": want.hexdigest()}
         c = stats(api)
         assert c["udp_datagrams_to_guest"] == n
         # recvmmsg took more than one datagram per call on average
         assert 0 < c["udp_recv_batches"] < n, c
+        # with offloads, runs of equal-sized datagrams left as USO frames
+        # (bursts of 100: at least a few runs longer than one)
+        assert (c["gso_frames_out"] > 0) == offload, c
