@@ -106,6 +106,21 @@ def test_uso_superframe_ipv6_and_reply_path_unchanged(make_guest, socks):
     assert outs[0].vnet.gso_type == 0
 
 
+def test_uso_the_host_refuses_is_sent_one_datagram_at_a_time(make_guest, socks):
+    """gso_size + headers above the loopback MTU (65536): the host kernel
+    refuses UDP_SEGMENT (EINVAL) and the engine sends each datagram itself
+    (the first one fragmented and reassembled by the host's IPv6)."""
+    g = make_guest(vnet_hdr=True, offload=True, ipv6=True)
+    srv = socks.udp(socket.AF_INET6)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    port = srv.getsockname()[1]
+    payload = pattern(65500, seed=5)
+    g.send(ip6() / UDP(sport=4200, dport=port) / payload, vnet=uso_vnet(65490, HDRS6))
+    assert recv_all(srv, 2) == [payload[:65490], payload[65490:]]
+    c = g.counters()
+    assert c["udp_datagrams_to_host"] == 2 and c["drop_socket_error"] == 0
+
+
 def test_uso_reply_on_forwarded_port_reaches_the_client(make_guest, socks):
     """Inbound flows answer through the forwarded port's socket: a USO
     reply there is segmented too, from the forwarded port."""
