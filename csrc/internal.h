@@ -49,7 +49,8 @@
 	X(udp_datagrams_to_host) X(udp_datagrams_to_guest)                    \
 	X(icmp_flows_opened) X(icmp_flows_closed) X(punted) X(gso_frames_in)  \
 	X(gso_frames_out) X(timers_fired) X(flows_evicted)                    \
-	X(flow_events_dropped)
+	X(flow_events_dropped) X(udp_gso_frames_in) X(udp_send_batches)        \
+	X(udp_recv_batches)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,
@@ -223,6 +224,12 @@ struct sl_engine {
 	bool ping6_warned;
 	uint64_t next_ra;
 
+	/* udp.c: guest datagrams queued for one sendmmsg, and the slots
+	 * one recvmmsg fills (preallocated, see sl_udp_init) */
+	struct sl_udp_batch *udp_tx;
+	struct sl_udp_batch *udp_rx;
+	bool udp_uso_out;	/* runs of host datagrams leave as USO frames */
+
 	/* scratch: one frame being built, one being read */
 	uint8_t *rxbuf;
 	uint8_t *txbuf;
@@ -280,6 +287,11 @@ void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
 		const uint8_t *dst6);
 
 /* udp.c */
+struct sl_udp_batch;
+int sl_udp_init(struct sl_engine *e);
+void sl_udp_fini(struct sl_engine *e);
+bool sl_udp_gso_valid(const struct sl_pkt *p);
+void sl_udp_flush(struct sl_engine *e);
 void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev);
 void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l);
