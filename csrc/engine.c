@@ -656,7 +656,9 @@ static void arm_timer(struct sl_engine *e)
 	struct itimerspec its = { 0 };
 	uint64_t at = e->next_scan;
 
-	if (e->delack_at && e->delack_at < at)
+	/* next_scan is 0 until the first poll (which scans); a delayed ACK
+	 * queued before it must still get its wake-up. */
+	if (e->delack_at && (!at || e->delack_at < at))
 		at = e->delack_at;
 	if (e->timer_armed == at)
 		return;

@@ -859,6 +859,23 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 		connect_failed(e, f, errno);
 		return;
 	}
+	/* On loopback the handshake has usually completed by the time
+	 * connect() returns (it runs in softirq on the way out, and the
+	 * SYN-ACK is processed when the socket lock is released). Asking again
+	 * costs one syscall and saves a wake-up, an epoll_ctl and SO_ERROR:
+	 * 0 when established, EALREADY while in progress, else the error. */
+	if (lo) {
+		if (connect(f->fd, (struct sockaddr *)&sa, salen) == 0 ||
+		    errno == EISCONN) {
+			connected(e, f);
+			return;
+		}
+		if (errno != EALREADY && errno != EINPROGRESS &&
+		    errno != EINTR) {
+			connect_failed(e, f, errno);
+			return;
+		}
+	}
 	update_events(e, f);
 }
 
