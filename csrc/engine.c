@@ -23,6 +23,10 @@
 
 #define SL_EPOLL_BATCH 64
 #define SL_SCAN_IDLE_NS (1000 * NSEC_PER_MSEC)
+/* Longest wait of a delayed ACK: long enough for a host on this machine to
+ * answer a request (the answer then carries the ACK), far below the
+ * guest's 200 ms minimum RTO, short for a Nagle sender waiting on it. */
+#define SL_DELACK_NS (1 * NSEC_PER_MSEC)
 
 static const char *const counter_names[] = {
 #define SL_CTR_NAME(n) #n,
@@ -562,19 +566,47 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 	}
 }
 
+/* Send the ACKs queued by sl_flow_mark_ack(), and the lazy ones
+ * (sl_flow_mark_delack) that cannot wait any longer: a lazy ACK is dropped
+ * once a frame toward the guest has carried it, and waits while less than
+ * two guest segments are unacknowledged, the guest has used at most half
+ * of the window we gave (it may be waiting for more), and the delay (SL_DELACK_NS from the oldest) is not over.
+ * Waiting ones stay in ack_list; every entry's ACK_DUE is cleared as it is
+ * seen so that a slot listed twice (freed and reused) is handled once. */
 static void flush_acks(struct sl_engine *e)
 {
-	uint32_t i;
+	bool late = e->delack_at && e->now >= e->delack_at;
+	uint32_t i, keep = 0;
 
 	for (i = 0; i < e->nack; i++) {
 		struct sl_flow *f = &e->flows[e->ack_list[i]];
+		uint32_t unacked;
 
-		if (f->kind == SL_FLOW_TCP && (f->tcp.flags & SL_TF_ACK_DUE)) {
-			f->tcp.flags &= (uint16_t)~SL_TF_ACK_DUE;
-			sl_tcp_send_ack(e, f);
+		if (f->kind != SL_FLOW_TCP || !(f->tcp.flags & SL_TF_ACK_DUE))
+			continue;
+		f->tcp.flags &= (uint16_t)~SL_TF_ACK_DUE;
+		if (f->tcp.flags & SL_TF_ACK_LAZY) {
+			unacked = f->tcp.rcv_nxt - f->tcp.ack_sent;
+			if (!unacked) {		/* piggybacked on data */
+				f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
+				continue;
+			}
+			if (!late && unacked < 2u * f->tcp.gmss &&
+			    unacked <= f->tcp.wnd_sent / 2) {
+				e->ack_list[keep++] = f->self;
+				continue;
+			}
+			f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
 		}
+		sl_tcp_send_ack(e, f);
 	}
-	e->nack = 0;
+	for (i = 0; i < keep; i++)
+		e->flows[e->ack_list[i]].tcp.flags |= SL_TF_ACK_DUE;
+	e->nack = keep;
+	if (!keep)
+		e->delack_at = 0;
+	else if (!e->delack_at || late)
+		e->delack_at = e->now + SL_DELACK_NS;
 }
 
 /* Walk every flow for retransmission and expiry. Runs at most as often as
@@ -631,15 +663,24 @@ static void run_timers(struct sl_engine *e)
 static void arm_timer(struct sl_engine *e)
 {
 	struct itimerspec its = { 0 };
+	uint64_t at = e->next_scan;
 
-	if (e->timer_armed == e->next_scan)
+	/* next_scan is 0 until the first poll (which scans); a delayed ACK
+	 * queued before it must still get its wake-up. */
+	if (e->delack_at && (!at || e->delack_at < at))
+		at = e->delack_at;
+	if (e->timer_armed == at)
 		return;
-	its.it_value.tv_sec = (time_t)(e->next_scan / NSEC_PER_SEC);
-	its.it_value.tv_nsec = (long)(e->next_scan % NSEC_PER_SEC);
+	/* Armed sooner and still to come: let it fire (a poll with little to
+	 * do) rather than pay a syscall each time a delayed ACK is dropped. */
+	if (e->timer_armed && e->timer_armed < at && e->timer_armed > e->now)
+		return;
+	its.it_value.tv_sec = (time_t)(at / NSEC_PER_SEC);
+	its.it_value.tv_nsec = (long)(at % NSEC_PER_SEC);
 	if (!its.it_value.tv_sec && !its.it_value.tv_nsec)
 		its.it_value.tv_nsec = 1;
 	timerfd_settime(e->timerfd, TFD_TIMER_ABSTIME, &its, NULL);
-	e->timer_armed = e->next_scan;
+	e->timer_armed = at;
 }
 
 /* Read frames from the TAP until it is empty or the budget is spent. */
@@ -760,6 +801,7 @@ int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
 	handle_frame(e, frame, len, e->cfg.vnet_hdr_len != 0);
 	sl_udp_flush(e);
 	flush_acks(e);
+	arm_timer(e);	/* a delayed ACK must not wait for the next poll */
 	return 0;
 }
 

@@ -274,9 +274,11 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
 }
 
 /* Queue an ACK for the end of the batch; one per flow however many
- * segments arrived, which is what coalesces ACKs. */
+ * segments arrived, which is what coalesces ACKs. It leaves then, even if
+ * a lazy one (below) was queued before. */
 void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f)
 {
+	f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
 	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
 		return;
 	f->tcp.flags |= SL_TF_ACK_DUE;
@@ -384,4 +386,15 @@ void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound)
 		f->evflags |= SL_FE_INBOUND;
 	f->evflags |= SL_FE_OPENED;
 	flow_event(e, f, SL_EV_FLOW_OPEN);
+}
+
+/* Queue an ACK that may wait (delayed ACK): data toward the guest sent in
+ * the meantime carries it, and the end of a batch sends it only if enough
+ * is unacknowledged or the delay is over (see flush_acks in engine.c). */
+void sl_flow_mark_delack(struct sl_engine *e, struct sl_flow *f)
+{
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+		return;
+	f->tcp.flags |= SL_TF_ACK_DUE | SL_TF_ACK_LAZY;
+	e->ack_list[e->nack++] = f->self;
 }

@@ -84,6 +84,10 @@ enum sl_tcp_state {
 #define SL_TF_TIMING 0x400	/* rtt_seq/rtt_at time one segment (Karn) */
 #define SL_TF_HOST_DRY 0x800	/* last peek (SO_PEEK_OFF) hit EAGAIN and no
 				 * EPOLLIN since: nothing new to send */
+#define SL_TF_SPACE_OK 0x1000	/* sndbuf/space/space_seq hold a measure */
+#define SL_TF_ACK_LAZY 0x2000	/* the ACK due may wait (delayed ACK) */
+#define SL_TF_HOST_RDHUP 0x4000	/* an event said the host peer shut down its
+				 * side: a FIN may sit behind the data */
 
 /**
  * struct sl_tcp - the translation state of one TCP flow.
@@ -106,6 +110,10 @@ struct sl_tcp {
 	uint32_t rtt_seq;	/* the ack that ends the timed segment */
 	uint32_t srtt_us;	/* smoothed round trip time to the guest */
 	uint32_t rttvar_us;
+	uint32_t sndbuf;	/* SO_SNDBUF at the last measure (SL_TF_SPACE_OK) */
+	uint32_t space;		/* free send space then, in bytes */
+	uint32_t space_seq;	/* rcv_nxt then: space - (rcv_nxt - space_seq)
+				 * is a lower bound of the free space now */
 	uint16_t gmss;		/* largest segment the guest takes */
 	uint8_t gws;		/* guest's window scale shift */
 	uint8_t dupacks;
@@ -207,6 +215,7 @@ struct sl_engine {
 	uint32_t n_half_open;
 	uint32_t *ack_list;	/* flows with SL_TF_ACK_DUE set */
 	uint32_t nack;
+	uint64_t delack_at;	/* lazy ACKs in ack_list leave by then (0: none) */
 
 	struct sl_listener listeners[SL_MAX_LISTENERS];
 
@@ -261,6 +270,7 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag);
 uint64_t sl_flow_tag(const struct sl_flow *f);
 void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f);
 void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound);
+void sl_flow_mark_delack(struct sl_engine *e, struct sl_flow *f);
 
 /* addr.c: guest view <-> host sockaddr */
 int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,

@@ -52,13 +52,22 @@ static uint16_t mss_cap(const struct sl_engine *e, int family)
 	return (uint16_t)(e->cfg.mtu - (family == 4 ? 40 : 60));
 }
 
-/* Guest-to-host window: what the host socket can still take. Reading
- * SO_SNDBUF each time follows the kernel's send-buffer autotuning. The
- * buffer counts skb overhead too, hence only three quarters of it.
+/* Guest-to-host window: what the host socket can still take. The buffer
+ * counts skb overhead too, hence only three quarters of SO_SNDBUF.
  * @low: set when the space is under 1/16 of the buffer: the socket is then
  * not writable for epoll (queued > 2/3 of it), and EPOLLOUT fires only once
  * it has drained to a window of at least 1/12 of it, so asking for EPOLLOUT
- * to send a window update cannot spin. */
+ * to send a window update cannot spin.
+ *
+ * Measuring costs two syscalls (SO_SNDBUF follows the kernel's autotuning,
+ * SIOCOUTQ what is queued), and every frame to the guest carries a window.
+ * A measure is reused while it still promises a lot: the queue only shrinks
+ * (the host peer acks) and autotuning only grows the buffer, so the space
+ * measured minus what we wrote since is a lower bound of the space now, and
+ * advertising it keeps the window's right edge where it was (no shrinking).
+ * It is measured again once an eighth of the buffer was written since, or
+ * when that bound gets small (so "low" is always from a fresh measure); a
+ * short send() and an EPOLLOUT window update forget the measure. */
 static uint32_t free_send_space(struct sl_flow *f, bool *low)
 {
 	int sndbuf = 0, outq = 0;
@@ -66,13 +75,27 @@ static uint32_t free_send_space(struct sl_flow *f, bool *low)
 	long space;
 
 	*low = false;
+	if (f->tcp.flags & SL_TF_SPACE_OK) {
+		uint32_t used = f->tcp.rcv_nxt - f->tcp.space_seq;
+		uint32_t est = f->tcp.space > used ? f->tcp.space - used : 0;
+
+		if (used < f->tcp.sndbuf / 8 && est >= f->tcp.sndbuf / 8)
+			return est;
+	}
+	f->tcp.flags &= (uint16_t)~SL_TF_SPACE_OK;
 	if (f->fd < 0 || getsockopt(f->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf,
 				    &sl) < 0 ||
-	    ioctl(f->fd, SIOCOUTQ, &outq) < 0)
+	    ioctl(f->fd, SIOCOUTQ, &outq) < 0 || sndbuf <= 0)
 		return 0;
 	space = (long)sndbuf * 3 / 4 - outq;
 	*low = space < (long)sndbuf / 16;
-	return space > 0 ? (uint32_t)space : 0;
+	if (space < 0)
+		space = 0;
+	f->tcp.sndbuf = (uint32_t)sndbuf;
+	f->tcp.space = (uint32_t)space;
+	f->tcp.space_seq = f->tcp.rcv_nxt;
+	f->tcp.flags |= SL_TF_SPACE_OK;
+	return (uint32_t)space;
 }
 
 static uint16_t window_field(struct sl_flow *f, uint32_t *bytes, bool *low)
@@ -280,7 +303,7 @@ static void update_events(struct sl_engine *e, struct sl_flow *f)
 	if (f->tcp.state == SL_TCP_CONNECTING) {
 		ev = EPOLLOUT;
 	} else if (f->tcp.state == SL_TCP_ESTABLISHED) {
-		ev = EPOLLIN | EPOLLET;
+		ev = EPOLLIN | EPOLLRDHUP | EPOLLET;
 		if (f->tcp.flags & SL_TF_NEED_WUPD)
 			ev |= EPOLLOUT;
 	}
@@ -453,8 +476,18 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 		advance_snd(f, (uint32_t)n);
 		if (!f->tcp.rto_at)
 			arm_rto(e, f);
-		if ((size_t)n < want)
+		if ((size_t)n < want) {
+			/* A short peek emptied the receive queue: new data
+			 * comes with a new EPOLLIN edge, so the next guest
+			 * ACK need not peek (that would be an EAGAIN per
+			 * request/response). Not when the peer has shut down:
+			 * its FIN may already be queued behind this data, and
+			 * no edge would come to make us read the EOF. */
+			if ((f->tcp.flags & SL_TF_PEEK_OFF) &&
+			    !(f->tcp.flags & SL_TF_HOST_RDHUP))
+				f->tcp.flags |= SL_TF_HOST_DRY;
 			break;
+		}
 	}
 	if ((f->tcp.flags & SL_TF_HOST_EOF) &&
 	    !(f->tcp.flags & SL_TF_FIN_SENT) &&
@@ -633,6 +666,8 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 		}
 		f->tcp.rcv_nxt += (uint32_t)n;
 		e->ctr[SL_C_tcp_bytes_to_host] += (uint64_t)n;
+		if ((size_t)n < len)
+			f->tcp.flags &= (uint16_t)~SL_TF_SPACE_OK;
 		if ((size_t)n < len && !(f->tcp.flags & SL_TF_NEED_WUPD)) {
 			f->tcp.flags |= SL_TF_NEED_WUPD;
 			update_events(e, f);
@@ -643,7 +678,13 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 		f->tcp.flags |= SL_TF_GUEST_FIN;
 		shutdown(f->fd, SHUT_WR);
 	}
-	sl_flow_mark_ack(e, f);
+	/* All of it taken: the ACK may wait for the host's answer to carry it
+	 * (engine.c flush_acks() bounds the wait). Anything short of that is
+	 * a window the guest waits on: it leaves at the end of the batch. */
+	if ((size_t)n == len && !(f->tcp.flags & SL_TF_NEED_WUPD))
+		sl_flow_mark_delack(e, f);
+	else
+		sl_flow_mark_ack(e, f);
 	return true;
 }
 
@@ -688,6 +729,11 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
 	rtt_start(e, f, f->tcp.isn + 1);
 	arm_rto(e, f);
+	/* Nothing was peeked yet: data already queued shows when EPOLLIN is
+	 * asked for below (epoll checks at once), later data with an edge, so
+	 * the guest's ACK of the SYN-ACK need not peek for it. */
+	if (f->tcp.flags & SL_TF_PEEK_OFF)
+		f->tcp.flags |= SL_TF_HOST_DRY;
 	update_events(e, f);
 }
 
@@ -818,6 +864,23 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 		connect_failed(e, f, errno);
 		return;
 	}
+	/* On loopback the handshake has usually completed by the time
+	 * connect() returns (it runs in softirq on the way out, and the
+	 * SYN-ACK is processed when the socket lock is released). Asking again
+	 * costs one syscall and saves a wake-up, an epoll_ctl and SO_ERROR:
+	 * 0 when established, EALREADY while in progress, else the error. */
+	if (lo) {
+		if (connect(f->fd, (struct sockaddr *)&sa, salen) == 0 ||
+		    errno == EISCONN) {
+			connected(e, f);
+			return;
+		}
+		if (errno != EALREADY && errno != EINPROGRESS &&
+		    errno != EINTR) {
+			connect_failed(e, f, errno);
+			return;
+		}
+	}
 	update_events(e, f);
 }
 
@@ -854,6 +917,8 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 	f->tcp.rto_ms = rto_base(f);
 	f->tcp.retries = 0;
 	sl_flow_mark_ack(e, f);
+	if (f->tcp.flags & SL_TF_PEEK_OFF)	/* as in connected() */
+		f->tcp.flags |= SL_TF_HOST_DRY;
 	update_events(e, f);
 }
 
@@ -934,11 +999,13 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 		return;
 	}
 	if (ev & EPOLLOUT && (f->tcp.flags & SL_TF_NEED_WUPD)) {
-		f->tcp.flags &= (uint16_t)~SL_TF_NEED_WUPD;
+		f->tcp.flags &= (uint16_t)~(SL_TF_NEED_WUPD | SL_TF_SPACE_OK);
 		update_events(e, f);
-		sl_flow_mark_ack(e, f);	/* window update */
+		sl_flow_mark_ack(e, f);	/* window update, measured afresh */
 	}
-	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+	if (ev & (EPOLLRDHUP | EPOLLHUP))
+		f->tcp.flags |= SL_TF_HOST_RDHUP;
+	if (ev & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) {
 		f->tcp.flags &= (uint16_t)~SL_TF_HOST_DRY;
 		data_to_guest(e, f);
 	}

@@ -17,6 +17,7 @@ import hashlib
 import random
 import socket
 import subprocess
+import threading
 import time
 
 from conftest import Conn, mss_of
@@ -254,22 +255,55 @@ def test_transfer_byte_exact_under_injected_loss_both_ways(guest, socks):
 
 def test_half_open_cap_from_limits(make_guest, socks):
     """max_half_open bounds pending connects; a refused SYN is dropped (the
-    guest retries) and gets through once a slot is free."""
+    guest retries) and gets through once a slot is free. The listener's
+    accept queue is full at first so that the connects stay pending (on
+    loopback they otherwise complete within connect() itself)."""
     g = make_guest(limits=Limits(max_half_open=2))
-    lst = socks.tcp_listener()
+    lst = socks.add(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(0)
     port = lst.getsockname()[1]
+    for _ in range(2):
+        s = socks.add(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+    time.sleep(0.1)
     conns = [Conn(g, port, sport=41000 + i) for i in range(3)]
     for c in conns:  # no poll in between: all three connects are pending
         c.syn()
     cnt = g.counters()
     assert cnt["drop_half_open_cap"] == 1 and cnt["tcp_flows_opened"] == 2
-    outs = g.wait(lambda o: len([x for x in o if "S" in tcp_flags(x.pkt)]) >= 2)
-    assert sorted(o.pkt[TCP].dport for o in outs if tcp_flags(o.pkt) == "SA") == [41000, 41001]
-    # The two connects completed: the third SYN, resent, is taken now.
-    conns[2].snd_nxt = conns[2].iss
-    sa = conns[2].handshake()
-    assert sa.pkt[TCP].dport == 41002
-    assert g.counters()["drop_half_open_cap"] == 1
+    # Room in the accept queue: the kernel resends the pending SYNs (after
+    # 1 s) and the two connects complete.
+    stop = threading.Event()
+
+    def accept_all() -> None:
+        lst.settimeout(0.05)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                socks.add(lst.accept()[0])
+
+    t = threading.Thread(target=accept_all)
+    t.start()
+    try:
+        outs = g.wait(lambda o: len([x for x in o if "S" in tcp_flags(x.pkt)]) >= 2, 8)
+        assert sorted(o.pkt[TCP].dport for o in outs if tcp_flags(o.pkt) == "SA") == [41000,
+                                                                                       41001]
+        for o in outs:  # the guest completes them (no SYN-ACK retransmissions)
+            if tcp_flags(o.pkt) == "SA":
+                c = conns[o.pkt[TCP].dport - 41000]
+                c.rcv_nxt = (o.pkt[TCP].seq + 1) & 0xFFFFFFFF
+                c.send_ack()
+        g.out()
+        # The two connects completed: the third SYN, resent, is taken now.
+        conns[2].snd_nxt = conns[2].iss
+        sa = conns[2].handshake()
+        assert sa.pkt[TCP].dport == 41002
+        assert g.counters()["drop_half_open_cap"] == 1
+    finally:
+        stop.set()
+        t.join()
 
 
 def test_window_scaling_lets_more_than_64k_fly(guest, socks):
