@@ -189,6 +189,7 @@ void sl_engine_free(struct sl_engine *e)
 	if (!e)
 		return;
 	sl_flow_fini(e);
+	sl_splice_fini(e);
 	for (i = 0; i < SL_MAX_LISTENERS; i++)
 		if (e->listeners[i].used)
 			close(e->listeners[i].fd);
@@ -723,10 +724,19 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 			if (!l)
 				break;
 			done++;
-			if (l->proto == SL_TCP)
+			if (l->proto == SL_TCP && l->splice)
+				sl_splice_accept(e, l);
+			else if (l->proto == SL_TCP)
 				sl_tcp_listener_event(e, l);
 			else
 				sl_udp_listener_event(e, l);
+			break;
+		case SL_TAG_SPLICE:
+			done++;
+			sl_splice_event(e, tag, evs[i].events);
+			break;
+		case SL_TAG_NS_HELPER:
+			sl_splice_helper_event(e, evs[i].events);
 			break;
 		}
 	}
@@ -795,6 +805,30 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 	};
 	memcpy(e->listeners[i].gaddr, guest_addr, family == 4 ? 4 : 16);
 	return 0;
+}
+
+/**
+ * sl_engine_set_listener_splice() - relay the TCP forward @id by splice()
+ * through sockets the namespace helper makes in the guest's netns instead
+ * of through the TAP (needs sl_engine_set_ns_helper first).
+ */
+int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on)
+{
+	int i;
+
+	if (on && !e->splice)
+		return -ENOTCONN;
+	for (i = 0; i < SL_MAX_LISTENERS; i++) {
+		struct sl_listener *l = &e->listeners[i];
+
+		if (l->used && l->id == id) {
+			if (l->proto != SL_TCP)
+				return -EPROTONOSUPPORT;
+			l->splice = !!on;
+			return 0;
+		}
+	}
+	return -ENOENT;
 }
 
 int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)

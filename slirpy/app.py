@@ -28,6 +28,7 @@ from typing import TextIO
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
 from slirpy.netns import (
     NamespaceError,
+    NamespaceTarget,
     TapHandle,
     TapRequest,
     start_open_tap,
@@ -136,6 +137,7 @@ class Daemon:
         handle_signals: bool = True,
         setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
         limits: tuple[tuple[str, int], ...] = (),
+        ns_target: NamespaceTarget | None = None,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -160,6 +162,13 @@ class Daemon:
         # the ready byte: `slirpy run` and the library add forwards there
         # and push their own clean-up (it runs before the engine closes).
         self.setup = setup
+        # Where the namespace helper of spliced forwards goes (None: no
+        # spliced forwards); it is forked on first use, or before
+        # confinement when an API client might ask for one later.
+        self.ns_target = ns_target
+        self._ns_helper: int | None = None
+        self._confined = False
+        self._stack: AsyncExitStack | None = None
         self.engine = None
         self.dhcp = None
         self.dns = None
@@ -200,6 +209,29 @@ class Daemon:
         if not data:  # hang-up or error: the parent is gone
             self.stop(0)
 
+    def start_ns_helper(self) -> None:
+        """Make spliced forwards possible (once); NamespaceError if they cannot be."""
+        if self._ns_helper is not None:
+            return
+        if self.ns_target is None or self._stack is None:
+            raise NamespaceError("spliced forwards are not available here")
+        if self._confined:
+            raise NamespaceError(
+                "spliced forwards need the namespace helper, which cannot start once "
+                "slirpy is confined (--enable-sandbox/--enable-seccomp)"
+            )
+        from slirpy.nshelper import start_ns_helper, stop_ns_helper
+
+        sock, pid = start_ns_helper(self.ns_target)
+        self._stack.callback(stop_ns_helper, pid)
+        try:
+            self.engine.set_ns_helper(sock.fileno())
+        except OSError:
+            sock.close()
+            raise
+        sock.detach()  # the engine owns it now
+        self._ns_helper = pid
+
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
         if self.dhcp is not None:
@@ -218,6 +250,7 @@ class Daemon:
         self._stop = loop.create_future()
         net = self.net
         async with AsyncExitStack() as stack:
+            self._stack = stack
             dns_udp = dns_tcp = 0
             if net.dns_enabled:
                 from slirpy.dns import DnsProxy
@@ -257,7 +290,9 @@ class Daemon:
             loop.add_reader(efd, self._on_engine)
             stack.callback(loop.remove_reader, efd)
             if self.api_socket:
-                fwd = PortForwarder(self.engine, stats=self.stats)
+                fwd = PortForwarder(
+                    self.engine, stats=self.stats, splice_helper=self.start_ns_helper
+                )
                 api = ApiServer(self.api_socket, fwd, default_guest_addr=str(net.guest))
                 try:
                     await api.start()
@@ -285,7 +320,16 @@ class Daemon:
             if self.setup is not None:
                 await self.setup(self, stack)
             self._on_engine()  # frames queued before we listened
+            if (self.sandbox or self.seccomp) and self.api_socket and self.ns_target:
+                # Forking and setns() are impossible once confined: an API
+                # client may ask for a spliced forward later, so start the
+                # helper now (one idle process; see docs/architecture.md).
+                try:
+                    self.start_ns_helper()
+                except (NamespaceError, OSError) as e:
+                    _warn(f"spliced forwards unavailable: {e}")
             confine(self.sandbox, self.seccomp, self.resolv_conf)
+            self._confined = self.sandbox or self.seccomp
             if self.ready_fd is not None:
                 try:
                     os.write(self.ready_fd, b"1")
@@ -393,6 +437,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         watch_pid=cfg.pid,
         sandbox=cfg.enable_sandbox,
         seccomp=cfg.enable_seccomp,
+        ns_target=target,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(daemon.serve())

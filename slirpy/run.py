@@ -178,7 +178,7 @@ def _terminal_sent_it() -> bool:
 
 def _fwd_text(m: PortMapping) -> str:
     host = f"[{m.host_addr}]" if ":" in m.host_addr else m.host_addr
-    return f"{host}:{m.host_port} -> guest {m.guest_port}/{m.proto}"
+    return f"{host}:{m.host_port} -> guest {m.guest_port}/{'splice' if m.splice else m.proto}"
 
 
 def _flow_key(f: dict[str, Any]) -> tuple[Any, ...]:
@@ -281,10 +281,10 @@ class _Runner:
             self.services = daemon.stats()
 
         stack.callback(snapshot)
-        fwd = PortForwarder(engine)
+        fwd = PortForwarder(engine, splice_helper=daemon.start_ns_helper)
         for m in self.cfg.publish:
             req = HostFwdRequest(m.proto, m.host_addr, m.host_port, str(daemon.net.guest),
-                                 m.guest_port)
+                                 m.guest_port, m.splice)
             try:
                 fwd.add_hostfwd(req)
             except HostFwdError as e:
@@ -384,9 +384,10 @@ def _serve(
     preload: Any,
 ) -> int:
     assert runner.child is not None
+    target = target_for_pid(runner.child)
     try:
         pending = start_open_tap(
-            target_for_pid(runner.child),
+            target,
             TapRequest.for_net(net, TAPNAME, offload=cfg.offload, configure=True),
         )
         preload()  # overlaps with the helper child's work
@@ -403,6 +404,7 @@ def _serve(
         watch_pid=runner.child,
         on_signal=runner.forward,
         setup=runner.setup,
+        ns_target=target,
     )
     with asyncio.Runner(loop_factory=loop_factory()) as aio:
         aio.run(daemon.serve())
