@@ -17,6 +17,7 @@ own close).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import signal
@@ -45,6 +46,9 @@ def _close_all_but(keep: set[int]) -> None:
 def _child(sock: socket.socket, netfd: int, userfd: int | None, watch_pid: int | None) -> int:
     from slirpy.engine import ns_helper_serve, setns
 
+    # No collector from here on: a finalizer of some garbage socket of the
+    # parent's would close an fd number this child may reuse.
+    gc.disable()
     keep = {sock.fileno(), netfd} | ({userfd} if userfd is not None else set())
     _close_all_but(keep)
     # The parent's handlers (uvloop's wake-up fd among them) mean nothing here.
