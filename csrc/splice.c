@@ -21,7 +21,8 @@
  *
  * Data: two non-blocking pipes per connection, edge-triggered epoll on both
  * sockets, each event pumps both directions until EAGAIN (or a budget, then
- * the socket is re-armed). A read of 0 (FIN) becomes shutdown(SHUT_WR) on
+ * the socket is re-armed). Pipes start at the default size and grow once,
+ * when a transfer first fills one. A read of 0 (FIN) becomes shutdown(SHUT_WR) on
  * the other socket once its pipe is empty; an error on either side closes
  * both with SO_LINGER 0, so a reset reaches the other peer as a reset. No
  * Python runs per connection or per chunk; nothing here allocates per chunk.
@@ -66,6 +67,7 @@ struct sl_splice {
 	int hn[2], nh[2];
 	uint32_t in_hn, in_nh;
 	uint32_t cap_hn, cap_nh;
+	bool grown_hn, grown_nh;	/* F_SETPIPE_SZ tried */
 	uint32_t gen;
 	uint32_t next_free;
 	uint16_t flags;
@@ -282,12 +284,27 @@ static int make_pipe(int p[2], uint32_t *cap)
 		p[0] = p[1] = -1;
 		return -1;
 	}
-	/* Larger pipes mean fewer splice() calls per byte; past the user's
-	 * pipe-user-pages-soft the kernel refuses, and the default stays. */
-	fcntl(p[1], F_SETPIPE_SZ, SL_SPLICE_PIPE_SZ);
 	sz = fcntl(p[1], F_GETPIPE_SZ);
 	*cap = sz > 0 ? (uint32_t)sz : 65536;
 	return 0;
+}
+
+/*
+ * grow_pipe() - the first time a pipe fills up, make it SL_SPLICE_PIPE_SZ:
+ * fewer splice() calls per byte for bulk transfers, while the many short
+ * connections keep the default size and do not eat the user's pipe budget
+ * (pipe-user-pages-soft; past it the kernel refuses and the size stays).
+ */
+static void grow_pipe(int p[2], uint32_t *cap, bool *grown)
+{
+	int sz;
+
+	*grown = true;
+	if (fcntl(p[1], F_SETPIPE_SZ, SL_SPLICE_PIPE_SZ) < 0)
+		return;
+	sz = fcntl(p[1], F_GETPIPE_SZ);
+	if (sz > 0)
+		*cap = (uint32_t)sz;
 }
 
 static int epoll_add(struct sl_engine *e, int fd, uint64_t tag)
@@ -319,6 +336,7 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
 	c->hfd = hfd;
 	c->nfd = nfd;
 	c->in_hn = c->in_nh = 0;
+	c->grown_hn = c->grown_nh = false;
 	c->hn[0] = c->hn[1] = c->nh[0] = c->nh[1] = -1;
 	sl_count(e, SL_C_splice_opened);
 	if (make_pipe(c->hn, &c->cap_hn) < 0 || make_pipe(c->nh, &c->cap_nh) < 0) {
@@ -445,17 +463,19 @@ void sl_splice_helper_event(struct sl_engine *e, uint32_t ev)
  * move() - one step of @src -> pipe @p -> @dst.
  * Return: 1 on progress, 0 if both ends would block, -errno on an error.
  */
-static int move(int src, int dst, int p[2], uint32_t *inpipe, uint32_t cap,
-		bool *eof, uint64_t *bytes)
+static int move(int src, int dst, int p[2], uint32_t *inpipe, uint32_t *cap,
+		bool *grown, bool *eof, uint64_t *bytes)
 {
 	int progress = 0;
 	ssize_t n;
 
-	if (!*eof && *inpipe < cap) {
-		n = splice(src, NULL, p[1], NULL, cap - *inpipe,
+	if (!*eof && *inpipe < *cap) {
+		n = splice(src, NULL, p[1], NULL, *cap - *inpipe,
 			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
 			*inpipe += (uint32_t)n;
+			if (*inpipe >= *cap && !*grown)
+				grow_pipe(p, cap, grown);
 			progress = 1;
 		} else if (n == 0) {
 			*eof = true;
@@ -490,9 +510,11 @@ static void pump(struct sl_engine *e, struct sl_splice *c)
 		bool heof = c->flags & SP_HOST_EOF, neof = c->flags & SP_NS_EOF;
 		int a, b;
 
-		a = move(c->hfd, c->nfd, c->hn, &c->in_hn, c->cap_hn, &heof,
+		a = move(c->hfd, c->nfd, c->hn, &c->in_hn, &c->cap_hn,
+			 &c->grown_hn, &heof,
 			 &e->ctr[SL_C_splice_bytes_to_guest]);
-		b = move(c->nfd, c->hfd, c->nh, &c->in_nh, c->cap_nh, &neof,
+		b = move(c->nfd, c->hfd, c->nh, &c->in_nh, &c->cap_nh,
+			 &c->grown_nh, &neof,
 			 &e->ctr[SL_C_splice_bytes_to_host]);
 		if (heof)
 			c->flags |= SP_HOST_EOF;
