@@ -323,3 +323,20 @@ def test_library_publish_splice() -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out == {"got": f"{GUEST}\nlibrary", "opened": 1, "inbound": 0}
+
+
+def test_splice_ipv6_to_the_guests_loopback(fwd: Forwarding) -> None:
+    """tcp6 from the host's ::1 to the guest's own ::1: the helper makes an IPv6
+    socket in the namespace; a service bound to the guest's loopback, which the
+    TAP path cannot reach, is reachable spliced (and sees ::1 as its peer)."""
+    port = free_port(socket.AF_INET6)
+    add_fwd(fwd.api, proto="tcp6", host_addr="::1", host_port=port, guest_addr="::1",
+            guest_port=88, splice=True)
+    fwd.guest_server("peer6", 88)
+    data = random.Random(6).randbytes(1_000_000)
+    with socket.create_connection(("::1", port), timeout=20) as s:
+        peer = recv_line(s).split()[0].decode()
+        got = echo_roundtrip(s, data)
+    assert peer == "::1"
+    assert sha(got) == sha(data)
+    fwd.alive()
