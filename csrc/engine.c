@@ -610,6 +610,7 @@ static void run_timers(struct sl_engine *e)
 			break;
 		}
 	}
+	sl_splice_timer(e);
 	if (e->cfg.ipv6 && e->guest_mac_known && e->now >= e->next_ra) {
 		sl_ra_send(e, NULL, NULL);
 		e->next_ra = e->now + 600 * NSEC_PER_SEC;

@@ -50,7 +50,8 @@
 	X(gso_frames_out) X(timers_fired) X(flows_evicted)                   \
 	X(splice_opened) X(splice_closed) X(splice_refused) X(splice_resets)  \
 	X(splice_bytes_to_guest) X(splice_bytes_to_host)                     \
-	X(drop_splice_no_helper) X(drop_splice_helper_reply)
+	X(drop_splice_no_helper) X(drop_splice_helper_reply)                 \
+	X(splice_idle_closed)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,
@@ -240,6 +241,7 @@ struct sl_splice_tab;
 void sl_splice_accept(struct sl_engine *e, struct sl_listener *l);
 void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev);
 void sl_splice_helper_event(struct sl_engine *e, uint32_t ev);
+void sl_splice_timer(struct sl_engine *e);
 void sl_splice_fini(struct sl_engine *e);
 
 /* engine.c */

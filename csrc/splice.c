@@ -68,6 +68,7 @@ struct sl_splice {
 	uint32_t in_hn, in_nh;
 	uint32_t cap_hn, cap_nh;
 	bool grown_hn, grown_nh;	/* F_SETPIPE_SZ tried */
+	uint64_t last_ns;	/* last byte moved (idle expiry) */
 	uint32_t gen;
 	uint32_t next_free;
 	uint16_t flags;
@@ -337,6 +338,7 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
 	c->nfd = nfd;
 	c->in_hn = c->in_nh = 0;
 	c->grown_hn = c->grown_nh = false;
+	c->last_ns = e->now;
 	c->hn[0] = c->hn[1] = c->nh[0] = c->nh[1] = -1;
 	sl_count(e, SL_C_splice_opened);
 	if (make_pipe(c->hn, &c->cap_hn) < 0 || make_pipe(c->nh, &c->cap_nh) < 0) {
@@ -527,6 +529,7 @@ static void pump(struct sl_engine *e, struct sl_splice *c)
 		}
 		if (!a && !b)
 			break;
+		c->last_ns = e->now;
 	}
 	if (round == SL_SPLICE_ROUNDS) {
 		/* Budget spent with data still moving: re-arm so that the
@@ -586,6 +589,29 @@ void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev)
 		e->n_half_open--;
 	}
 	pump(e, c);
+}
+
+/**
+ * sl_splice_timer() - reset established spliced connections idle for
+ * tcp_idle_s, as tcp.c does for its flows: a peer that vanished without a
+ * FIN must not hold six fds for ever. (A connect() the guest never answers
+ * fails by itself after the kernel's SYN retries.)
+ */
+void sl_splice_timer(struct sl_engine *e)
+{
+	struct sl_splice_tab *t = e->splice;
+	uint64_t max_idle = (uint64_t)e->cfg.tcp_idle_s * NSEC_PER_SEC;
+	uint32_t i;
+
+	for (i = 0; t && i < t->nmax; i++) {
+		struct sl_splice *c = &t->conn[i];
+
+		if (c->used && !(c->flags & SP_CONNECTING) &&
+		    e->now - c->last_ns >= max_idle) {
+			sl_count(e, SL_C_splice_idle_closed);
+			conn_close(e, c, true);
+		}
+	}
 }
 
 /* Close everything spliced (engine teardown). */

@@ -23,7 +23,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from slirpy.config import NetworkModel
-from slirpy.engine import PROTO_TCP, Engine, EngineError, ns_helper_serve
+from slirpy.engine import PROTO_TCP, Engine, EngineError, Limits, ns_helper_serve
 
 
 @pytest.fixture
@@ -209,3 +209,27 @@ def test_remove_listener_while_waiting_for_the_helper(engine: Engine) -> None:
     cl.close()
     child.close()
     assert engine.counters()["splice_opened"] == 0
+
+
+def test_idle_connection_is_reset_after_tcp_idle_s() -> None:
+    engine = Engine(NetworkModel(), limits=Limits(tcp_idle_s=5))
+    sock, pid = _fork_helper()
+    try:
+        engine.set_ns_helper(sock.detach())
+        gport, srv = _server(lambda c: c.recv(10))  # reads once, then waits
+        port = _listener(engine, gport)
+        cl = socket.create_connection(("127.0.0.1", port), timeout=5)
+        _drive(engine, lambda: engine.counters()["splice_opened"] == 1)
+        engine.poll(time.monotonic_ns() + 4 * 10**9, 64)  # idle, not yet long enough
+        assert engine.counters()["splice_idle_closed"] == 0
+        engine.poll(time.monotonic_ns() + 7 * 10**9, 64)
+        ctr = engine.counters()
+        assert ctr["splice_idle_closed"] == 1 and ctr["splice_closed"] == 1
+        with pytest.raises(ConnectionResetError):
+            cl.recv(10)
+        cl.close()
+        srv.close()
+    finally:
+        engine.close()
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
