@@ -233,3 +233,30 @@ def test_idle_connection_is_reset_after_tcp_idle_s() -> None:
         engine.close()
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def test_a_spliced_connection_takes_six_tcp_slots() -> None:
+    """max_tcp_flows=12: two spliced connections (6 fds each), the third is
+    closed at accept and counted as drop_flow_cap."""
+    engine = Engine(NetworkModel(), limits=Limits(max_tcp_flows=12))
+    sock, pid = _fork_helper()
+    held: list[socket.socket] = []
+    try:
+        engine.set_ns_helper(sock.detach())
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(8)  # connections complete in the backlog; nobody accepts
+        port = _listener(engine, srv.getsockname()[1])
+        for n in (1, 2):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+            _drive(engine, lambda n=n: engine.counters()["splice_opened"] == n)
+        held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        _drive(engine, lambda: engine.counters()["drop_flow_cap"] == 1)
+        assert engine.counters()["splice_opened"] == 2
+        srv.close()
+    finally:
+        for s in held:
+            s.close()
+        engine.close()
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
