@@ -2,7 +2,8 @@
 
 This module owns the Python workloads that `benchmarks/compare` runs on
 either side of a stack: TCP ping-pong (request/response latency), connection
-rate (connect, 1-byte request, 1-byte reply, close) and UDP packet rate. It is
+rate (connect, 1-byte request, 1-byte reply, close) and UDP packet rate
+(guest→host, plain or UDP_SEGMENT writes, and host→guest). It is
 stdlib-only and self-contained: compare passes its source to `python -c` so
 that the unprivileged container user needs no access to the repository. Each
 role prints one JSON line (servers print "ready" first) and every loop is
@@ -200,20 +201,32 @@ def udp_sink(port: str, timeout: str) -> None:
     print(json.dumps({"packets": packets, "bytes": nbytes, "span": last - first}), flush=True)
 
 
-def udp_source(host: str, port: str, seconds: str, size: str) -> None:
-    """Send `size`-byte datagrams as fast as sendmmsg allows for `seconds`."""
+def udp_source(host: str, port: str, seconds: str, size: str, gso: str = "0") -> None:
+    """Send `size`-byte datagrams as fast as sendmmsg allows for `seconds`;
+    with `gso` > 0, as one UDP_SEGMENT write of `gso` datagrams per call."""
     import ctypes
 
     sent = errors = 0
+    nseg = int(gso)
     vec = _MmsgVec(64, int(size), b"u" * int(size))
+    one = b"u" * int(size) * nseg
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.connect((host, int(port)))
+        if nseg:
+            s.setsockopt(17, 103, int(size))  # SOL_UDP, UDP_SEGMENT
         fd = s.fileno()
         t0 = time.monotonic()
         deadline = t0 + float(seconds)
         calls = 0
         while time.monotonic() < deadline and calls < 50_000_000:
-            n = vec.send(fd)
+            if nseg:
+                try:
+                    n = s.send(one) // int(size)
+                except OSError as e:  # ENOBUFS / EAGAIN: counted, not fatal
+                    ctypes.set_errno(e.errno or 0)
+                    n = -1
+            else:
+                n = vec.send(fd)
             calls += 1
             if n > 0:
                 sent += n
@@ -225,8 +238,67 @@ def udp_source(host: str, port: str, seconds: str, size: str) -> None:
     print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed}), flush=True)
 
 
+def udp_push(port: str, seconds: str, size: str) -> None:
+    """Host side of host→guest UDP: wait for the guest's "go", then send
+    `size`-byte datagrams back to it with sendmmsg for `seconds`."""
+    import ctypes
+    import select
+
+    sent = errors = calls = 0
+    vec = _MmsgVec(64, int(size), b"h" * int(size))
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", int(port)))
+        _ready()
+        if not select.select([s], [], [], 30)[0]:
+            raise SystemExit("no go from the guest")
+        _, peer = s.recvfrom(64)
+        s.connect(peer)
+        fd = s.fileno()
+        t0 = time.monotonic()
+        deadline = t0 + float(seconds)
+        while time.monotonic() < deadline and calls < 50_000_000:
+            n = vec.send(fd)
+            calls += 1
+            if n > 0:
+                sent += n
+            else:
+                errors += 1
+                if ctypes.get_errno() not in (105, 111, 11):
+                    raise OSError(ctypes.get_errno(), "sendmmsg")
+        elapsed = time.monotonic() - t0
+    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed}), flush=True)
+
+
+def udp_pull(host: str, port: str, timeout: str) -> None:
+    """Guest side of host→guest UDP: say "go", count datagrams until 1 s of
+    silence after the first, or `timeout`."""
+    import select
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:  # root of its own netns may force a large buffer
+            s.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE
+        except OSError:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
+        s.connect((host, int(port)))
+        vec = _MmsgVec(64, 2048)
+        s.send(b"go")
+        packets = 0
+        deadline = time.monotonic() + float(timeout)
+        wait = float(timeout)
+        while time.monotonic() < deadline:
+            if not select.select([s], [], [], wait)[0]:
+                break
+            while True:
+                n, _ = vec.recv(s.fileno())
+                if n == 0:
+                    break
+                packets += n
+            wait = 1.0
+    print(json.dumps({"packets": packets}), flush=True)
+
+
 ROLES = {f.__name__: f for f in (pp_server, pp_client, cr_server, cr_client, udp_sink,
-                                 udp_source)}
+                                 udp_source, udp_push, udp_pull)}
 
 if __name__ == "__main__":
     ROLES[sys.argv[1]](*sys.argv[2:])

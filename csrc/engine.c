@@ -171,7 +171,7 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
 	e->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (!e->rxbuf || !e->txbuf || !e->peekbuf || e->epfd < 0 || e->timerfd < 0 ||
-	    sl_flow_init(e) < 0)
+	    sl_flow_init(e) < 0 || sl_udp_init(e) < 0)
 		goto fail;
 	ev.data.u64 = 0;	/* tag 0: the timerfd */
 	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->timerfd, &ev) < 0)
@@ -190,6 +190,7 @@ void sl_engine_free(struct sl_engine *e)
 		return;
 	sl_flow_fini(e);
 	sl_splice_fini(e);
+	sl_udp_fini(e);
 	for (i = 0; i < SL_MAX_LISTENERS; i++)
 		if (e->listeners[i].used)
 			close(e->listeners[i].fd);
@@ -526,13 +527,15 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 		return;
 	}
 	if (p.vh.gso_type != VIRTIO_NET_HDR_GSO_NONE) {
-		/* A GSO super-frame is one big TCP segment to us: the host
+		/* A GSO super-frame is one big TCP segment to us, or a run
+		 * of UDP datagrams (USO) that udp.c sends as such: the host
 		 * socket does the segmenting. Anything else is malformed. */
 		uint8_t g = p.vh.gso_type & ~VIRTIO_NET_HDR_GSO_ECN;
 
-		if (p.proto != IPPROTO_TCP_ ||
-		    (g != VIRTIO_NET_HDR_GSO_TCPV4 &&
-		     g != VIRTIO_NET_HDR_GSO_TCPV6)) {
+		if (p.proto == IPPROTO_UDP_ ? !sl_udp_gso_valid(&p) :
+		    (p.proto != IPPROTO_TCP_ ||
+		     (g != VIRTIO_NET_HDR_GSO_TCPV4 &&
+		      g != VIRTIO_NET_HDR_GSO_TCPV6))) {
 			sl_count(e, SL_C_drop_gso_malformed);
 			return;
 		}
@@ -543,6 +546,10 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 		memcpy(e->guest_mac, p.eth_src, 6);
 		e->guest_mac_known = true;
 	}
+	/* Guest datagrams wait in a batch (udp.c) only while UDP frames
+	 * follow each other: send them before anything else happens. */
+	if (p.proto != IPPROTO_UDP_)
+		sl_udp_flush(e);
 	switch (p.ethertype) {
 	case ETHERTYPE_ARP:
 		sl_arp_input(e, &p);
@@ -581,7 +588,7 @@ static void run_timers(struct sl_engine *e)
 	if (e->now < e->next_scan)
 		return;
 	sl_count(e, SL_C_timers_fired);
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		struct sl_flow *f = &e->flows[i];
 		uint64_t idle;
 
@@ -599,12 +606,14 @@ static void run_timers(struct sl_engine *e)
 		case SL_FLOW_UDP:
 			if (idle >= (uint64_t)e->cfg.udp_idle_s * NSEC_PER_SEC) {
 				sl_count(e, SL_C_udp_flows_closed);
+				f->why = SL_FC_TIMEOUT;
 				sl_flow_free(e, f);
 			}
 			break;
 		case SL_FLOW_ICMP:
 			if (idle >= 60 * NSEC_PER_SEC) {
 				sl_count(e, SL_C_icmp_flows_closed);
+				f->why = SL_FC_TIMEOUT;
 				sl_flow_free(e, f);
 			}
 			break;
@@ -665,6 +674,7 @@ static int drain_tap(struct sl_engine *e, int budget)
 		handle_frame(e, e->rxbuf, (size_t)r, e->cfg.vnet_hdr_len != 0);
 		n++;
 	}
+	sl_udp_flush(e);
 	return n;
 }
 
@@ -759,6 +769,7 @@ int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
 		return -EMSGSIZE;
 	e->now = now_ns;
 	handle_frame(e, frame, len, e->cfg.vnet_hdr_len != 0);
+	sl_udp_flush(e);
 	flush_acks(e);
 	return 0;
 }
@@ -848,7 +859,7 @@ int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)
 			 * socket, by slot: forget them, or a forward added
 			 * later in this slot would carry their replies from
 			 * its own port. (TCP flows own their accepted fd.) */
-			for (k = 0; l->proto == SL_UDP && k < e->nflows_max;
+			for (k = 0; l->proto == SL_UDP && k < e->nflows_used;
 			     k++) {
 				struct sl_flow *f = &e->flows[k];
 
@@ -879,7 +890,7 @@ int sl_engine_list_flows(const struct sl_engine *e, char *buf, size_t cap)
 	size_t off = 0;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		const struct sl_flow *f = &e->flows[i];
 		char g[48], r[48], line[200];
 		int n;

@@ -11,9 +11,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/mman.h>
 #include <sys/random.h>
+#include <netinet/in.h>
+#include <linux/tcp.h>
 
 #include "internal.h"
+
+/* tcp_info.tcpi_state values (include/net/tcp_states.h, not in uapi) */
+enum { SL_TCPS_TIME_WAIT = 6, SL_TCPS_CLOSE_WAIT = 8, SL_TCPS_LAST_ACK = 9,
+       SL_TCPS_CLOSING = 11 };
+
+static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type);
 
 static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
 			  const uint8_t *gaddr, uint16_t gport,
@@ -41,20 +50,32 @@ static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
 }
 
 /**
- * sl_flow_init() - allocate the pool and the hash table for the caps in
- * e->cfg. Return: 0 or -1 (ENOMEM).
+ * sl_flow_init() - reserve the pool and allocate the hash table for the caps
+ * in e->cfg.
+ *
+ * The pool is an anonymous mapping that nothing touches up front: flows are
+ * handed out from the free list, then from the never-used tail (nflows_used
+ * is the high-water mark), so an idle engine's RSS holds no flow pages and
+ * grows only with the flows a guest really opens.
+ *
+ * Return: 0 or -1 (ENOMEM).
  */
 int sl_flow_init(struct sl_engine *e)
 {
 	uint32_t n = e->cfg.max_tcp_flows + e->cfg.max_udp_flows +
 		     e->cfg.max_icmp_flows + SL_MAX_LISTENERS;
 	uint32_t i;
+	void *pool;
 
 	if (getrandom(&e->hash_seed, sizeof(e->hash_seed), GRND_NONBLOCK) !=
 	    (ssize_t)sizeof(e->hash_seed))
 		e->hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
 	e->nflows_max = n;
-	e->flows = calloc(n, sizeof(*e->flows));
+	e->nflows_used = 0;
+	e->free_head = SL_NIL;
+	pool = mmap(NULL, (size_t)n * sizeof(*e->flows), PROT_READ | PROT_WRITE,
+		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	e->flows = pool == MAP_FAILED ? NULL : pool;
 	e->ack_list = calloc(n, sizeof(*e->ack_list));
 	for (e->nbuckets = 64; e->nbuckets < n * 2; e->nbuckets <<= 1)
 		;
@@ -63,12 +84,6 @@ int sl_flow_init(struct sl_engine *e)
 		return -1;
 	for (i = 0; i < e->nbuckets; i++)
 		e->buckets[i] = SL_NIL;
-	for (i = 0; i < n; i++) {
-		e->flows[i].self = i;
-		e->flows[i].fd = -1;
-		e->flows[i].hnext = i + 1 < n ? i + 1 : SL_NIL;
-	}
-	e->free_head = 0;
 	return 0;
 }
 
@@ -76,12 +91,13 @@ void sl_flow_fini(struct sl_engine *e)
 {
 	uint32_t i;
 
-	if (e->flows)
-		for (i = 0; i < e->nflows_max; i++)
+	if (e->flows) {
+		for (i = 0; i < e->nflows_used; i++)
 			if (e->flows[i].kind != SL_FLOW_FREE &&
 			    e->flows[i].fd >= 0)
 				close(e->flows[i].fd);
-	free(e->flows);
+		munmap(e->flows, (size_t)e->nflows_max * sizeof(*e->flows));
+	}
 	free(e->buckets);
 	free(e->ack_list);
 }
@@ -144,7 +160,7 @@ static bool evict_lru(struct sl_engine *e, int kind)
 	struct sl_flow *lru = NULL;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_max; i++) {
+	for (i = 0; i < e->nflows_used; i++) {
 		struct sl_flow *f = &e->flows[i];
 
 		if (f->kind == kind && (!lru || f->last_ns < lru->last_ns))
@@ -155,6 +171,7 @@ static bool evict_lru(struct sl_engine *e, int kind)
 	sl_count(e, kind == SL_FLOW_UDP ? SL_C_udp_flows_closed :
 					  SL_C_icmp_flows_closed);
 	sl_count(e, SL_C_flows_evicted);
+	lru->why = SL_FC_EVICTED;
 	sl_flow_free(e, lru);
 	return true;
 }
@@ -180,12 +197,15 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
-	if (e->free_head == SL_NIL) {
+	if (e->free_head != SL_NIL) {
+		f = &e->flows[e->free_head];
+		e->free_head = f->hnext;
+	} else if (e->nflows_used < e->nflows_max) {
+		f = &e->flows[e->nflows_used++];	/* first touch of this slot */
+	} else {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
-	f = &e->flows[e->free_head];
-	e->free_head = f->hnext;
 	gen = f->gen + 1;
 	memset((uint8_t *)f, 0, sizeof(*f));
 	f->self = (uint32_t)(f - e->flows);
@@ -220,6 +240,8 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f)
 		pp = &e->flows[*pp].hnext;
 	if (*pp == f->self)
 		*pp = f->hnext;
+	if (f->evflags & SL_FE_OPENED)
+		flow_event(e, f, SL_EV_FLOW_CLOSE);
 	if (f->fd >= 0)
 		close(f->fd);
 	if (f->kind == SL_FLOW_TCP && f->tcp.state != SL_TCP_ESTABLISHED &&
@@ -244,7 +266,7 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
 	uint32_t idx = (uint32_t)tag;
 	struct sl_flow *f;
 
-	if (idx >= e->nflows_max)
+	if (idx >= e->nflows_used)
 		return NULL;
 	f = &e->flows[idx];
 	if (f->kind == SL_FLOW_FREE ||
@@ -261,4 +283,107 @@ void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f)
 		return;
 	f->tcp.flags |= SL_TF_ACK_DUE;
 	e->ack_list[e->nack++] = f->self;
+}
+
+/**
+ * tcp_bytes() - the data bytes a TCP flow carried each way, from its host
+ * socket.
+ *
+ * The kernel keeps 64-bit counts per socket, so asking once at close costs
+ * one getsockopt() per flow and nothing per packet. Its counts are of
+ * sequence space: bytes_acked includes our SYN (active or passive, the peer
+ * acknowledged one) and the FIN we forwarded for the guest once acked;
+ * bytes_received includes the peer's FIN. Those are taken off here. When a
+ * reset races a FIN the count can be one byte high.
+ *
+ * Return: true when @info->bytes_* were filled.
+ */
+static bool tcp_bytes(const struct sl_flow *f, struct sl_flow_info *info)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	uint64_t acked, rcvd;
+	bool peer_fin;
+
+	if (f->fd < 0)
+		return false;
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(f->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_notsent_bytes) +
+			  sizeof(ti.tcpi_notsent_bytes))
+		return false;
+	acked = ti.tcpi_bytes_acked;
+	rcvd = ti.tcpi_bytes_received;
+	if (acked)
+		acked--;	/* the SYN */
+	if (acked && (f->tcp.flags & SL_TF_GUEST_FIN) && !ti.tcpi_unacked &&
+	    !ti.tcpi_notsent_bytes)
+		acked--;	/* our FIN, sent and acknowledged */
+	peer_fin = (f->tcp.flags & SL_TF_HOST_EOF) ||
+		   ti.tcpi_state == SL_TCPS_CLOSE_WAIT ||
+		   ti.tcpi_state == SL_TCPS_LAST_ACK ||
+		   ti.tcpi_state == SL_TCPS_CLOSING ||
+		   ti.tcpi_state == SL_TCPS_TIME_WAIT;
+	if (rcvd && peer_fin)
+		rcvd--;
+	info->bytes_to_host = acked;
+	info->bytes_to_guest = rcvd;
+	return true;
+}
+
+/**
+ * flow_event() - punt SL_EV_FLOW_OPEN or SL_EV_FLOW_CLOSE for @f.
+ *
+ * Flow events are for logging (slirpy run -v): they may use the punt queue
+ * only up to SL_PUNT_RESERVE slots short of full, so that a burst of short
+ * flows never crowds out DHCP or a TAP-down event; past that they are
+ * dropped and counted (flow_events_dropped), never waited for.
+ */
+static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type)
+{
+	size_t alen = f->family == 4 ? 4 : 16;
+	struct sl_flow_info info = { 0 };
+	struct sl_event ev;
+
+	if (e->punt.count >= SL_PUNT_CAP - SL_PUNT_RESERVE) {
+		sl_count(e, SL_C_flow_events_dropped);
+		return;
+	}
+	memset(&ev, 0, offsetof(struct sl_event, data));
+	ev.type = type;
+	ev.family = f->family;
+	ev.proto = f->kind == SL_FLOW_TCP ? IPPROTO_TCP :
+		   f->kind == SL_FLOW_UDP ? IPPROTO_UDP :
+		   f->family == 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6;
+	memcpy(ev.src, f->gaddr, alen);
+	memcpy(ev.dst, f->raddr, alen);
+	ev.sport = f->gport;
+	ev.dport = f->rport;
+	if (f->evflags & SL_FE_INBOUND)
+		info.flags |= SL_FI_INBOUND;
+	if (type == SL_EV_FLOW_CLOSE) {
+		info.duration_ns = e->now - f->created_ns;
+		info.reason = f->why;
+		if (f->kind == SL_FLOW_TCP && tcp_bytes(f, &info))
+			info.flags |= SL_FI_BYTES;
+	}
+	ev.len = sizeof(info);
+	memcpy(ev.data, &info, sizeof(info));
+	sl_punt_event(e, &ev);
+}
+
+/**
+ * sl_flow_opened() - the flow is set up (socket connected or accepted):
+ * punt SL_EV_FLOW_OPEN when cfg.flow_events asks for it. Flows that fail
+ * during set-up never get here and so get no close event either.
+ * @inbound: created by a port forward rather than by the guest.
+ */
+void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound)
+{
+	if (!e->cfg.flow_events)
+		return;
+	if (inbound)
+		f->evflags |= SL_FE_INBOUND;
+	f->evflags |= SL_FE_OPENED;
+	flow_event(e, f, SL_EV_FLOW_OPEN);
 }

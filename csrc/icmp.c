@@ -140,6 +140,7 @@ static void echo_out(struct sl_engine *e, const struct sl_pkt *p)
 			return;
 		}
 		sl_count(e, SL_C_icmp_flows_opened);
+		sl_flow_opened(e, f, false);
 	}
 	f->last_ns = e->now;
 	if (send(f->fd, p->l4, p->l4_len, MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {

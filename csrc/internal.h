@@ -22,6 +22,7 @@
 #define SL_NIL UINT32_MAX
 #define SL_FRAME_MAX (65535 + 14 + 10 + 64)
 #define SL_PUNT_CAP 128
+#define SL_PUNT_RESERVE 16	/* slots flow events leave to DHCP and notices */
 #define SL_TEST_OUT_CAP 4096
 #define SL_MAX_LISTENERS 1024
 #define NSEC_PER_MSEC 1000000ULL
@@ -47,7 +48,9 @@
 	X(tcp_bytes_to_guest) X(udp_flows_opened) X(udp_flows_closed)         \
 	X(udp_datagrams_to_host) X(udp_datagrams_to_guest)                    \
 	X(icmp_flows_opened) X(icmp_flows_closed) X(punted) X(gso_frames_in)  \
-	X(gso_frames_out) X(timers_fired) X(flows_evicted)                   \
+	X(gso_frames_out) X(timers_fired) X(flows_evicted)                    \
+	X(flow_events_dropped) X(udp_gso_frames_in) X(udp_send_batches)        \
+	X(udp_recv_batches)                                                   \
 	X(splice_opened) X(splice_closed) X(splice_refused) X(splice_resets)  \
 	X(splice_bytes_to_guest) X(splice_bytes_to_host)                     \
 	X(drop_splice_no_helper) X(drop_splice_helper_reply)                 \
@@ -141,6 +144,8 @@ struct sl_flow {
 	uint8_t family;
 	uint16_t gport;
 	uint16_t rport;
+	uint8_t evflags;	/* SL_FE_* (flow events, cfg.flow_events) */
+	uint8_t why;		/* enum sl_flow_close_reason, set before freeing */
 	uint32_t gen;
 	uint8_t gaddr[16];
 	uint8_t raddr[16];
@@ -155,6 +160,10 @@ struct sl_flow {
 		struct sl_udp udp;
 	};
 };
+
+/* struct sl_flow.evflags */
+#define SL_FE_OPENED 0x01	/* FLOW_OPEN was punted: FLOW_CLOSE follows */
+#define SL_FE_INBOUND 0x02	/* created by a port forward */
 
 /* A port-forward listener handed over by Python. */
 struct sl_listener {
@@ -199,6 +208,7 @@ struct sl_engine {
 	/* flow pool and hash table */
 	struct sl_flow *flows;
 	uint32_t nflows_max;
+	uint32_t nflows_used;	/* high-water mark: flows[nflows_used..] never touched */
 	uint32_t free_head;	/* free list through hnext */
 	uint32_t *buckets;
 	uint64_t hash_seed;
@@ -225,6 +235,12 @@ struct sl_engine {
 	bool ping_warned;
 	bool ping6_warned;
 	uint64_t next_ra;
+
+	/* udp.c: guest datagrams queued for one sendmmsg, and the slots
+	 * one recvmmsg fills (preallocated, see sl_udp_init) */
+	struct sl_udp_batch *udp_tx;
+	struct sl_udp_batch *udp_rx;
+	bool udp_uso_out;	/* runs of host datagrams leave as USO frames */
 
 	/* scratch: one frame being built, one being read */
 	uint8_t *rxbuf;
@@ -268,6 +284,7 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f);
 struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag);
 uint64_t sl_flow_tag(const struct sl_flow *f);
 void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f);
+void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound);
 
 /* addr.c: guest view <-> host sockaddr */
 int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,
@@ -294,6 +311,11 @@ void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
 		const uint8_t *dst6);
 
 /* udp.c */
+struct sl_udp_batch;
+int sl_udp_init(struct sl_engine *e);
+void sl_udp_fini(struct sl_engine *e);
+bool sl_udp_gso_valid(const struct sl_pkt *p);
+void sl_udp_flush(struct sl_engine *e);
 void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev);
 void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l);

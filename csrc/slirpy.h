@@ -48,6 +48,7 @@ struct sl_config {
 	uint32_t max_half_open;	/* TCP flows still connecting */
 	uint32_t udp_idle_s;	/* UDP flow idle timeout */
 	uint32_t tcp_idle_s;	/* established TCP flow idle timeout */
+	uint8_t flow_events;	/* 1: punt SL_EV_FLOW_OPEN/CLOSE (slirpy run -v) */
 };
 
 /* Punt-queue event types: what the engine hands back to Python. */
@@ -58,6 +59,38 @@ enum sl_event_type {
 	SL_EV_FLOW_CLOSE = 3,
 	SL_EV_NOTICE = 4,	/* one-off condition, data = text */
 	SL_EV_TAP_DOWN = 5,	/* the TAP returned EOF or a fatal error */
+};
+
+/* Why a flow closed (struct sl_flow_info.reason in SL_EV_FLOW_CLOSE). */
+enum sl_flow_close_reason {
+	SL_FC_UNSPEC = 0,	/* e.g. its port forward was removed */
+	SL_FC_FIN = 1,		/* TCP: both sides closed with FIN */
+	SL_FC_RST = 2,		/* TCP: the guest reset it */
+	SL_FC_HOST_RST = 3,	/* TCP: reset or error on the host socket */
+	SL_FC_TIMEOUT = 4,	/* idle, half-open or retransmission timeout */
+	SL_FC_EVICTED = 5,	/* UDP/ICMP: least recently used at the cap */
+	SL_FC_REFUSED = 6,	/* TCP: the host connect() failed */
+};
+
+/* struct sl_flow_info.flags */
+enum sl_flow_info_flags {
+	SL_FI_INBOUND = 1,	/* opened by a port forward (host -> guest) */
+	SL_FI_BYTES = 2,	/* bytes_* are valid (TCP, from the host socket) */
+};
+
+/**
+ * struct sl_flow_info - the data of SL_EV_FLOW_OPEN and SL_EV_FLOW_CLOSE.
+ *
+ * The event's src/sport are the guest's side, dst/dport the remote side as
+ * the guest sees it (the echo id is sport for ICMP). Duration and bytes are
+ * set at close only.
+ */
+struct sl_flow_info {
+	uint64_t duration_ns;
+	uint64_t bytes_to_host;		/* guest -> remote */
+	uint64_t bytes_to_guest;	/* remote -> guest */
+	uint32_t flags;			/* SL_FI_* */
+	uint32_t reason;		/* enum sl_flow_close_reason */
 };
 
 #define SL_EVENT_DATA_MAX 1536

@@ -17,6 +17,14 @@
 
 #include "slirpy.h"
 
+/* Linux 6.2 added UDP segmentation offload to the TAP; older headers lack it. */
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#endif
+#ifndef TUN_F_USO6
+#define TUN_F_USO6 0x40
+#endif
+
 /* Return: 0 or -errno. */
 int sl_setns(int fd, int nstype)
 {
@@ -26,7 +34,8 @@ int sl_setns(int fd, int nstype)
 /**
  * sl_tun_open() - open (or attach to) the TAP @name in the current netns.
  * @vnet_hdr: request IFF_VNET_HDR (frames carry a struct virtio_net_hdr)
- * @offload: announce checksum and TSO4/6 offload to the guest's kernel
+ * @offload: announce checksum, TSO4/6 and (where the kernel has it) USO4/6
+ *           offload to the guest's kernel
  * @err: on failure, a one-line explanation of what to do
  *
  * Return: a non-blocking fd, or -errno.
@@ -60,7 +69,11 @@ int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
 		close(fd);
 		return -e;
 	}
+	/* USO first; a kernel before 6.2 refuses the unknown bits with
+	 * EINVAL, and then the guest simply never sends UDP GSO frames. */
 	if (vnet_hdr && offload &&
+	    ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 |
+		  TUN_F_TSO_ECN | TUN_F_USO4 | TUN_F_USO6) < 0 &&
 	    ioctl(fd, TUNSETOFFLOAD,
 		  TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN) < 0) {
 		e = errno;

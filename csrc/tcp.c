@@ -433,6 +433,7 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 				f->tcp.flags |= SL_TF_HOST_DRY;
 			if (errno == EAGAIN || errno == EINTR)
 				break;
+			f->why = SL_FC_HOST_RST;
 			reset_guest(e, f);
 			close_flow(e, f, false);
 			return false;
@@ -505,6 +506,7 @@ static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
 		ssize_t n = recv(f->fd, NULL, bytes, MSG_TRUNC | MSG_DONTWAIT);
 
 		if (n <= 0) {
+			f->why = SL_FC_HOST_RST;
 			reset_guest(e, f);
 			close_flow(e, f, true);
 			return false;
@@ -622,6 +624,7 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 		n = send(f->fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 		if (n < 0) {
 			if (errno != EAGAIN && errno != EINTR) {
+				f->why = SL_FC_HOST_RST;
 				reset_guest(e, f);
 				close_flow(e, f, true);
 				return false;
@@ -718,6 +721,7 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 		else
 			sl_icmp6_unreach(e, &p, 3);
 	}
+	f->why = err == ETIMEDOUT ? SL_FC_TIMEOUT : SL_FC_REFUSED;
 	close_flow(e, f, false);
 }
 
@@ -805,6 +809,7 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	}
 	sl_count(e, SL_C_tcp_flows_opened);
+	sl_flow_opened(e, f, false);
 	if (connect(f->fd, (struct sockaddr *)&sa, salen) == 0) {
 		connected(e, f);
 		return;
@@ -821,6 +826,7 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 			      const struct sl_pkt *p)
 {
 	if (p->tflags & TCP_RST) {
+		f->why = SL_FC_RST;
 		close_flow(e, f, true);
 		return;
 	}
@@ -876,6 +882,7 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	}
 	if (p->tflags & TCP_RST) {
+		f->why = SL_FC_RST;
 		close_flow(e, f, true);
 		return;
 	}
@@ -892,8 +899,11 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	if (!data_from_guest(e, f, p))
 		return;
-	if ((f->tcp.flags & SL_TF_GUEST_FIN) && (f->tcp.flags & SL_TF_FIN_ACKED))
+	if ((f->tcp.flags & SL_TF_GUEST_FIN) &&
+	    (f->tcp.flags & SL_TF_FIN_ACKED)) {
+		f->why = SL_FC_FIN;
 		close_flow(e, f, false);	/* sends the ACK of a last FIN */
+	}
 }
 
 /**
@@ -918,6 +928,7 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 	f->last_ns = e->now;
 	if (ev & EPOLLERR) {
 		/* Reset by the host peer, or a socket error: pass it on. */
+		f->why = SL_FC_HOST_RST;
 		reset_guest(e, f);
 		close_flow(e, f, false);
 		return;
@@ -986,6 +997,7 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 		f->tcp.gmss = mss_cap(e, fam);
 		sl_count(e, SL_C_tcp_flows_opened);
 		sl_count(e, SL_C_tcp_flows_inbound);
+		sl_flow_opened(e, f, true);
 		emit(e, f, TCP_SYN, f->tcp.isn, NULL, 0, true);
 		rtt_start(e, f, f->tcp.isn + 1);
 		arm_rto(e, f);
@@ -1002,6 +1014,7 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 
 	if (f->tcp.state != SL_TCP_ESTABLISHED) {
 		if (idle >= HALF_OPEN_TIMEOUT_S * NSEC_PER_SEC) {
+			f->why = SL_FC_TIMEOUT;
 			if (f->tcp.state == SL_TCP_CONNECTING)
 				connect_failed(e, f, ETIMEDOUT);
 			else
@@ -1013,10 +1026,12 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 		   idle >= CLOSING_IDLE_S * NSEC_PER_SEC) {
 		/* Both sides closed and the last ACK never came. A half-closed
 		 * connection is legitimate for as long as it is used. */
+		f->why = SL_FC_TIMEOUT;
 		reset_guest(e, f);
 		close_flow(e, f, true);
 		return;
 	} else if (idle >= (uint64_t)e->cfg.tcp_idle_s * NSEC_PER_SEC) {
+		f->why = SL_FC_TIMEOUT;
 		reset_guest(e, f);
 		close_flow(e, f, true);
 		return;
@@ -1024,6 +1039,7 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 	if (!f->tcp.rto_at || e->now < f->tcp.rto_at)
 		return;
 	if (++f->tcp.retries > RTO_MAX_RETRIES) {
+		f->why = SL_FC_TIMEOUT;
 		reset_guest(e, f);
 		close_flow(e, f, true);
 		return;

@@ -5,17 +5,147 @@
  * ICMP port unreachable when the host reports it; and inbound datagrams on
  * forwarded UDP ports, whose per-client flows share the listener's socket.
  *
+ * Batching: consecutive guest datagrams for the same flow within one TAP
+ * drain are copied into a preallocated batch and leave in one sendmmsg
+ * (sl_udp_flush, called by engine.c before any other frame, at the end of
+ * every drain and after every injected frame). Host datagrams are read with
+ * recvmmsg into preallocated slots. A UDP GSO (USO) super-frame from the
+ * guest leaves as one sendmsg with a UDP_SEGMENT cmsg, so the host kernel
+ * cuts it at gso_size; per-datagram sends are the fallback.
+ *
  * Datagrams larger than the guest MTU are dropped and counted: slirpy never
- * fragments, as it never reassembles.
+ * fragments, as it never reassembles. Toward the guest each datagram is one
+ * frame (no UDP GRO / USO toward the guest).
  */
+#define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
 #include "internal.h"
 
-#define UDP_RX_BATCH 64
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5
+#endif
+
+#define UDP_RX_BATCH 64		/* datagrams per socket event (fairness) */
+#define SL_UDP_BATCH 32		/* datagrams per sendmmsg / recvmmsg */
+#define SL_UDP_TX_BYTES (256 * 1024)
+/* Segments per UDP_SEGMENT send: every kernel with UDP_SEGMENT takes 64
+ * (UDP_MAX_SEGMENTS, 128 on newer kernels). */
+#define SL_USO_CHUNK 64
+/* Largest UDP payload of one frame to the guest: IPv4's total length is
+ * 16 bits (IPv6 could carry 20 bytes more; not worth a second limit). */
+#define SL_UDP_RUN_MAX (65535 - 20 - 8)
+
+/**
+ * struct sl_udp_batch - preallocated message vectors for sendmmsg/recvmmsg.
+ * @buf: tx: copies of queued payloads (SL_UDP_TX_BYTES); rx: SL_UDP_BATCH
+ *       slots of @slot bytes each
+ * @name: rx on a forwarded port: the senders' addresses
+ * @run: rx: SL_UDP_RUN_MAX bytes where a run of datagrams is copied to
+ *       leave as one USO frame
+ * @used: tx: bytes of @buf taken
+ * @n: tx: datagrams queued, all for flow @flow of generation @gen
+ */
+struct sl_udp_batch {
+	struct mmsghdr msg[SL_UDP_BATCH];
+	struct iovec iov[SL_UDP_BATCH];
+	struct sockaddr_in6 name[SL_UDP_BATCH];	/* rx on a forwarded port */
+	uint8_t *buf;
+	uint8_t *run;		/* rx: one run of datagrams, made contiguous */
+	size_t used;
+	size_t slot;
+	uint32_t n;
+	uint32_t flow;
+	uint32_t gen;
+};
+
+static struct sl_udp_batch *batch_new(size_t bytes, size_t slot)
+{
+	struct sl_udp_batch *b = calloc(1, sizeof(*b));
+	int i;
+
+	if (!b)
+		return NULL;
+	b->buf = malloc(bytes);
+	if (!b->buf) {
+		free(b);
+		return NULL;
+	}
+	b->slot = slot;
+	for (i = 0; i < SL_UDP_BATCH; i++) {
+		b->iov[i].iov_base = b->buf + (size_t)i * slot;
+		b->iov[i].iov_len = slot;
+		b->msg[i].msg_hdr.msg_iov = &b->iov[i];
+		b->msg[i].msg_hdr.msg_iovlen = 1;
+	}
+	return b;
+}
+
+/**
+ * sl_udp_init() - allocate the batches once, at engine creation.
+ *
+ * A receive slot holds one datagram of up to the guest MTU: anything larger
+ * could not be relayed anyway (truncated reads are dropped as too big). Only
+ * the pages that datagrams touch become resident.
+ *
+ * Return: 0, or -1 when out of memory.
+ */
+int sl_udp_init(struct sl_engine *e)
+{
+	e->udp_tx = batch_new(SL_UDP_TX_BYTES, 0);
+	e->udp_rx = batch_new((size_t)SL_UDP_BATCH * e->cfg.mtu, e->cfg.mtu);
+	if (!e->udp_tx || !e->udp_rx)
+		return -1;
+	e->udp_uso_out = e->cfg.offload && e->cfg.vnet_hdr_len;
+	e->udp_rx->run = malloc(SL_UDP_RUN_MAX);
+	return e->udp_rx->run ? 0 : -1;
+}
+
+void sl_udp_fini(struct sl_engine *e)
+{
+	struct sl_udp_batch *b[2] = { e->udp_tx, e->udp_rx };
+	int i;
+
+	for (i = 0; i < 2; i++)
+		if (b[i]) {
+			free(b[i]->run);
+			free(b[i]->buf);
+			free(b[i]);
+		}
+	e->udp_tx = e->udp_rx = NULL;
+}
+
+/**
+ * sl_udp_gso_valid() - may this UDP frame be taken as a USO super-frame?
+ *
+ * Only VIRTIO_NET_HDR_GSO_UDP_L4 (no ECN bit, no legacy UFO), a segment
+ * size that cuts the payload into at least two datagrams, and a header
+ * length hint that, when given, covers the headers and stays inside the
+ * frame (the kernel sends the linear length there, which may include
+ * payload). The checksum is never checked: the guest left it partial.
+ */
+bool sl_udp_gso_valid(const struct sl_pkt *p)
+{
+	size_t hdrs;
+
+	if (p->proto != IPPROTO_UDP_ ||
+	    p->vh.gso_type != VIRTIO_NET_HDR_GSO_UDP_L4 || !p->vh.gso_size ||
+	    p->payload_len <= p->vh.gso_size)
+		return false;
+	hdrs = (size_t)(p->payload - p->frame);
+	return !p->vh.hdr_len ||
+	       (p->vh.hdr_len >= hdrs && p->vh.hdr_len <= p->len);
+}
 
 /**
  * sl_udp_emit() - send one UDP datagram to the guest.
@@ -111,6 +241,7 @@ static struct sl_flow *open_flow(struct sl_engine *e, const struct sl_pkt *p)
 	    sl_epoll_set(e, f, EPOLLIN) < 0)
 		goto fail;
 	sl_count(e, SL_C_udp_flows_opened);
+	sl_flow_opened(e, f, false);
 	return f;
 fail:
 	sl_count(e, SL_C_drop_socket_error);
@@ -118,62 +249,65 @@ fail:
 	return NULL;
 }
 
-static void send_inbound_reply(struct sl_engine *e, struct sl_flow *f,
-			       const struct sl_pkt *p)
+/* Where an inbound flow's replies go: the host client, by way of the
+ * forwarded port's socket. Return: the address length. */
+static socklen_t client_sockaddr(const struct sl_flow *f,
+				 struct sockaddr_in6 *sa)
 {
-	struct sl_listener *l = &e->listeners[f->udp.listener];
-	struct sockaddr_in6 sa = { 0 };
-	socklen_t salen;
-
-	if (!l->used) {
-		sl_count(e, SL_C_drop_no_flow);
-		return;
-	}
+	memset(sa, 0, sizeof(*sa));
 	if (f->udp.client_family == 4) {
-		struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
+		struct sockaddr_in *sin = (struct sockaddr_in *)sa;
 
 		sin->sin_family = AF_INET;
 		memcpy(&sin->sin_addr, f->udp.client, 4);
 		sin->sin_port = htons(f->udp.client_port);
-		salen = sizeof(*sin);
-	} else {
-		sa.sin6_family = AF_INET6;
-		memcpy(&sa.sin6_addr, f->udp.client, 16);
-		sa.sin6_port = htons(f->udp.client_port);
-		salen = sizeof(sa);
+		return sizeof(*sin);
 	}
-	if (sendto(l->fd, p->payload, p->payload_len, MSG_DONTWAIT,
-		   (struct sockaddr *)&sa, salen) < 0)
-		sl_count(e, SL_C_drop_socket_error);
-	else
-		sl_count(e, SL_C_udp_datagrams_to_host);
+	sa->sin6_family = AF_INET6;
+	memcpy(&sa->sin6_addr, f->udp.client, 16);
+	sa->sin6_port = htons(f->udp.client_port);
+	return sizeof(*sa);
 }
 
-void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p)
+/**
+ * udp_send() - one datagram, or with @gso a run of @gso-byte datagrams that
+ * the host kernel segments (UDP_SEGMENT), to the flow's peer.
+ * Return: 0 or -errno (-ENOTCONN: the forward is gone).
+ */
+static int udp_send(struct sl_engine *e, struct sl_flow *f,
+		    const uint8_t *buf, size_t len, uint16_t gso)
 {
-	struct sl_flow *f;
+	union {
+		char b[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} u;
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1 };
+	struct sockaddr_in6 sa;
+	int fd = f->fd;
 
-	f = sl_flow_lookup(e, SL_FLOW_UDP, p->family, p->src, p->sport, p->dst,
-			   p->dport);
-	if (!f) {
-		f = open_flow(e, p);
-		if (!f)
-			return;
-	}
-	f->last_ns = e->now;
 	if (f->udp.inbound) {
-		send_inbound_reply(e, f, p);
-		return;
+		struct sl_listener *l = &e->listeners[f->udp.listener];
+
+		if (!l->used)
+			return -ENOTCONN;
+		fd = l->fd;
+		m.msg_name = &sa;
+		m.msg_namelen = client_sockaddr(f, &sa);
 	}
-	if (send(f->fd, p->payload, p->payload_len,
-		 MSG_DONTWAIT | MSG_NOSIGNAL) < 0) {
-		if (errno == ECONNREFUSED)
-			refuse(e, p, -ECONNREFUSED);
-		else
-			sl_count(e, SL_C_drop_socket_error);
-		return;
+	if (gso && len > gso) {
+		struct cmsghdr *c;
+
+		memset(&u, 0, sizeof(u));
+		m.msg_control = u.b;
+		m.msg_controllen = sizeof(u.b);
+		c = CMSG_FIRSTHDR(&m);
+		c->cmsg_level = SOL_UDP;
+		c->cmsg_type = UDP_SEGMENT;
+		c->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+		memcpy(CMSG_DATA(c), &gso, sizeof(gso));
 	}
-	sl_count(e, SL_C_udp_datagrams_to_host);
+	return sendmsg(fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL) < 0 ? -errno : 0;
 }
 
 /* The host said the port is closed: tell the guest as a router would,
@@ -196,27 +330,284 @@ static void port_unreach(struct sl_engine *e, struct sl_flow *f)
 	refuse(e, &p, -ECONNREFUSED);
 }
 
-void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
+/* A send failed: a closed port is the guest's business, the rest a drop. */
+static void send_failed(struct sl_engine *e, struct sl_flow *f, int err)
 {
-	int i;
+	if (err == -ECONNREFUSED && !f->udp.inbound)
+		port_unreach(e, f);
+	else if (err == -ENOTCONN)
+		sl_count(e, SL_C_drop_no_flow);
+	else
+		sl_count(e, SL_C_drop_socket_error);
+}
 
-	(void)ev;
-	for (i = 0; i < UDP_RX_BATCH; i++) {
-		ssize_t n = recv(f->fd, e->rxbuf, 65535, MSG_DONTWAIT);
+/**
+ * sl_udp_flush() - send the queued guest datagrams with sendmmsg, in order.
+ * The batch belongs to one flow; if that flow is gone (its slot freed or
+ * reused), the datagrams are dropped rather than sent on another socket.
+ */
+void sl_udp_flush(struct sl_engine *e)
+{
+	struct sl_udp_batch *b = e->udp_tx;
+	struct sl_flow *f = &e->flows[b->flow];
+	uint32_t i = 0, n = b->n;
 
-		if (n < 0) {
-			if (errno == ECONNREFUSED)
-				port_unreach(e, f);
-			else if (errno != EAGAIN && errno != EINTR)
-				sl_count(e, SL_C_drop_socket_error);
-			if (errno == EAGAIN)
-				break;
+	if (!n)
+		return;
+	b->n = 0;
+	b->used = 0;
+	if (f->kind != SL_FLOW_UDP || f->gen != b->gen || f->fd < 0) {
+		e->ctr[SL_C_drop_no_flow] += n;
+		return;
+	}
+	while (i < n) {
+		int r = sendmmsg(f->fd, b->msg + i, n - i,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (r > 0) {
+			sl_count(e, SL_C_udp_send_batches);
+			e->ctr[SL_C_udp_datagrams_to_host] += (uint32_t)r;
+			i += (uint32_t)r;
 			continue;
 		}
+		if (r < 0 && (errno == EAGAIN || errno == ENOBUFS)) {
+			/* the socket is full: the rest would fail alike */
+			e->ctr[SL_C_drop_socket_error] += n - i;
+			break;
+		}
+		/* datagram i failed alone (an ICMP error reported late,
+		 * EINTR, ...): count it and go on with the next */
+		send_failed(e, f, r < 0 ? -errno : -EIO);
+		i++;
+	}
+}
+
+/* Queue one datagram for the flow's next sendmmsg. */
+static void queue_tx(struct sl_engine *e, struct sl_flow *f,
+		     const uint8_t *payload, size_t len)
+{
+	struct sl_udp_batch *b = e->udp_tx;
+	struct iovec *v;
+
+	if (b->n == SL_UDP_BATCH || b->used + len > SL_UDP_TX_BYTES)
+		sl_udp_flush(e);
+	v = &b->iov[b->n];
+	v->iov_base = b->buf + b->used;
+	v->iov_len = len;
+	if (len)
+		memcpy(v->iov_base, payload, len);
+	b->used += len;
+	b->flow = f->self;
+	b->gen = f->gen;
+	b->n++;
+}
+
+/* Per-datagram fallback for a USO run the host would not segment. */
+static void send_each(struct sl_engine *e, struct sl_flow *f,
+		      const uint8_t *buf, size_t len, size_t gso)
+{
+	size_t off;
+
+	for (off = 0; off < len; off += gso) {
+		size_t n = len - off < gso ? len - off : gso;
+		int r = udp_send(e, f, buf + off, n, 0);
+
+		if (r < 0) {
+			send_failed(e, f, r);
+			if (r == -ECONNREFUSED || r == -ENOTCONN ||
+			    r == -EAGAIN)
+				return;
+			continue;
+		}
+		sl_count(e, SL_C_udp_datagrams_to_host);
+	}
+}
+
+/**
+ * send_uso() - a USO super-frame (validated by sl_udp_gso_valid): its
+ * payload cut every gso_size bytes, the last datagram possibly shorter.
+ * Sent in runs of at most SL_USO_CHUNK segments with UDP_SEGMENT; a host
+ * that refuses (no UDP_SEGMENT, or gso_size above the route's MTU) gets
+ * one send per datagram.
+ */
+static void send_uso(struct sl_engine *e, struct sl_flow *f,
+		     const struct sl_pkt *p)
+{
+	size_t gso = p->vh.gso_size, len = p->payload_len, off = 0;
+
+	sl_count(e, SL_C_udp_gso_frames_in);
+	while (off < len) {
+		size_t n = len - off;
+		int r;
+
+		if (n > gso * SL_USO_CHUNK)
+			n = gso * SL_USO_CHUNK;
+		r = udp_send(e, f, p->payload + off, n, (uint16_t)gso);
+		if (!r) {
+			e->ctr[SL_C_udp_datagrams_to_host] += (n + gso - 1) / gso;
+		} else if (r == -EINVAL || r == -EIO || r == -EMSGSIZE ||
+			   r == -ENOPROTOOPT || r == -EOPNOTSUPP) {
+			send_each(e, f, p->payload + off, n, gso);
+		} else {
+			send_failed(e, f, r);
+			return;
+		}
+		off += n;
+	}
+}
+
+void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p)
+{
+	struct sl_flow *f;
+	int r;
+
+	f = sl_flow_lookup(e, SL_FLOW_UDP, p->family, p->src, p->sport, p->dst,
+			   p->dport);
+	/* Another flow's batch goes first; and before open_flow, whose LRU
+	 * eviction could close the batch's socket. */
+	if (e->udp_tx->n && (!f || f->self != e->udp_tx->flow))
+		sl_udp_flush(e);
+	if (!f) {
+		f = open_flow(e, p);
+		if (!f)
+			return;
+	}
+	f->last_ns = e->now;
+	if (p->vh.gso_type != VIRTIO_NET_HDR_GSO_NONE) {
+		sl_udp_flush(e);
+		send_uso(e, f, p);
+		return;
+	}
+	if (!f->udp.inbound) {
+		queue_tx(e, f, p->payload, p->payload_len);
+		return;
+	}
+	r = udp_send(e, f, p->payload, p->payload_len, 0);
+	if (r < 0)
+		send_failed(e, f, r);
+	else
+		sl_count(e, SL_C_udp_datagrams_to_host);
+}
+
+/**
+ * emit_run() - datagrams @i..@j-1 of the receive batch as one USO frame:
+ * all @gso bytes long but the last, which may be shorter. The guest's
+ * kernel cuts it back into the same datagrams (or hands a UDP_GRO socket
+ * the run). Partial checksum, as for TCP GSO frames.
+ * Return: 0 (sent, or dropped and counted), or -1 when the TAP refused
+ * USO frames (EINVAL: a kernel that cannot take them).
+ */
+static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
+		    size_t gso)
+{
+	struct sl_udp_batch *b = e->udp_rx;
+	struct virtio_net_hdr vh = { 0 };
+	uint8_t *h = e->txbuf, *u;
+	struct iovec iov[2];
+	size_t l3, len = 0;
+	uint16_t csum;
+	int k;
+
+	for (k = i; k < j; k++) {
+		memcpy(b->run + len, b->buf + (size_t)k * b->slot,
+		       b->msg[k].msg_len);
+		len += b->msg[k].msg_len;
+	}
+	sl_eth_header(e, h, guest_mac(e), sl_mac_for(e, f->family, f->raddr),
+		      f->family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
+	l3 = sl_ip_header(e, h + ETH_HLEN_, f->family, f->raddr, f->gaddr,
+			  IPPROTO_UDP_, 8 + len);
+	u = h + ETH_HLEN_ + l3;
+	sl_put16(u, f->rport);
+	sl_put16(u + 2, f->gport);
+	sl_put16(u + 4, (uint16_t)(8 + len));
+	csum = (uint16_t)~sl_csum_fold(sl_csum_pseudo(f->family, f->raddr,
+						      f->gaddr, IPPROTO_UDP_,
+						      (uint32_t)(8 + len)));
+	memcpy(u + 6, &csum, 2);
+	vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+	vh.csum_start = (uint16_t)(ETH_HLEN_ + l3);
+	vh.csum_offset = 6;
+	vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+	vh.gso_size = (uint16_t)gso;
+	vh.hdr_len = (uint16_t)(ETH_HLEN_ + l3 + 8);
+	iov[0].iov_base = h;
+	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[1].iov_base = b->run;
+	iov[1].iov_len = len;
+	errno = 0;
+	if (sl_output(e, &vh, iov, 2) < 0)
+		return errno == EINVAL ? -1 : 0;
+	sl_count(e, SL_C_gso_frames_out);
+	e->ctr[SL_C_udp_datagrams_to_guest] += (uint32_t)(j - i);
+	return 0;
+}
+
+/* Where the run of datagrams starting at @i ends: equal sizes that fit
+ * the guest's MTU, the last possibly shorter, in one IP packet. */
+static int run_end(struct sl_engine *e, const struct sl_flow *f, int i,
+		   int n)
+{
+	struct sl_udp_batch *b = e->udp_rx;
+	size_t gso = b->msg[i].msg_len, total = gso;
+	int j = i + 1;
+
+	if (!gso || gso + 8 + (f->family == 4 ? 20 : 40) > e->cfg.mtu)
+		return j;
+	while (j < n && b->msg[j].msg_len && b->msg[j].msg_len <= gso &&
+	       total + b->msg[j].msg_len <= SL_UDP_RUN_MAX) {
+		total += b->msg[j].msg_len;
+		if (b->msg[j++].msg_len < gso)
+			break;
+	}
+	return j;
+}
+
+void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
+{
+	struct sl_udp_batch *b = e->udp_rx;
+	int done = 0, fails = 0;
+
+	(void)ev;
+	while (done < UDP_RX_BATCH && fails < UDP_RX_BATCH) {
+		int i, n = recvmmsg(f->fd, b->msg, SL_UDP_BATCH, MSG_DONTWAIT,
+				    NULL);
+
+		if (n < 0) {
+			if (errno == EAGAIN)
+				break;
+			if (errno == ECONNREFUSED)
+				port_unreach(e, f);
+			else if (errno != EINTR)
+				sl_count(e, SL_C_drop_socket_error);
+			fails++;
+			continue;
+		}
+		sl_count(e, SL_C_udp_recv_batches);
 		f->last_ns = e->now;
-		if (sl_udp_emit(e, f->family, guest_mac(e), f->raddr, f->rport,
-				f->gaddr, f->gport, e->rxbuf, (size_t)n) == 0)
-			sl_count(e, SL_C_udp_datagrams_to_guest);
+		for (i = 0; i < n;) {
+			int j = e->udp_uso_out ? run_end(e, f, i, n) : i + 1;
+
+			if (j - i > 1) {
+				if (!emit_run(e, f, i, j, b->msg[i].msg_len)) {
+					i = j;
+					continue;
+				}
+				/* an old kernel: one frame per datagram */
+				e->udp_uso_out = false;
+			}
+			for (; i < j; i++)
+				if (sl_udp_emit(e, f->family, guest_mac(e),
+						f->raddr, f->rport, f->gaddr,
+						f->gport,
+						b->buf + (size_t)i * b->slot,
+						b->msg[i].msg_len) == 0)
+					sl_count(e,
+						 SL_C_udp_datagrams_to_guest);
+		}
+		done += n;
+		if (n < SL_UDP_BATCH)
+			break;	/* drained; level-triggered epoll says if not */
 	}
 }
 
@@ -225,51 +616,74 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
  * to the guest from the client's guest-visible address, creating a flow per
  * client so the guest's replies find their way back.
  */
+static void relay_inbound(struct sl_engine *e, struct sl_listener *l,
+			  const struct sockaddr_in6 *sa, const uint8_t *buf,
+			  size_t n)
+{
+	uint8_t view[16] = { 0 };
+	uint16_t cport;
+	int fam = l->family;
+	struct sl_flow *f;
+
+	if (sl_guest_view_of(e, sa, &fam, view, &cport) < 0) {
+		sl_count(e, SL_C_drop_dst_invalid);
+		return;
+	}
+	f = sl_flow_lookup(e, SL_FLOW_UDP, fam, l->gaddr, l->gport, view,
+			   cport);
+	if (!f) {
+		f = sl_flow_new(e, SL_FLOW_UDP, fam, l->gaddr, l->gport, view,
+				cport);
+		if (!f)
+			return;
+		f->udp.inbound = 1;
+		f->udp.listener = (uint32_t)(l - e->listeners);
+		sl_count(e, SL_C_udp_flows_opened);
+		sl_flow_opened(e, f, true);
+	}
+	if (sa->sin6_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+
+		f->udp.client_family = 4;
+		memcpy(f->udp.client, &sin->sin_addr, 4);
+		f->udp.client_port = ntohs(sin->sin_port);
+	} else {
+		f->udp.client_family = 6;
+		memcpy(f->udp.client, &sa->sin6_addr, 16);
+		f->udp.client_port = ntohs(sa->sin6_port);
+	}
+	f->last_ns = e->now;
+	if (sl_udp_emit(e, fam, guest_mac(e), view, cport, l->gaddr, l->gport,
+			buf, n) == 0)
+		sl_count(e, SL_C_udp_datagrams_to_guest);
+}
+
 void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l)
 {
-	int i;
+	struct sl_udp_batch *b = e->udp_rx;
+	struct sockaddr_in6 *name = b->name;
+	int i, n, done = 0;
 
-	for (i = 0; i < UDP_RX_BATCH; i++) {
-		struct sockaddr_in6 sa;
-		socklen_t salen = sizeof(sa);
-		uint8_t view[16] = { 0 };
-		uint16_t cport;
-		int fam = l->family;
-		struct sl_flow *f;
-		ssize_t n = recvfrom(l->fd, e->rxbuf, 65535, MSG_DONTWAIT,
-				     (struct sockaddr *)&sa, &salen);
-
-		if (n < 0)
+	while (done < UDP_RX_BATCH) {
+		for (i = 0; i < SL_UDP_BATCH; i++) {
+			b->msg[i].msg_hdr.msg_name = &name[i];
+			b->msg[i].msg_hdr.msg_namelen = sizeof(name[i]);
+		}
+		n = recvmmsg(l->fd, b->msg, SL_UDP_BATCH, MSG_DONTWAIT, NULL);
+		if (n <= 0)
 			break;
-		if (sl_guest_view_of(e, &sa, &fam, view, &cport) < 0) {
-			sl_count(e, SL_C_drop_dst_invalid);
-			continue;
-		}
-		f = sl_flow_lookup(e, SL_FLOW_UDP, fam, l->gaddr, l->gport,
-				   view, cport);
-		if (!f) {
-			f = sl_flow_new(e, SL_FLOW_UDP, fam, l->gaddr, l->gport,
-					view, cport);
-			if (!f)
-				continue;
-			f->udp.inbound = 1;
-			f->udp.listener = (uint32_t)(l - e->listeners);
-			sl_count(e, SL_C_udp_flows_opened);
-		}
-		if (sa.sin6_family == AF_INET) {
-			struct sockaddr_in *sin = (struct sockaddr_in *)&sa;
-
-			f->udp.client_family = 4;
-			memcpy(f->udp.client, &sin->sin_addr, 4);
-			f->udp.client_port = ntohs(sin->sin_port);
-		} else {
-			f->udp.client_family = 6;
-			memcpy(f->udp.client, &sa.sin6_addr, 16);
-			f->udp.client_port = ntohs(sa.sin6_port);
-		}
-		f->last_ns = e->now;
-		if (sl_udp_emit(e, fam, guest_mac(e), view, cport, l->gaddr,
-				l->gport, e->rxbuf, (size_t)n) == 0)
-			sl_count(e, SL_C_udp_datagrams_to_guest);
+		sl_count(e, SL_C_udp_recv_batches);
+		for (i = 0; i < n; i++)
+			relay_inbound(e, l, &name[i],
+				      b->buf + (size_t)i * b->slot,
+				      b->msg[i].msg_len);
+		done += n;
+		if (n < SL_UDP_BATCH)
+			break;
+	}
+	/* flow sockets are connected: no addresses to fill in */
+	for (i = 0; i < SL_UDP_BATCH; i++) {
+		b->msg[i].msg_hdr.msg_name = NULL;
+		b->msg[i].msg_hdr.msg_namelen = 0;
 	}
 }

@@ -67,8 +67,10 @@ static int parse_udp(struct sl_pkt *p)
 	if (p->l4_len < 8)
 		return SL_C_drop_udp_malformed;
 	ulen = sl_get16(p->l4 + 4);
-	/* A GSO (USO) super-frame may carry a UDP length that does not cover
-	 * the whole payload; we do not enable USO, so insist on exactness. */
+	/* A USO super-frame from the guest's kernel carries the length of
+	 * the whole run (udp_send_skb), so one rule fits both: the UDP
+	 * length bounds the payload and must fit in what the IP length
+	 * covers; bytes after it are ignored. */
 	if (ulen < 8 || ulen > p->l4_len)
 		return SL_C_drop_udp_malformed;
 	p->sport = sl_get16(p->l4);

@@ -23,7 +23,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
 from slirpy.netns import (
@@ -35,6 +35,9 @@ from slirpy.netns import (
     target_for_path,
     target_for_pid,
 )
+
+if TYPE_CHECKING:
+    from slirpy.dhcp import DhcpServer
 
 POLL_BUDGET = 512
 SIOCGIFADDR = 0x8915
@@ -137,6 +140,7 @@ class Daemon:
         handle_signals: bool = True,
         setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
         limits: tuple[tuple[str, int], ...] = (),
+        on_flow: Callable[[object], None] | None = None,
         ns_target: NamespaceTarget | None = None,
     ) -> None:
         self.net = net
@@ -162,6 +166,9 @@ class Daemon:
         # the ready byte: `slirpy run` and the library add forwards there
         # and push their own clean-up (it runs before the engine closes).
         self.setup = setup
+        # `slirpy run -v`: gets each flow open/close event (slirpy.engine.Event).
+        # Only then does the engine make them (no cost otherwise).
+        self.on_flow = on_flow
         # Where the namespace helper of spliced forwards goes (None: no
         # spliced forwards); it is forked on first use, or before
         # confinement when an API client might ask for one later.
@@ -170,9 +177,33 @@ class Daemon:
         self._confined = False
         self._stack: AsyncExitStack | None = None
         self.engine = None
-        self.dhcp = None
+        self.dhcp: DhcpServer | None = None
         self.dns = None
         self._stop: asyncio.Future[int] | None = None
+
+    def _dhcp_server(self) -> DhcpServer:
+        """The DHCP server, made on the first DHCP datagram (or stats request).
+
+        Not at start: most guests never ask (Podman and `slirpy run` configure
+        the TAP with -c, RootlessKit configures it itself), and importing
+        slirpy.dhcp is a few ms of the time to ready. Under --enable-sandbox it
+        is made before confinement instead, since slirpy's files are no longer
+        visible after the pivot.
+        """
+        if self.dhcp is None:
+            from slirpy.dhcp import DhcpServer
+
+            net = self.net
+            self.dhcp = DhcpServer(
+                server_ip=net.gateway,
+                network=net.cidr,
+                router=net.gateway,
+                dns=net.dns if net.dns_enabled else None,
+                pool_start=net.dhcp_start,
+                pool_end=net.dhcp_end,
+                mtu=net.mtu,
+            )
+        return self.dhcp
 
     def stop(self, code: int = 0) -> None:
         if self._stop is not None and not self._stop.done():
@@ -188,16 +219,25 @@ class Daemon:
         from slirpy import engine as eng
 
         if ev.type == eng.EV_DHCP:
-            reply = self.dhcp.handle(ev.data, ev.mac, time.monotonic())
+            reply = self._dhcp_server().handle(ev.data, ev.mac, time.monotonic())
             if reply is not None:
                 self.engine.send_udp4(
                     reply.dst_mac, self.net.gateway, 67, reply.dst_ip, 68, reply.payload
                 )
         elif ev.type == eng.EV_NOTICE:
             _warn(ev.data.decode(errors="replace"))
+        elif ev.type in (eng.EV_FLOW_OPEN, eng.EV_FLOW_CLOSE):
+            if self.on_flow is not None:
+                self.on_flow(ev)
         elif ev.type == eng.EV_TAP_DOWN:
             _warn("the TAP device went away (the container's network namespace is gone)")
             self.stop(0)
+
+    def drain(self) -> None:
+        """Run the engine once more and handle its events: at shut-down,
+        so that the last flows' close events are not lost."""
+        if self.engine is not None:
+            self._on_engine()
 
     def _on_exit_fd(self) -> None:
         try:
@@ -234,17 +274,14 @@ class Daemon:
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
-        if self.dhcp is not None:
-            out["dhcp"] = dict(self.dhcp.stats)
+        if self.engine is not None:
+            out["dhcp"] = dict(self._dhcp_server().stats)
         if self.dns is not None:
             out["dns"] = dict(self.dns.stats)
         return out
 
     async def serve(self) -> int:
-        from slirpy.api import ApiServer
-        from slirpy.dhcp import DhcpServer
         from slirpy.engine import Engine, Limits
-        from slirpy.portfwd import PortForwarder
 
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
@@ -273,23 +310,18 @@ class Daemon:
                 outbound4=self.outbound4,
                 outbound6=self.outbound6,
                 limits=Limits(**dict(self.limits)),
+                flow_events=self.on_flow is not None,
             )
             stack.callback(self.engine.close)
             self.engine.set_tap(self.tap.fd)
             self.engine.set_guest_mac(self.tap.mac)
-            self.dhcp = DhcpServer(
-                server_ip=net.gateway,
-                network=net.cidr,
-                router=net.gateway,
-                dns=net.dns if net.dns_enabled else None,
-                pool_start=net.dhcp_start,
-                pool_end=net.dhcp_end,
-                mtu=net.mtu,
-            )
             efd = self.engine.fileno()
             loop.add_reader(efd, self._on_engine)
             stack.callback(loop.remove_reader, efd)
             if self.api_socket:
+                from slirpy.api import ApiServer
+                from slirpy.portfwd import PortForwarder
+
                 fwd = PortForwarder(
                     self.engine, stats=self.stats, splice_helper=self.start_ns_helper
                 )
@@ -319,6 +351,8 @@ class Daemon:
                 stack.callback(loop.remove_signal_handler, sig)
             if self.setup is not None:
                 await self.setup(self, stack)
+            if self.sandbox:
+                self._dhcp_server()  # lazy imports are impossible after the pivot
             self._on_engine()  # frames queued before we listened
             if (self.sandbox or self.seccomp) and self.api_socket and self.ns_target:
                 # Forking and setns() are impossible once confined: an API
@@ -338,14 +372,19 @@ class Daemon:
             return await self._stop
 
 
-def _preload() -> None:
-    """Import what the daemon needs while the namespace helper works."""
-    import slirpy.api
-    import slirpy.dhcp
-    import slirpy.dns
-    import slirpy.engine
-    import slirpy.portfwd  # noqa: F401
+def _preload(*, api: bool = True, dns: bool = True) -> None:
+    """Import what the daemon needs while the namespace helper works.
 
+    Only what runs before the ready byte: slirpy.dhcp is imported on first use
+    (Daemon._dhcp_server), the API and DNS modules only when enabled.
+    """
+    import slirpy.engine
+
+    if api:
+        import slirpy.api
+        import slirpy.portfwd
+    if dns:
+        import slirpy.dns  # noqa: F401
     _loop_factory()
 
 
@@ -414,7 +453,8 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
             target,
             TapRequest.for_net(net, cfg.tapname, offload=cfg.offload, configure=cfg.configure),
         )
-        _preload()  # overlaps with the helper child's work
+        # Overlaps with the helper child's work.
+        _preload(api=bool(cfg.api_socket), dns=net.dns_enabled)
         tap = pending.wait()
     except NamespaceError as e:
         raise ConfigError(str(e)) from None

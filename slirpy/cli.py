@@ -13,12 +13,11 @@ command line parsed, and does all the work.
 
 from __future__ import annotations
 
-import argparse
 import getopt
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from slirpy import __version__
 from slirpy.config import (
@@ -38,6 +37,9 @@ from slirpy.config import (
     parse_port_mapping,
     parse_prefix6,
 )
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = [
     "PROG_SLIRP4NETNS",
@@ -344,14 +346,17 @@ def _run_app(prog: str, entry: str, cfg: object) -> NoReturn:
 # ---------------------------------------------------------------- slirpy CLI
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: `slirpy: <message>`, exit 2."""
+def _build_parser() -> argparse.ArgumentParser:
+    # argparse is imported here, not at the top: slirpy-slirp4netns parses
+    # with getopt and must not pay for it before its ready byte.
+    import argparse
 
-    def error(self, message: str) -> NoReturn:
-        _fail(self.prog, message, 2)
+    class _ArgumentParser(argparse.ArgumentParser):
+        """argparse with one-line errors: `slirpy: <message>`, exit 2."""
 
+        def error(self, message: str) -> NoReturn:
+            _fail(self.prog, message, 2)
 
-def _build_parser() -> _ArgumentParser:
     parser = _ArgumentParser(
         prog=PROG_SLIRPY,
         description="Rootless userspace networking for unprivileged containers.",

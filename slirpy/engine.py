@@ -26,6 +26,16 @@ EV_NOTICE = lib.SL_EV_NOTICE
 EV_TAP_DOWN = lib.SL_EV_TAP_DOWN
 PROTO_TCP = lib.SL_TCP
 PROTO_UDP = lib.SL_UDP
+# enum sl_flow_close_reason, as -v prints them.
+CLOSE_REASONS = {
+    lib.SL_FC_UNSPEC: "closed",
+    lib.SL_FC_FIN: "fin",
+    lib.SL_FC_RST: "rst",
+    lib.SL_FC_HOST_RST: "host-rst",
+    lib.SL_FC_TIMEOUT: "timeout",
+    lib.SL_FC_EVICTED: "evicted",
+    lib.SL_FC_REFUSED: "refused",
+}
 
 
 class EngineError(OSError):
@@ -53,6 +63,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class FlowInfo:
+    """What FLOW_OPEN / FLOW_CLOSE events carry besides the 5-tuple.
+
+    ``duration_ns``, ``reason`` and the byte counts are set at close only;
+    the byte counts are None where the engine has none (UDP, ICMP: counting
+    them would be per-packet work).
+    """
+
+    inbound: bool
+    duration_ns: int = 0
+    reason: str = ""
+    bytes_to_host: int | None = None
+    bytes_to_guest: int | None = None
+
+
+@dataclass(frozen=True)
 class Event:
     """One slow-path event from the engine's punt queue."""
 
@@ -65,6 +91,7 @@ class Event:
     sport: int
     dport: int
     data: bytes
+    flow: FlowInfo | None = None
 
 
 def _check(rc: int, what: str) -> int:
@@ -101,6 +128,7 @@ class Engine:
         outbound4: str | None = None,
         outbound6: str | None = None,
         limits: Limits | None = None,
+        flow_events: bool = False,
     ) -> None:
         limits = limits or Limits()
         cfg = ffi.new("struct sl_config *")
@@ -126,6 +154,8 @@ class Engine:
         cfg.max_half_open = limits.max_half_open
         cfg.udp_idle_s = limits.udp_idle_s
         cfg.tcp_idle_s = limits.tcp_idle_s
+        # Off by default: the engine then does no flow-event work at all.
+        cfg.flow_events = int(flow_events)
         ptr = lib.sl_engine_new(cfg)
         if ptr == ffi.NULL:
             raise EngineError(errno.ENOMEM, "cannot create the slirpy engine")
@@ -137,6 +167,7 @@ class Engine:
             ffi.string(lib.sl_counter_name(i)).decode() for i in range(lib.sl_engine_ncounters())
         ]
         self._ctr = ffi.new("uint64_t[]", len(self._names))
+        self._info = ffi.new("struct sl_flow_info *")
 
     def close(self) -> None:
         if self._e is not None:
@@ -186,6 +217,9 @@ class Engine:
         ev = self._ev
         while lib.sl_engine_next_event(self._e, ev):
             fam = ev.family
+            flow = None
+            if ev.type in (EV_FLOW_OPEN, EV_FLOW_CLOSE):
+                flow = self._flow_info(ev)
             yield Event(
                 type=ev.type,
                 family=fam,
@@ -196,7 +230,22 @@ class Engine:
                 sport=ev.sport,
                 dport=ev.dport,
                 data=bytes(ffi.buffer(ev.data, ev.len)),
+                flow=flow,
             )
+
+    def _flow_info(self, ev: object) -> FlowInfo:
+        info = self._info
+        size = ffi.sizeof("struct sl_flow_info")
+        ffi.memmove(info, ev.data, min(size, ev.len))
+        has_bytes = bool(info.flags & lib.SL_FI_BYTES)
+        closing = ev.type == EV_FLOW_CLOSE
+        return FlowInfo(
+            inbound=bool(info.flags & lib.SL_FI_INBOUND),
+            duration_ns=int(info.duration_ns),
+            reason=CLOSE_REASONS.get(info.reason, "closed") if closing else "",
+            bytes_to_host=int(info.bytes_to_host) if has_bytes else None,
+            bytes_to_guest=int(info.bytes_to_guest) if has_bytes else None,
+        )
 
     def send_udp4(
         self,

@@ -51,7 +51,6 @@ from slirpy.network import (
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_SLAVE = 0x80000
-FLOW_POLL_S = 0.2
 IPV6_WAIT_S = 5.0
 IFA_F_TENTATIVE = 0x40
 GUEST_RESOLV_CONF = "/etc/resolv.conf"
@@ -181,31 +180,45 @@ def _fwd_text(m: PortMapping) -> str:
     return f"{host}:{m.host_port} -> guest {m.guest_port}/{'splice' if m.splice else m.proto}"
 
 
-def _flow_key(f: dict[str, Any]) -> tuple[Any, ...]:
-    return (f.get("proto"), f.get("guest"), f.get("guest_port"), f.get("remote"),
-            f.get("remote_port"))
+def _endpoint(addr: object, port: int | None) -> str:
+    if port is None:
+        return str(addr)
+    return f"[{addr}]:{port}" if ":" in str(addr) else f"{addr}:{port}"
 
 
-def _flow_text(key: tuple[Any, ...]) -> str:
-    proto, guest, gport, remote, rport = key
+def _duration_text(ns: int) -> str:
+    if ns < 1_000_000:
+        return f"{ns / 1000:.0f} us"
+    if ns < 1_000_000_000:
+        return f"{ns / 1e6:.1f} ms"
+    return f"{ns / 1e9:.1f} s"
 
-    def ep(a: object, p: object) -> str:
-        return f"[{a}]:{p}" if ":" in str(a) else f"{a}:{p}"
 
-    return f"{proto} {ep(guest, gport)} <-> {ep(remote, rport)}"
+def flow_line(ev: Any) -> str:
+    """-v: one line for a FLOW_OPEN or FLOW_CLOSE event (slirpy.engine.Event).
 
+    ``->`` is a flow the guest opened, ``<-`` one opened through a published
+    port; the guest's end is always on the left. A close adds why, how long
+    the flow lived and, for TCP, the bytes each way ("out" = from the guest).
+    """
+    from slirpy.engine import EV_FLOW_OPEN
 
-async def _log_flows(engine: Any) -> None:
-    """-v: the engine has no flow-open events, so diff its flow list (every 0.2 s)."""
-    seen: set[tuple[Any, ...]] = set()
-    while True:
-        now = {_flow_key(f) for f in engine.flows()}
-        for key in sorted(now - seen, key=str):
-            _say(f"flow open  {_flow_text(key)}")
-        for key in sorted(seen - now, key=str):
-            _say(f"flow close {_flow_text(key)}")
-        seen = now
-        await asyncio.sleep(FLOW_POLL_S)
+    proto = {6: "tcp", 17: "udp"}.get(ev.proto, "icmp")
+    info = ev.flow
+    inbound = bool(info and info.inbound)
+    if proto == "icmp":  # sport is the echo id; no ports
+        guest, remote = str(ev.src), f"{ev.dst} id {ev.sport}"
+    else:
+        guest, remote = _endpoint(ev.src, ev.sport), _endpoint(ev.dst, ev.dport)
+    text = f"{proto} {guest} {'<-' if inbound else '->'} {remote}"
+    if ev.type == EV_FLOW_OPEN:
+        return f"flow open  {text}"
+    text = f"flow close {text} {info.reason if info else 'closed'}"
+    if info is not None:
+        text += f" after {_duration_text(info.duration_ns)}"
+        if info.bytes_to_host is not None:
+            text += f", out {info.bytes_to_host} B, in {info.bytes_to_guest} B"
+    return text
 
 
 def stats_table(counters: dict[str, int], services: dict[str, Any]) -> str:
@@ -292,14 +305,9 @@ class _Runner:
             if self.cfg.verbose:
                 _say(f"published {_fwd_text(m)}")
         if self.cfg.verbose:
-            task = asyncio.get_running_loop().create_task(_log_flows(engine))
-
-            async def cancel() -> None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-
-            stack.push_async_callback(cancel)
+            # Last: runs first at shut-down, before snapshot() and the engine
+            # close, so flows that closed as CMD exited are still logged.
+            stack.callback(daemon.drain)
         self.go()
 
     def wait_child(self) -> int:
@@ -404,6 +412,7 @@ def _serve(
         watch_pid=runner.child,
         on_signal=runner.forward,
         setup=runner.setup,
+        on_flow=(lambda ev: _say(flow_line(ev))) if cfg.verbose else None,
         ns_target=target,
     )
     with asyncio.Runner(loop_factory=loop_factory()) as aio:

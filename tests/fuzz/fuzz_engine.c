@@ -370,6 +370,7 @@ static void make_config(struct sl_config *c, uint8_t bits)
 	c->dns_tcp_port = FZ_PORT;
 	c->vnet_hdr_len = (bits & 0x01) ? 10 : 0;
 	c->offload = (bits & 0x03) == 0x03;
+	c->flow_events = !!(bits & 0x02);	/* slirpy run -v's flow events */
 	/* Small caps: the fuzzer reaches them, and fds stay few. */
 	c->max_tcp_flows = 32;
 	c->max_udp_flows = 32;

@@ -248,6 +248,10 @@ def seeds() -> dict[str, Seed]:
             / UDP(sport=40002, dport=PORT) / b"frag6")
         out[f"tcp6-{tag}"] = tcp_session(cfg6, six=True)
     out["gso-vnet"] = gso_session(VNET | OFFLOAD)
+    # A USO super-frame: 1000 bytes cut every 300 (partial checksum, hdr_len).
+    out["uso-vnet"] = Seed(VNET | OFFLOAD).add(
+        e4() / IP(src=GUEST, dst=GW) / UDP(sport=40003, dport=PORT) / (b"s" * 1000),
+        vnet=vnet_hdr(1, 5, 14 + 20 + 8, 300, 14 + 20, 6))
     for cfg, tag in ((FWD, "fwd4"), (FWD | IPV6, "fwd6"), (FWD | VNET | OFFLOAD, "fwd4-vnet")):
         out[f"{tag}-tcp"], out[f"{tag}-udp"] = fwd_sessions(cfg)
     out["tcp4-mtu68"] = tcp_session(MTU_68)

@@ -2,9 +2,13 @@
 
 Root is used only to build the bed (chmod /dev/net/tun, ping_group_range, test
 hosts); the container namespace and slirpy itself run as an unprivileged user
-(uid 65534 by default), the way users run them. Every fixture tears down what
-it made, even when the test fails. Traffic goes only to loopback or to test
-hosts in namespaces made here (see ../shared/TESTBED.md).
+(uid 65534 by default), the way users run them. slirpy is started two ways:
+`slirpy-slirp4netns` (`slirpy_factory`, `net`: the drop-in's command line) and
+the library, `slirpy.Network` run by libnet.py (`library_factory`,
+`LibSlirpy`); `any_net` gives a test both, so the library is exercised by the
+suite itself. Every fixture tears down what it made, even when the test
+fails. Traffic goes only to loopback or to test hosts in namespaces made here
+(see ../shared/TESTBED.md).
 """
 
 from __future__ import annotations
@@ -209,6 +213,133 @@ def slirpy_factory() -> Iterator[object]:
 def net(container: Container, slirpy_factory: object) -> Iterator[tuple[Container, Slirpy]]:
     """A configured container (-c) with slirpy running at MTU 65520."""
     s = slirpy_factory(["--configure", "--mtu=65520", str(container.pid), "tap0"])  # type: ignore[operator]
+    yield container, s
+
+
+@dataclass
+class LibSlirpy:
+    """A `slirpy.Network` attached to a container, in a process of the
+    unprivileged user (libnet.py): the library API, not the CLI.
+
+    Same `proc` / `stop()` / `output()` as `Slirpy`, plus the library's
+    `publish()`, `unpublish()`, `stats()` and `flows()`, each one JSON line
+    to the process and one back.
+    """
+
+    proc: subprocess.Popen[bytes]
+    startup_s: float
+
+    def _line(self, timeout: float) -> dict[str, object]:
+        import json
+        import select
+
+        assert self.proc.stdout is not None
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if r else b""
+        if not line:
+            raise AssertionError(f"the library process did not answer within {timeout}s")
+        return json.loads(line)
+
+    def call(self, op: str, timeout: float = 10, **args: object) -> object:
+        """One library call; its return value, AssertionError with its error."""
+        import json
+
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"op": op, "args": args}).encode() + b"\n")
+        self.proc.stdin.flush()
+        reply = self._line(timeout)
+        if "error" in reply:
+            raise AssertionError(f"slirpy.Network.{op}: {reply['error']}")
+        return reply["return"]
+
+    def publish(self, host_port: int, guest_port: int, **kw: object) -> int:
+        return int(self.call("publish", host_port=host_port, guest_port=guest_port, **kw))  # type: ignore[arg-type]
+
+    def unpublish(self, fwd_id: int) -> None:
+        self.call("unpublish", fwd_id=fwd_id)
+
+    def stats(self) -> dict[str, object]:
+        return self.call("stats")  # type: ignore[return-value]
+
+    def flows(self) -> list[dict[str, object]]:
+        return self.call("flows")  # type: ignore[return-value]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        """Close stdin: the process closes the network (Network.close()) and exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(sig)
+            return self.proc.wait(timeout=timeout)
+
+    def output(self) -> tuple[str, str]:
+        out, err = self.proc.communicate(timeout=10)
+        return out.decode(), err.decode()
+
+
+def start_library(target: int, *, ready_timeout: float = 10, **kw: object) -> LibSlirpy:
+    """Run libnet.py as the unprivileged user: `slirpy.Network(target, **kw)`."""
+    import json
+
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [*AS_USER, sys.executable, str(pathlib.Path(__file__).with_name("libnet.py")),
+         json.dumps({"target": target, **kw})],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=user_env(),
+        cwd="/tmp",
+    )
+    lib = LibSlirpy(proc, 0.0)
+    try:
+        ready = lib._line(ready_timeout)
+    except AssertionError:
+        ready = {}
+    if ready != {"ready": True}:
+        proc.kill()
+        out, err = proc.communicate(timeout=10)
+        raise AssertionError(f"slirpy.Network did not start: {ready} {out.decode()} {err.decode()}")
+    lib.startup_s = time.monotonic() - t0
+    return lib
+
+
+@pytest.fixture
+def library_factory() -> Iterator[object]:
+    """Factory: library_factory(container_pid, **Network keyword arguments)."""
+    started: list[LibSlirpy] = []
+
+    def factory(target: int, **kw: object) -> LibSlirpy:
+        lib = start_library(target, **kw)
+        started.append(lib)
+        return lib
+
+    yield factory
+    for lib in started:
+        if lib.proc.poll() is None:
+            lib.proc.kill()
+        with contextlib.suppress(Exception):
+            lib.proc.communicate(timeout=5)
+
+
+# What `any_net` yields: the container and whichever slirpy serves it.
+AnyNet = tuple[Container, Slirpy | LibSlirpy]
+
+
+@pytest.fixture(params=["cli", "library"])
+def any_net(
+    request: pytest.FixtureRequest, container: Container, slirpy_factory: object,
+    library_factory: object,
+) -> Iterator[AnyNet]:
+    """`net` twice: slirpy-slirp4netns (the drop-in CLI) and `slirpy.Network`
+    (the library), both configuring tap0 at MTU 65520, as the test user."""
+    if request.param == "cli":
+        s = slirpy_factory(["--configure", "--mtu=65520", str(container.pid), "tap0"])  # type: ignore[operator]
+    else:
+        s = library_factory(container.pid, mtu=65520)  # type: ignore[operator]
     yield container, s
 
 

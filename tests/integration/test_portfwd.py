@@ -3,9 +3,10 @@
 What this file owns: the end-to-end tests of forwarded ports (issue 5). Each test
 starts slirpy-slirp4netns as the unprivileged user with ``--api-socket``, adds
 forwards the way Podman and RootlessKit do (JSON + "\\n" in one write, half-close,
-read the reply), runs a real server inside the container (Python, through
-nsenter) and checks what host clients get: bytes and their sha256, the address
-the guest saw, resets, refusals.
+read the reply), and most run a second time on `slirpy.Network` (the library,
+conftest's `LibSlirpy`) with its `publish()` and `stats()` instead; each runs a
+real server inside the container (Python, through nsenter) and checks what host
+clients get: bytes and their sha256, the address the guest saw, resets, refusals.
 
 Traffic goes only to the host's loopback, or to a test host this file creates
 in its own network namespace (a veth pair, 198.51.100.200/30); every process and
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
-from conftest import UID, Container, Slirpy, free_port
+from conftest import UID, Container, LibSlirpy, Slirpy, free_port
 
 # The guest's address and the gateway that stands for the host's loopback.
 GUEST = "10.0.2.100"
@@ -187,11 +188,41 @@ def echo_roundtrip(s: socket.socket, payload: bytes) -> bytes:
 
 @dataclass
 class Forwarding:
-    """A container with slirpy running and its API socket."""
+    """A container with slirpy running: its API socket (slirpy-slirp4netns) or,
+    when `lib` is set, the library's `slirpy.Network` in its own process."""
 
     c: Container
-    slirpy: Slirpy
+    slirpy: Slirpy | LibSlirpy
     api: str
+    lib: LibSlirpy | None = None
+
+    def add(self, **arguments: object) -> int:
+        """add_hostfwd through the API socket, or Network.publish()."""
+        if self.lib is None:
+            return add_fwd(self.api, **arguments)
+        kw = {k: arguments[k] for k in ("proto", "host_addr", "guest_addr") if k in arguments}
+        return self.lib.publish(int(arguments["host_port"]),  # type: ignore[call-overload]
+                                int(arguments["guest_port"]), **kw)  # type: ignore[call-overload]
+
+    def remove(self, fwd_id: int) -> None:
+        if self.lib is None:
+            assert remove_fwd(self.api, fwd_id) == {"return": {}}
+        else:
+            self.lib.unpublish(fwd_id)
+
+    def counters(self) -> dict[str, int]:
+        """The engine's counters: get_stats, or Network.stats()."""
+        if self.lib is None:
+            stats = api_call(self.api, {"execute": "get_stats"})["return"]
+        else:
+            stats = self.lib.stats()
+        return stats["engine"]  # type: ignore[index,return-value]
+
+    def flows(self) -> list[dict[str, object]]:
+        if self.lib is None:
+            reply = api_call(self.api, {"execute": "list_flows"})
+            return reply["return"]["flows"]  # type: ignore[index,return-value]
+        return self.lib.flows()
 
     def guest_server(self, mode: str, port: int, timeout: float = 15) -> subprocess.Popen[bytes]:
         """Start GUEST_SERVER in the container and wait until it listens."""
@@ -229,11 +260,15 @@ def api_dir() -> Iterator[str]:
 
 @pytest.fixture
 def fwd_factory(
-    container: Container, slirpy_factory: Callable[..., Slirpy]
+    container: Container, slirpy_factory: Callable[..., Slirpy],
+    library_factory: Callable[..., LibSlirpy],
 ) -> Iterator[Callable[..., Forwarding]]:
     with api_dir() as d:
 
-        def make(*extra: str, mtu: int = 65520) -> Forwarding:
+        def make(*extra: str, mtu: int = 65520, library: bool = False) -> Forwarding:
+            if library:  # slirpy.Network(container.pid, mtu=mtu): no API socket
+                lib = library_factory(container.pid, mtu=mtu)
+                return Forwarding(container, lib, "", lib)
             path = f"{d}/api.sock"
             s = slirpy_factory(
                 ["-c", f"--mtu={mtu}", f"--api-socket={path}", *extra, str(container.pid), "tap0"]
@@ -246,6 +281,12 @@ def fwd_factory(
 @pytest.fixture
 def fwd(fwd_factory: Callable[..., Forwarding]) -> Forwarding:
     return fwd_factory()
+
+
+@pytest.fixture(params=["cli", "library"])
+def any_fwd(request: pytest.FixtureRequest, fwd_factory: Callable[..., Forwarding]) -> Forwarding:
+    """`fwd` twice: slirpy-slirp4netns's API socket, and slirpy.Network.publish()."""
+    return fwd_factory(library=request.param == "library")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -285,29 +326,30 @@ def test_host() -> Iterator[str]:
 # ------------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("mtu", [65520, 1500])
-def test_tcp_forward_bulk_both_ways_byte_exact(fwd_factory, mtu: int) -> None:
-    f = fwd_factory(mtu=mtu)
+@pytest.mark.parametrize(("mtu", "library"), [(65520, False), (1500, False), (65520, True)],
+                         ids=["65520", "1500", "library-65520"])
+def test_tcp_forward_bulk_both_ways_byte_exact(fwd_factory, mtu: int, library: bool) -> None:
+    f = fwd_factory(mtu=mtu, library=library)
     port = free_port()
-    add_fwd(f.api, proto="tcp", host_addr="127.0.0.1", host_port=port,
-            guest_addr=GUEST, guest_port=80)
+    f.add(proto="tcp", host_addr="127.0.0.1", host_port=port, guest_addr=GUEST, guest_port=80)
     f.guest_server("echo", 80)
     payload = random.Random(mtu).randbytes(8 * 1024 * 1024 + 12345)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         got = echo_roundtrip(s, payload)
     assert len(got) == len(payload)
     assert sha(got) == sha(payload)
-    counters = api_call(f.api, {"execute": "get_stats"})["return"]["engine"]  # type: ignore[index]
+    counters = f.counters()
     assert counters["tcp_flows_inbound"] == 1
     assert counters["tcp_bytes_to_guest"] >= len(payload)
     assert counters["tcp_bytes_to_host"] >= len(payload)
     f.alive()
 
 
-def test_tcp_guest_closes_first_host_sees_eof(fwd: Forwarding) -> None:
+def test_tcp_guest_closes_first_host_sees_eof(any_fwd: Forwarding) -> None:
     """The guest writes and closes (busybox nc): the host reads it all, then EOF."""
+    fwd = any_fwd
     port = free_port()
-    add_fwd(fwd.api, proto="tcp", host_port=port, guest_port=8000)
+    fwd.add(proto="tcp", host_port=port, guest_port=8000)
     body = b"".join(b"line %05d from the guest\n" % i for i in range(2000))
     srv = fwd.c.popen(
         "busybox", "nc", "-l", "-p", "8000", stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
@@ -322,20 +364,22 @@ def test_tcp_guest_closes_first_host_sees_eof(fwd: Forwarding) -> None:
     assert srv.wait(timeout=10) == 0
 
 
-def test_remove_closes_listener_but_keeps_established(fwd: Forwarding) -> None:
+def test_remove_closes_listener_but_keeps_established(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port()
-    fwd_id = add_fwd(fwd.api, proto="tcp", host_addr="127.0.0.1", host_port=port,
+    fwd_id = fwd.add(proto="tcp", host_addr="127.0.0.1", host_port=port,
                      guest_port=80)
     fwd.guest_server("echo", 80)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"before remove\n")
         assert recv_exact(s, 14) == b"before remove\n"
-        assert remove_fwd(fwd.api, fwd_id) == {"return": {}}
+        fwd.remove(fwd_id)
         # The listener is gone: a new connection is refused by the host kernel.
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
-        listing = api_call(fwd.api, {"execute": "list_hostfwd"})
-        assert listing["entries"] == [] and listing["return"] == {"entries": []}
+        if fwd.lib is None:  # the API socket's listing (the library has none)
+            listing = api_call(fwd.api, {"execute": "list_hostfwd"})
+            assert listing["entries"] == [] and listing["return"] == {"entries": []}
         # The established connection does not care.
         payload = random.Random(7).randbytes(1 << 20)
         got = echo_roundtrip(s, payload)
@@ -343,9 +387,10 @@ def test_remove_closes_listener_but_keeps_established(fwd: Forwarding) -> None:
     fwd.alive()
 
 
-def test_udp_forward_two_clients_get_their_own_replies(fwd: Forwarding) -> None:
+def test_udp_forward_two_clients_get_their_own_replies(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port(socket.AF_INET)
-    add_fwd(fwd.api, proto="udp", host_addr="127.0.0.1", host_port=port, guest_port=5353)
+    fwd.add(proto="udp", host_addr="127.0.0.1", host_port=port, guest_port=5353)
     fwd.guest_server("udp", 5353)
     clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
@@ -375,23 +420,25 @@ def test_udp_forward_two_clients_get_their_own_replies(fwd: Forwarding) -> None:
     finally:
         for c in clients:
             c.close()
-    counters = api_call(fwd.api, {"execute": "get_stats"})["return"]["engine"]  # type: ignore[index]
+    counters = fwd.counters()
     assert counters["udp_datagrams_to_guest"] == 10
     assert counters["udp_datagrams_to_host"] == 10
 
 
-def test_source_address_loopback_client_is_gateway(fwd: Forwarding) -> None:
+def test_source_address_loopback_client_is_gateway(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port()
-    add_fwd(fwd.api, proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=80)
+    fwd.add(proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=80)
     fwd.guest_server("peer", 80)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         cport = s.getsockname()[1]
         assert recv_line(s) == f"{GATEWAY} {cport}\n".encode()
 
 
-def test_source_address_preserved_for_test_host_client(fwd: Forwarding, test_host: str) -> None:
+def test_source_address_preserved_for_test_host_client(any_fwd: Forwarding, test_host: str) -> None:
+    fwd = any_fwd
     port = free_port()
-    add_fwd(fwd.api, proto="tcp", host_addr="0.0.0.0", host_port=port, guest_port=80)
+    fwd.add(proto="tcp", host_addr="0.0.0.0", host_port=port, guest_port=80)
     fwd.guest_server("peer", 80)
     client = (
         "import socket,sys\n"
@@ -437,9 +484,10 @@ def test_ipv6_listener_to_ipv4_guest(fwd: Forwarding, host_addr: str) -> None:
             assert echo_roundtrip(s, b"v4 on a dual-stack forward") == b"v4 on a dual-stack forward"
 
 
-def test_udp_ipv6_listener_to_ipv4_guest(fwd: Forwarding) -> None:
+def test_udp_ipv6_listener_to_ipv4_guest(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port(socket.AF_INET6)
-    add_fwd(fwd.api, proto="udp6", host_addr="::1", host_port=port, guest_port=5353)
+    fwd.add(proto="udp6", host_addr="::1", host_port=port, guest_port=5353)
     fwd.guest_server("udp", 5353)
     with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as c:
         c.settimeout(5)
@@ -450,9 +498,10 @@ def test_udp_ipv6_listener_to_ipv4_guest(fwd: Forwarding) -> None:
         assert data == f"{GATEWAY} {c.getsockname()[1]}|over ipv6".encode()
 
 
-def test_guest_refuses_host_client_reset_quickly(fwd: Forwarding) -> None:
+def test_guest_refuses_host_client_reset_quickly(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port()
-    add_fwd(fwd.api, proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=81)
+    fwd.add(proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=81)
     t0 = time.monotonic()
     # The host kernel accepts; the guest answers our SYN with RST, and the client
     # must learn it as a reset, not wait for a timeout. The reset may even beat
@@ -465,17 +514,18 @@ def test_guest_refuses_host_client_reset_quickly(fwd: Forwarding) -> None:
         s.connect(("127.0.0.1", port))
         s.recv(100)
     assert time.monotonic() - t0 < 3
-    counters = api_call(fwd.api, {"execute": "get_stats"})["return"]["engine"]  # type: ignore[index]
+    counters = fwd.counters()
     assert counters["tcp_flows_inbound"] == 1
     assert counters["tcp_flows_closed"] == 1
-    flows = api_call(fwd.api, {"execute": "list_flows"})["return"]["flows"]  # type: ignore[index]
+    flows = fwd.flows()
     assert flows == []
     fwd.alive()
 
 
-def test_100_parallel_connections_distinct_payloads(fwd: Forwarding) -> None:
+def test_100_parallel_connections_distinct_payloads(any_fwd: Forwarding) -> None:
+    fwd = any_fwd
     port = free_port()
-    add_fwd(fwd.api, proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=80)
+    fwd.add(proto="tcp", host_addr="127.0.0.1", host_port=port, guest_port=80)
     fwd.guest_server("echo", 80)
     barrier = threading.Barrier(100, timeout=30)
 
@@ -491,7 +541,7 @@ def test_100_parallel_connections_distinct_payloads(fwd: Forwarding) -> None:
     assert [i for i, _, _ in results] == list(range(100))
     bad = [i for i, want, got in results if want != got]
     assert bad == []
-    counters = api_call(fwd.api, {"execute": "get_stats"})["return"]["engine"]  # type: ignore[index]
+    counters = fwd.counters()
     assert counters["tcp_flows_inbound"] == 100
     assert counters["drop_half_open_cap"] == 0 and counters["drop_flow_cap"] == 0
     fwd.alive()

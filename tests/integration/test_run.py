@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import select
 import shlex
 import signal
@@ -35,6 +36,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import AS_USER, Container, free_port, user_env
 from test_dhcp_dns import fake_dns
+from testhost import make_testhost
 
 from slirpy.config import NetworkModel, parse_cidr
 from slirpy.network import userns_error
@@ -400,13 +402,74 @@ def test_verbose_logs_flows_and_stats_table(host_server: HostServer) -> None:
     assert r.returncode == 0, r.stderr
     err = r.stderr
     assert f"slirpy: flow open  tcp {GUEST}:" in err
-    assert f"<-> {GATEWAY}:{host_server.port}" in err
+    assert f"-> {GATEWAY}:{host_server.port}" in err
+    assert f"slirpy: flow close tcp {GUEST}:" in err
     assert "slirpy: statistics" in err
     tcp_row = next(ln for ln in err.splitlines() if ln.strip().startswith("tcp flows"))
     assert "1 opened" in tcp_row
     sent_row = next(ln for ln in err.splitlines() if "tcp to host / to guest" in ln)
     # The guest sent 100000 bytes and got 64 + 300000 back.
     assert "100000 bytes" in sent_row and "300064 bytes" in sent_row
+
+
+# The guest opens a TCP connection to HOST:TPORT and closes it at once, sends
+# one UDP datagram to HOST:UPORT, and prints its ports and how long the TCP
+# connection lived; it then waits (bounded) so the close completes before exit.
+GUEST_SHORT_FLOWS = r"""
+import socket, sys, time
+host, tport, uport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t0 = time.monotonic()
+s = socket.create_connection((host, tport), timeout=5)
+sport = s.getsockname()[1]
+s.close()
+lived = time.monotonic() - t0
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.sendto(b"one datagram", (host, uport))
+print(sport, u.getsockname()[1], f"{lived * 1000:.2f}", flush=True)
+time.sleep(0.5)
+"""
+
+
+def test_verbose_logs_open_and_close_of_a_short_tcp_flow_and_udp() -> None:
+    tsrv = socket.create_server(("127.0.0.1", 0))
+    usrv = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    usrv.bind(("127.0.0.1", 0))
+    usrv.settimeout(20)
+    tsrv.settimeout(20)
+
+    def accept_and_close() -> None:
+        with contextlib.suppress(OSError):
+            conn, _ = tsrv.accept()
+            conn.close()
+
+    t = threading.Thread(target=accept_and_close, daemon=True)
+    t.start()
+    try:
+        tport, uport = tsrv.getsockname()[1], usrv.getsockname()[1]
+        client = shlex.join([PY, "-c", GUEST_SHORT_FLOWS, GATEWAY, str(tport), str(uport)])
+        r = run_fg(["-v"], ["sh", "-c", client])
+        assert r.returncode == 0, r.stderr
+        assert usrv.recv(100) == b"one datagram"
+    finally:
+        tsrv.close()
+        usrv.close()
+        t.join(timeout=5)
+    sport, usport, lived_ms = r.stdout.split()
+    assert float(lived_ms) < 200  # shorter than the old 0.2 s flow-table poll
+    lines = r.stderr.splitlines()
+    tcp = f"tcp {GUEST}:{sport} -> {GATEWAY}:{tport}"
+    assert f"slirpy: flow open  {tcp}" in lines, r.stderr
+    (close,) = [ln for ln in lines if ln.startswith(f"slirpy: flow close {tcp} ")]
+    assert re.fullmatch(r".* fin after [0-9.]+ (us|ms|s), out 0 B, in 0 B", close), close
+    assert f"slirpy: flow open  udp {GUEST}:{usport} -> {GATEWAY}:{uport}" in lines, r.stderr
+
+
+def test_verbose_logs_icmp_echo_flow() -> None:
+    with make_testhost() as th:
+        r = run_fg(["-v"], ["busybox", "ping", "-c", "1", "-W", "5", th.addr])
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(rf"^slirpy: flow open  icmp {GUEST} -> {re.escape(th.addr)} id \d+$",
+                     r.stderr, re.M), r.stderr
 
 
 def test_userns_disabled_is_one_line() -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Container, Slirpy, free_port
+from conftest import AnyNet, Container, Slirpy, free_port
 from testhost import (
     Server,
     TestHost,
@@ -46,10 +46,17 @@ def testhost() -> Iterator[TestHost]:
         yield th
 
 
-@pytest.fixture(params=[65520, 1500], ids=["mtu65520", "mtu1500"])
-def mtu_net(request, container: Container, slirpy_factory) -> Iterator[tuple[Container, int]]:
-    slirpy_factory(["--configure", f"--mtu={request.param}", str(container.pid), "tap0"])
-    yield container, request.param
+@pytest.fixture(params=[("cli", 65520), ("cli", 1500), ("library", 65520)],
+                ids=["mtu65520", "mtu1500", "library-mtu65520"])
+def mtu_net(request, container: Container, slirpy_factory,
+            library_factory) -> Iterator[tuple[Container, int]]:
+    """slirpy-slirp4netns at both MTUs, and slirpy.Network (the library) at 65520."""
+    backend, mtu = request.param
+    if backend == "cli":
+        slirpy_factory(["--configure", f"--mtu={mtu}", str(container.pid), "tap0"])
+    else:
+        library_factory(container.pid, mtu=mtu)
+    yield container, mtu
 
 
 def guest(c: Container, *args: str, timeout: float = 120) -> dict[str, object]:
@@ -85,8 +92,8 @@ def test_bulk_host_to_guest(mtu_net, tcp_server: Server) -> None:
     print(f"host->guest 256 MiB at MTU {mtu}: {mbps(BULK, rep['seconds'])}")  # type: ignore[arg-type]
 
 
-def test_200_concurrent_connections(net: tuple[Container, Slirpy], tcp_server: Server) -> None:
-    c, _ = net
+def test_200_concurrent_connections(any_net: AnyNet, tcp_server: Server) -> None:
+    c, _ = any_net
     rep = guest(c, "many", GW, str(tcp_server.port), "--count", "200", "--timeout", "60")
     results = rep["results"]
     assert len(results) == 200  # type: ignore[arg-type]
@@ -98,9 +105,9 @@ def test_200_concurrent_connections(net: tuple[Container, Slirpy], tcp_server: S
 
 
 def test_half_close_guest_shuts_write_and_still_receives(
-    net: tuple[Container, Slirpy], tcp_server: Server
+    any_net: AnyNet, tcp_server: Server
 ) -> None:
-    c, _ = net
+    c, _ = any_net
     # `send` shuts its write side after 8 MiB; the server's answer (count and
     # digest of what it read to EOF) must still arrive on the half-open socket.
     size = 8 << 20
@@ -114,9 +121,9 @@ def test_half_close_guest_shuts_write_and_still_receives(
 
 
 def test_half_close_host_shuts_write_and_still_receives(
-    net: tuple[Container, Slirpy], tcp_server: Server
+    any_net: AnyNet, tcp_server: Server
 ) -> None:
-    c, _ = net
+    c, _ = any_net
     size = 3 << 20
     rep = guest(c, "recv", GW, str(tcp_server.port), "--size", str(size), "--seed", "4")
     assert rep["bytes"] == size and rep["sha256"] == pattern_digest(4, size)
@@ -125,8 +132,8 @@ def test_half_close_host_shuts_write_and_still_receives(
     assert json.loads(srv["answer"]) == rep  # type: ignore[arg-type]
 
 
-def test_refused_port_gives_econnrefused(net: tuple[Container, Slirpy]) -> None:
-    c, _ = net
+def test_refused_port_gives_econnrefused(any_net: AnyNet) -> None:
+    c, _ = any_net
     port = free_port()  # nothing listens there on the host's loopback
     rep = guest(c, "connect", GW, str(port), "--timeout", "10")
     assert rep == {"result": "ECONNREFUSED", "text": "Connection refused"}
@@ -175,8 +182,8 @@ def test_slow_guest_reader_keeps_slirpy_rss_bounded(
     print(f"slow reader: peak slirpy VmRSS {peak} KiB over {samples} samples")
 
 
-def test_testhost_tcp(net: tuple[Container, Slirpy], testhost: TestHost) -> None:
-    c, _ = net
+def test_testhost_tcp(any_net: AnyNet, testhost: TestHost) -> None:
+    c, _ = any_net
     srv = testhost.serve("serve-tcp")
     size = 16 << 20
     rep = guest(c, "send", testhost.addr, str(srv.port), "--size", str(size), "--seed", "5")
@@ -205,12 +212,12 @@ def test_outbound_addr_tcp(container: Container, slirpy_factory, testhost: TestH
 
 
 def test_unreachable_host_gives_ehostunreach(
-    net: tuple[Container, Slirpy], testhost: TestHost
+    any_net: AnyNet, testhost: TestHost
 ) -> None:
     # An unused address on the test host's /29: the root namespace's ARP for
     # it goes unanswered, the host connect() fails with EHOSTUNREACH, and
     # slirpy reports ICMP host unreachable for the guest's SYN.
-    c, _ = net
+    c, _ = any_net
     nobody = str(ipaddress.ip_address(testhost.addr) + 2)
     t0 = time.monotonic()
     rep = guest(c, "connect", nobody, "80", "--timeout", "30")

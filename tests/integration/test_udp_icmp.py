@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from conftest import Container, Slirpy, free_port
+from conftest import AnyNet, Container, free_port
 from test_dhcp_dns import PORT_PROBE
 from testhost import Server, TestHost, guest_cmd, make_testhost, parse_report, serve_loopback
 
@@ -84,8 +84,8 @@ def test_udp_echo_mixed_sizes(container: Container, slirpy_factory, udp_server, 
     assert udp_server.next(timeout=5)["peer"][0] == "127.0.0.1"  # type: ignore[index]
 
 
-def test_udp_closed_port_gives_econnrefused(net: tuple[Container, Slirpy]) -> None:
-    c, _ = net
+def test_udp_closed_port_gives_econnrefused(any_net: AnyNet) -> None:
+    c, _ = any_net
     port = free_port()  # a TCP-free port; nothing binds UDP there either
     rep = guest(c, "udp", GW, str(port), "--sizes", "10,20", "--timeout", "3")
     # The first datagram draws the host's port unreachable, which slirpy
@@ -94,8 +94,8 @@ def test_udp_closed_port_gives_econnrefused(net: tuple[Container, Slirpy]) -> No
     assert rep["errors"][0] == [0, 10, "ECONNREFUSED"]  # type: ignore[index]
 
 
-def test_testhost_udp_and_ping(net: tuple[Container, Slirpy], testhost: TestHost) -> None:
-    c, _ = net
+def test_testhost_udp_and_ping(any_net: AnyNet, testhost: TestHost) -> None:
+    c, _ = any_net
     srv = testhost.serve("serve-udp")
     sizes = mixed_sizes(1500, 50)
     rep = guest(c, "udp", testhost.addr, str(srv.port), "--sizes", ",".join(map(str, sizes)))

@@ -241,13 +241,15 @@ def clock() -> Clock:
 @pytest.fixture
 def make_guest(clock):
     """Factory: make_guest(vnet_hdr=False, offload=False, **NetworkModel
-    fields, limits=...). Engines are closed at teardown."""
+    fields, limits=..., flow_events=...). Engines are closed at teardown."""
     engines: list[Engine] = []
 
     def make(*, vnet_hdr: bool = False, offload: bool = False, limits: Limits | None = None,
-             dns_udp_port: int = 0, dns_tcp_port: int = 0, **net) -> Guest:
+             dns_udp_port: int = 0, dns_tcp_port: int = 0, flow_events: bool = False,
+             **net) -> Guest:
         e = Engine(NetworkModel(**net), vnet_hdr=vnet_hdr, offload=offload, limits=limits,
-                   dns_udp_port=dns_udp_port, dns_tcp_port=dns_tcp_port)
+                   dns_udp_port=dns_udp_port, dns_tcp_port=dns_tcp_port,
+                   flow_events=flow_events)
         engines.append(e)
         return Guest(e, clock, vnet_hdr)
 

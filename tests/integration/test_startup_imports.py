@@ -1,0 +1,59 @@
+"""What slirpy-slirp4netns imports before its ready byte (issue 7: time to ready, idle RSS).
+
+Every module imported before the ready byte is paid at every container start,
+in time and in resident memory. These tests run the real daemon against a real
+container with Python's own import log (PYTHONPROFILEIMPORTTIME: one stderr
+line per module, from the daemon and from its namespace helper child) and
+assert which modules were never imported: no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+
+import pytest
+from conftest import Container
+from test_portfwd import api_dir
+
+# Never needed to start: argparse (slirp4netns's command line is getopt's),
+# secrets/hashlib/hmac (the DNS query IDs come from os.urandom), ctypes (the
+# helper child packs its route with struct), slirpy.dhcp (made on the first
+# DHCP datagram), and the `slirpy run` / library modules.
+NEVER = {"argparse", "secrets", "hmac", "hashlib", "_hashlib", "ctypes", "slirpy.dhcp",
+         "slirpy.run", "slirpy.network"}
+_LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
+
+
+def imported(stderr: str) -> set[str]:
+    return {m.group(1) for line in stderr.splitlines() if (m := _LINE.match(line))}
+
+
+@pytest.mark.parametrize(
+    ("args", "present", "absent"),
+    [
+        # Podman's -c case: DNS on, no API socket.
+        (["--configure", "--mtu=65520"], {"slirpy.dns"}, {"slirpy.api", "slirpy.portfwd", "json"}),
+        # An API socket and no DNS forwarder.
+        (["--configure", "--disable-dns", "--api-socket=@API@"], {"slirpy.api", "slirpy.portfwd"},
+         {"slirpy.dns"}),
+    ],
+    ids=["dns-no-api", "api-no-dns"],
+)
+def test_modules_not_imported_before_ready(
+    container: Container, slirpy_factory, args, present, absent
+) -> None:
+    with api_dir() as d:
+        args = [a.replace("@API@", f"{d}/api.sock") for a in args]
+        env = {"PYTHONPROFILEIMPORTTIME": "1"}
+        s = slirpy_factory([*args, str(container.pid), "tap0"], env=env)
+        # Ready: the TAP is configured (the helper child did its work).
+        r = container.run("ip", "-4", "addr", "show", "tap0")
+        assert "10.0.2.100/24" in r.stdout.decode()
+        assert s.stop(signal.SIGTERM) == 0
+    _out, err = s.output()
+    mods = imported(err)
+    # The log is there and covers the daemon: the engine and the event loop.
+    expected = {"slirpy.app", "slirpy.engine", "slirpy.ifconfig", "uvloop", *present}
+    assert expected <= mods, err[-2000:]
+    assert mods & (NEVER | absent) == set()
