@@ -487,8 +487,11 @@ static int move(int src, int dst, int p[2], uint32_t *inpipe, uint32_t *cap,
 		}
 	}
 	if (*inpipe) {
-		/* A socket gone away means EPIPE here (and SIGPIPE, which
-		 * CPython ignores), then both peers get a reset. */
+		/* A peer's reset comes back here (or from the read above) as
+		 * ECONNRESET, and both peers get a reset. splice() has no
+		 * MSG_NOSIGNAL: EPIPE (with SIGPIPE, which CPython ignores)
+		 * would need a write after our own shutdown, which the FIN
+		 * logic below never does. */
 		n = splice(p[0], NULL, dst, NULL, *inpipe,
 			   SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
 		if (n > 0) {
