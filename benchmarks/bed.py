@@ -254,8 +254,10 @@ class Stack:
                     out[k] = int(v.split()[0])
         return out
 
-    def add_hostfwd(self, guest_port: int) -> None:
-        """tcp 127.0.0.1:fwd_port -> 10.0.2.100:guest_port."""
+    def add_hostfwd(self, guest_port: int, *, host_port: int | None = None,
+                    splice: bool = False) -> None:
+        """tcp 127.0.0.1:host_port (default fwd_port) -> 10.0.2.100:guest_port;
+        `splice`: slirpy's spliced relay (an API extension)."""
         if self.spec.kind == "pasta":
             if not self.pasta_fwd:
                 raise RuntimeError("pasta was started without a port forward")
@@ -265,11 +267,13 @@ class Stack:
             "arguments": {
                 "proto": "tcp",
                 "host_addr": "127.0.0.1",
-                "host_port": self.fwd_port,
+                "host_port": host_port or self.fwd_port,
                 "guest_addr": GUEST,
                 "guest_port": guest_port,
             },
         }
+        if splice:
+            req["arguments"]["splice"] = True  # type: ignore[index]
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(10)
             s.connect(self.api_socket)  # type: ignore[arg-type]

@@ -193,6 +193,7 @@ void sl_engine_free(struct sl_engine *e)
 	if (!e)
 		return;
 	sl_flow_fini(e);
+	sl_splice_fini(e);
 	sl_udp_fini(e);
 	for (i = 0; i < SL_MAX_LISTENERS; i++)
 		if (e->listeners[i].used)
@@ -650,6 +651,7 @@ static void run_timers(struct sl_engine *e)
 			break;
 		}
 	}
+	sl_splice_timer(e);
 	if (e->cfg.ipv6 && e->guest_mac_known && e->now >= e->next_ra) {
 		sl_ra_send(e, NULL, NULL);
 		e->next_ra = e->now + 600 * NSEC_PER_SEC;
@@ -774,10 +776,19 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 			if (!l)
 				break;
 			done++;
-			if (l->proto == SL_TCP)
+			if (l->proto == SL_TCP && l->splice)
+				sl_splice_accept(e, l);
+			else if (l->proto == SL_TCP)
 				sl_tcp_listener_event(e, l);
 			else
 				sl_udp_listener_event(e, l);
+			break;
+		case SL_TAG_SPLICE:
+			done++;
+			sl_splice_event(e, tag, evs[i].events);
+			break;
+		case SL_TAG_NS_HELPER:
+			sl_splice_helper_event(e, evs[i].events);
 			break;
 		}
 	}
@@ -848,6 +859,30 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 	};
 	memcpy(e->listeners[i].gaddr, guest_addr, family == 4 ? 4 : 16);
 	return 0;
+}
+
+/**
+ * sl_engine_set_listener_splice() - relay the TCP forward @id by splice()
+ * through sockets the namespace helper makes in the guest's netns instead
+ * of through the TAP (needs sl_engine_set_ns_helper first).
+ */
+int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on)
+{
+	int i;
+
+	if (on && !e->splice)
+		return -ENOTCONN;
+	for (i = 0; i < SL_MAX_LISTENERS; i++) {
+		struct sl_listener *l = &e->listeners[i];
+
+		if (l->used && l->id == id) {
+			if (l->proto != SL_TCP)
+				return -EPROTONOSUPPORT;
+			l->splice = !!on;
+			return 0;
+		}
+	}
+	return -ENOENT;
 }
 
 int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)

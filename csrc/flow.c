@@ -190,7 +190,9 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 	struct sl_flow *f;
 	uint32_t b, gen;
 
-	if (e->n_by_kind[kind] >= kind_cap(e, kind) &&
+	/* Spliced connections (splice.c) take TCP slots too. */
+	if (e->n_by_kind[kind] + (kind == SL_FLOW_TCP ? e->n_splice_slots : 0) >=
+		    kind_cap(e, kind) &&
 	    (kind == SL_FLOW_TCP || !evict_lru(e, kind))) {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;

@@ -50,7 +50,11 @@
 	X(icmp_flows_opened) X(icmp_flows_closed) X(punted) X(gso_frames_in)  \
 	X(gso_frames_out) X(timers_fired) X(flows_evicted)                    \
 	X(flow_events_dropped) X(udp_gso_frames_in) X(udp_send_batches)        \
-	X(udp_recv_batches)
+	X(udp_recv_batches)                                                   \
+	X(splice_opened) X(splice_closed) X(splice_refused) X(splice_resets)  \
+	X(splice_bytes_to_guest) X(splice_bytes_to_host)                     \
+	X(drop_splice_no_helper) X(drop_splice_helper_reply)                 \
+	X(splice_idle_closed)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,
@@ -62,7 +66,11 @@ enum sl_counter_id {
 enum sl_flow_kind { SL_FLOW_FREE = 0, SL_FLOW_TCP, SL_FLOW_UDP, SL_FLOW_ICMP };
 
 /* epoll tags: the top byte of epoll_data.u64 says what woke us. */
-enum sl_tag { SL_TAG_TAP = 1, SL_TAG_FLOW = 2, SL_TAG_LISTENER = 3 };
+enum sl_tag {
+	SL_TAG_TAP = 1, SL_TAG_FLOW = 2, SL_TAG_LISTENER = 3,
+	SL_TAG_SPLICE = 4,	/* a spliced connection's socket (splice.c) */
+	SL_TAG_NS_HELPER = 5,	/* the namespace helper's socket (splice.c) */
+};
 
 enum sl_tcp_state {
 	SL_TCP_CONNECTING = 1,	/* guest SYN seen, host connect() pending */
@@ -174,6 +182,8 @@ struct sl_listener {
 	uint8_t gaddr[16];
 	uint16_t gport;
 	bool used;
+	bool splice;		/* relay by splice() through a socket made in
+				 * the guest's netns, not through the TAP */
 };
 
 struct sl_punt {
@@ -218,6 +228,8 @@ struct sl_engine {
 	uint64_t delack_at;	/* lazy ACKs in ack_list leave by then (0: none) */
 
 	struct sl_listener listeners[SL_MAX_LISTENERS];
+	struct sl_splice_tab *splice;	/* NULL until a namespace helper is set */
+	uint32_t n_splice_slots;	/* TCP flow slots spliced connections use */
 
 	uint64_t next_scan;	/* next timer scan */
 	int timerfd;
@@ -244,6 +256,18 @@ struct sl_engine {
 	uint8_t *txbuf;
 	uint8_t *peekbuf;	/* host data being sent to the guest */
 };
+
+/* A spliced connection holds 6 fds (2 sockets, 2 pipes): it takes as many
+ * slots of the TCP flow cap, which clamp_to_fd_limit sized in fds. */
+#define SL_SPLICE_FDS 6
+
+/* splice.c */
+struct sl_splice_tab;
+void sl_splice_accept(struct sl_engine *e, struct sl_listener *l);
+void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev);
+void sl_splice_helper_event(struct sl_engine *e, uint32_t ev);
+void sl_splice_timer(struct sl_engine *e);
+void sl_splice_fini(struct sl_engine *e);
 
 /* engine.c */
 void sl_count(struct sl_engine *e, enum sl_counter_id c);

@@ -134,6 +134,8 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 			   const uint8_t *guest_addr, int family,
 			   uint16_t guest_port, uint32_t id);
 int sl_engine_remove_listener(struct sl_engine *e, uint32_t id);
+int sl_engine_set_ns_helper(struct sl_engine *e, int fd);
+int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on);
 int sl_engine_ncounters(void);
 const char *sl_counter_name(int i);
 int sl_engine_counters(const struct sl_engine *e, uint64_t *out, int n);
@@ -148,5 +150,6 @@ int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
 int sl_sandbox_apply(const char *const *extra, int nextra, char *err,
 		     size_t errlen);
 int sl_seccomp_apply(char *err, size_t errlen);
+int sl_ns_helper_serve(int sock, int pidfd);
 
 #endif /* SLIRPY_H */

@@ -35,7 +35,11 @@ Compatibility notes (slirp4netns 1.2 api.c is the reference):
 * beyond slirp4netns: IPv6 ``host_addr``/``guest_addr``, protos
   ``tcp4/tcp6/udp4/udp6`` (a ``*6`` proto defaults ``host_addr`` to ``::``),
   ``get_stats`` and ``list_flows``; ``list_hostfwd`` answers with both
-  ``return.entries`` (the manual) and ``entries`` (what slirp4netns sends).
+  ``return.entries`` (the manual) and ``entries`` (what slirp4netns sends);
+  ``add_hostfwd`` takes an optional ``"splice": true|false`` (TCP only: relay
+  by splice() in the guest's namespace, see docs/architecture.md), checked
+  last, listed by ``list_hostfwd`` only when true so that slirp4netns
+  clients see exactly what they always saw.
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ ERR_ADD_HOST_PORT: Final = "bad request: add_hostfwd: bad arguments.host_port"
 ERR_ADD_GUEST_ADDR: Final = "bad request: add_hostfwd: bad arguments.guest_addr"
 ERR_ADD_GUEST_PORT: Final = "bad request: add_hostfwd: bad arguments.guest_port"
 ERR_ADD_FAILED: Final = "bad request: add_hostfwd: slirp_add_hostfwd failed"
+ERR_ADD_SPLICE: Final = "bad request: add_hostfwd: bad arguments.splice"
 ERR_REMOVE_ID: Final = "bad request: remove_hostfwd: bad arguments.id"
 ERR_REMOVE_FAILED: Final = "bad request: remove_hostfwd: slirp_remove_hostfwd failed"
 # slirpy's own (no slirp4netns equivalent).
@@ -135,6 +140,7 @@ class HostFwdRequest:
     host_port: int
     guest_addr: str
     guest_port: int
+    splice: bool = False  # slirpy extension: spliced relay (TCP only)
 
     @property
     def transport(self) -> str:
@@ -160,20 +166,25 @@ class HostFwd:
     host_port: int
     guest_addr: str
     guest_port: int
+    splice: bool = False
 
     @classmethod
     def from_request(cls, fwd_id: int, req: HostFwdRequest) -> HostFwd:
-        return cls(fwd_id, req.proto, req.host_addr, req.host_port, req.guest_addr, req.guest_port)
+        return cls(
+            fwd_id, req.proto, req.host_addr, req.host_port, req.guest_addr, req.guest_port,
+            req.splice,
+        )
 
     @property
     def request(self) -> HostFwdRequest:
         return HostFwdRequest(
-            self.proto, self.host_addr, self.host_port, self.guest_addr, self.guest_port
+            self.proto, self.host_addr, self.host_port, self.guest_addr, self.guest_port,
+            self.splice,
         )
 
     def to_json(self) -> dict[str, object]:
         # Key order is slirp4netns's; some clients print the entries verbatim.
-        return {
+        out: dict[str, object] = {
             "id": self.id,
             "proto": self.proto,
             "host_addr": self.host_addr,
@@ -181,6 +192,9 @@ class HostFwd:
             "guest_addr": self.guest_addr,
             "guest_port": self.guest_port,
         }
+        if self.splice:  # only then: slirp4netns clients see what they always saw
+            out["splice"] = True
+        return out
 
 
 class HostFwdTable:
@@ -372,7 +386,15 @@ def _parse_add(args: dict[str, object], default_guest_addr: str) -> AddHostFwd |
     if guest_port is None:
         return ApiError(ERR_ADD_GUEST_PORT)
 
-    return AddHostFwd(HostFwdRequest(proto, str(host), host_port, str(guest), guest_port))
+    splice = args.get("splice", False)
+    if splice is None:
+        splice = False
+    if not isinstance(splice, bool) or (splice and not proto.startswith("tcp")):
+        return ApiError(ERR_ADD_SPLICE)
+
+    return AddHostFwd(
+        HostFwdRequest(proto, str(host), host_port, str(guest), guest_port, splice)
+    )
 
 
 def parse_request(data: bytes, *, default_guest_addr: str) -> ApiRequest | ApiError:

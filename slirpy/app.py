@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 from slirpy.config import ConfigError, NetworkModel, Slirp4netnsConfig
 from slirpy.netns import (
     NamespaceError,
+    NamespaceTarget,
     TapHandle,
     TapRequest,
     start_open_tap,
@@ -140,6 +141,7 @@ class Daemon:
         setup: Callable[[Daemon, AsyncExitStack], Awaitable[None]] | None = None,
         limits: tuple[tuple[str, int], ...] = (),
         on_flow: Callable[[object], None] | None = None,
+        ns_target: NamespaceTarget | None = None,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -167,6 +169,13 @@ class Daemon:
         # `slirpy run -v`: gets each flow open/close event (slirpy.engine.Event).
         # Only then does the engine make them (no cost otherwise).
         self.on_flow = on_flow
+        # Where the namespace helper of spliced forwards goes (None: no
+        # spliced forwards); it is forked on first use, or before
+        # confinement when an API client might ask for one later.
+        self.ns_target = ns_target
+        self._ns_helper: int | None = None
+        self._confined = False
+        self._stack: AsyncExitStack | None = None
         self.engine = None
         self.dhcp: DhcpServer | None = None
         self.dns = None
@@ -240,6 +249,29 @@ class Daemon:
         if not data:  # hang-up or error: the parent is gone
             self.stop(0)
 
+    def start_ns_helper(self) -> None:
+        """Make spliced forwards possible (once); NamespaceError if they cannot be."""
+        if self._ns_helper is not None:
+            return
+        if self.ns_target is None or self._stack is None:
+            raise NamespaceError("spliced forwards are not available here")
+        if self._confined:
+            raise NamespaceError(
+                "spliced forwards need the namespace helper, which cannot start once "
+                "slirpy is confined (--enable-sandbox/--enable-seccomp)"
+            )
+        from slirpy.nshelper import start_ns_helper, stop_ns_helper
+
+        sock, pid = start_ns_helper(self.ns_target)
+        self._stack.callback(stop_ns_helper, pid)
+        try:
+            self.engine.set_ns_helper(sock.fileno())
+        except OSError:
+            sock.close()
+            raise
+        sock.detach()  # the engine owns it now
+        self._ns_helper = pid
+
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = {}
         if self.engine is not None:
@@ -255,6 +287,7 @@ class Daemon:
         self._stop = loop.create_future()
         net = self.net
         async with AsyncExitStack() as stack:
+            self._stack = stack
             dns_udp = dns_tcp = 0
             if net.dns_enabled:
                 from slirpy.dns import DnsProxy
@@ -289,7 +322,9 @@ class Daemon:
                 from slirpy.api import ApiServer
                 from slirpy.portfwd import PortForwarder
 
-                fwd = PortForwarder(self.engine, stats=self.stats)
+                fwd = PortForwarder(
+                    self.engine, stats=self.stats, splice_helper=self.start_ns_helper
+                )
                 api = ApiServer(self.api_socket, fwd, default_guest_addr=str(net.guest))
                 try:
                     await api.start()
@@ -319,7 +354,16 @@ class Daemon:
             if self.sandbox:
                 self._dhcp_server()  # lazy imports are impossible after the pivot
             self._on_engine()  # frames queued before we listened
+            if (self.sandbox or self.seccomp) and self.api_socket and self.ns_target:
+                # Forking and setns() are impossible once confined: an API
+                # client may ask for a spliced forward later, so start the
+                # helper now (one idle process; see docs/architecture.md).
+                try:
+                    self.start_ns_helper()
+                except (NamespaceError, OSError) as e:
+                    _warn(f"spliced forwards unavailable: {e}")
             confine(self.sandbox, self.seccomp, self.resolv_conf)
+            self._confined = self.sandbox or self.seccomp
             if self.ready_fd is not None:
                 try:
                     os.write(self.ready_fd, b"1")
@@ -433,6 +477,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         watch_pid=cfg.pid,
         sandbox=cfg.enable_sandbox,
         seccomp=cfg.enable_seccomp,
+        ns_target=target,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(daemon.serve())

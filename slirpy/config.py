@@ -552,24 +552,33 @@ def _check_api_socket(path: str) -> None:
 
 @dataclass(frozen=True)
 class PortMapping:
-    """One `slirpy run -p [HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]` forward."""
+    """One `slirpy run -p [HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]` forward.
+
+    PROTO ``splice`` is TCP relayed by splice() in the guest's namespace
+    (the guest then sees its own address as the source, not N+2).
+    """
 
     proto: Literal["tcp", "udp"]
     host_addr: str
     host_port: int
     guest_port: int
+    splice: bool = False
 
 
 def parse_port_mapping(text: str) -> PortMapping:
     """Parse a `--publish` value (docker-like syntax; IPv6 host address in brackets)."""
-    bad = f"invalid --publish {text!r}: expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]"
+    bad = (
+        f"invalid --publish {text!r}: expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp|splice]"
+    )
     spec, _, proto = text.partition("/")
     if not proto:
         if text.endswith("/"):
             raise ConfigError(bad)
         proto = "tcp"
-    if proto not in ("tcp", "udp"):
-        raise ConfigError(f"invalid --publish {text!r}: protocol must be tcp or udp, got {proto!r}")
+    if proto not in ("tcp", "udp", "splice"):
+        raise ConfigError(
+            f"invalid --publish {text!r}: protocol must be tcp, udp or splice, got {proto!r}"
+        )
     host_addr = "0.0.0.0"
     if spec.startswith("["):
         end = spec.find("]")
@@ -603,6 +612,7 @@ def parse_port_mapping(text: str) -> PortMapping:
         host_addr=host_addr,
         host_port=host_port,
         guest_port=guest_port,
+        splice=proto == "splice",
     )
 
 

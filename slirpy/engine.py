@@ -42,6 +42,10 @@ class EngineError(OSError):
     """A C entry point returned -errno."""
 
 
+class FdConsumedError(EngineError):
+    """add_listener failed after the engine took the fd: it is closed already."""
+
+
 class TunError(OSError):
     """The TAP device could not be opened; str() says what to do."""
 
@@ -259,9 +263,13 @@ class Engine:
 
     def add_listener(
         self, fd: int, proto: int, guest_addr: IPv4Address | IPv6Address, guest_port: int,
-        fwd_id: int,
+        fwd_id: int, *, splice: bool = False,
     ) -> None:
-        """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine."""
+        """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine.
+
+        `splice`: relay by splice() through sockets of the namespace helper
+        (set_ns_helper first) instead of through the TAP; TCP only.
+        """
         fam = 4 if guest_addr.version == 4 else 6
         os.set_blocking(fd, False)
         _check(
@@ -269,6 +277,16 @@ class Engine:
                                        fwd_id),
             "add listener",
         )
+        if splice:
+            rc = lib.sl_engine_set_listener_splice(self._e, fwd_id, 1)
+            if rc < 0:
+                # The engine owns fd now: take it back out (it closes it).
+                lib.sl_engine_remove_listener(self._e, fwd_id)
+                raise FdConsumedError(-rc, f"splice listener: {os.strerror(-rc)}")
+
+    def set_ns_helper(self, fd: int) -> None:
+        """Give the engine the socket to the namespace helper (it owns it then)."""
+        _check(lib.sl_engine_set_ns_helper(self._e, fd), "set namespace helper")
 
     def remove_listener(self, fwd_id: int) -> None:
         _check(lib.sl_engine_remove_listener(self._e, fwd_id), "remove listener")
@@ -294,6 +312,11 @@ def setns(fd: int, nstype: int = 0) -> None:
     rc = lib.sl_setns(fd, nstype)
     if rc < 0:
         raise OSError(-rc, os.strerror(-rc))
+
+
+def ns_helper_serve(sock: int, pidfd: int = -1) -> int:
+    """The namespace helper's loop (csrc/splice.c); returns when told to stop."""
+    return int(lib.sl_ns_helper_serve(sock, pidfd))
 
 
 def tun_open(name: str, *, vnet_hdr: bool = True, offload: bool = True) -> int:

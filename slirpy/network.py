@@ -47,7 +47,7 @@ from slirpy.config import (
     parse_dns_upstream,
     parse_prefix6,
 )
-from slirpy.netns import NamespaceError, PendingTap, TapRequest
+from slirpy.netns import NamespaceError, NamespaceTarget, PendingTap, TapRequest
 
 __all__ = [
     "CLONE_NEWNET",
@@ -266,6 +266,7 @@ class AsyncNetwork:
     ) -> None:
         self.net = _network_model(cidr, mtu, ipv6, ipv6_prefix, host_loopback)
         self._target = target
+        self._ns_target: NamespaceTarget | None = None
         self._userns_path = userns_path
         self._dns_upstreams = tuple(normalize_dns_upstream(d) for d in dns_upstreams)
         self._resolv_conf = resolv_conf
@@ -314,6 +315,7 @@ class AsyncNetwork:
             target = target_for_path(self._target, self._userns_path)
         if self._userns_path and isinstance(self._target, int):
             target = type(target)(target.netns_path, self._userns_path)
+        self._ns_target = target  # for the helper of spliced forwards
         net = self.net
         return start_open_tap(
             target,
@@ -335,7 +337,9 @@ class AsyncNetwork:
         ready: asyncio.Future[None] = loop.create_future()
 
         async def setup(daemon: Daemon, stack: AsyncExitStack) -> None:
-            self._forwarder = PortForwarder(daemon.engine, stats=daemon.stats)
+            self._forwarder = PortForwarder(
+                daemon.engine, stats=daemon.stats, splice_helper=daemon.start_ns_helper
+            )
             ready.set_result(None)
 
         try:
@@ -360,6 +364,7 @@ class AsyncNetwork:
             watch_pid=self._target if isinstance(self._target, int) else None,
             handle_signals=False,
             setup=setup,
+            ns_target=self._ns_target,
         )
         self._task = loop.create_task(self._daemon.serve())
         await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -381,11 +386,14 @@ class AsyncNetwork:
         proto: str = "tcp",
         host_addr: str = "127.0.0.1",
         guest_addr: str | None = None,
+        splice: bool = False,
     ) -> int:
         """Forward host_addr:host_port to the guest; returns the forward's id.
 
         `proto` is tcp or udp (tcp4/tcp6/udp4/udp6 as in the API socket);
-        host_port 0 is not allowed. Raises HostFwdError (port in use...).
+        host_port 0 is not allowed. `splice`: TCP only, relay by splice()
+        in the guest's namespace (the guest sees its own address as the
+        source, not N+2). Raises HostFwdError (port in use...).
         """
         from slirpy.api import HostFwdRequest
 
@@ -399,7 +407,7 @@ class AsyncNetwork:
             if not 1 <= port <= 65535:
                 raise ValueError(f"{what} must be 1..65535, got {port}")
         return self._forwarder.add_hostfwd(
-            HostFwdRequest(proto, host, host_port, guest, guest_port)
+            HostFwdRequest(proto, host, host_port, guest, guest_port, splice)
         )
 
     def unpublish(self, fwd_id: int) -> None:

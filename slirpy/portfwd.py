@@ -6,6 +6,10 @@ to the engine, which accepts and relays in C, and keeps the table of forwards
 (ids from 1, never reused; a failed add uses no id, as in slirp4netns). It must
 not relay any data itself.
 
+A spliced forward (TCP, ``splice=True``) first makes sure the namespace
+helper runs (`splice_helper`, from slirpy.app.Daemon), then marks the
+listener so that the engine relays it with splice() (csrc/splice.c).
+
 An add either fully succeeds (bound, listening, in the engine, in the table) or
 leaves nothing behind: the socket is closed and no id is taken.
 """
@@ -17,7 +21,8 @@ from collections.abc import Callable
 from ipaddress import ip_address
 
 from slirpy.api import HostFwd, HostFwdError, HostFwdRequest, HostFwdTable
-from slirpy.engine import PROTO_TCP, PROTO_UDP, Engine
+from slirpy.engine import PROTO_TCP, PROTO_UDP, Engine, FdConsumedError
+from slirpy.netns import NamespaceError
 
 LISTEN_BACKLOG = 1024
 
@@ -52,13 +57,27 @@ class PortForwarder:
     """Implements slirpy.api.ApiHandler on top of one engine."""
 
     def __init__(
-        self, engine: Engine, *, stats: Callable[[], dict[str, object]] | None = None
+        self,
+        engine: Engine,
+        *,
+        stats: Callable[[], dict[str, object]] | None = None,
+        splice_helper: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
         self._table = HostFwdTable()
         self._stats = stats
+        self._splice_helper = splice_helper
 
     def add_hostfwd(self, fwd: HostFwdRequest) -> int:
+        if fwd.splice:
+            if fwd.transport != "tcp":
+                raise HostFwdError("splice: TCP forwards only")
+            if self._splice_helper is None:
+                raise HostFwdError("splice: not available here")
+            try:
+                self._splice_helper()
+            except (OSError, NamespaceError) as e:
+                raise HostFwdError(f"splice: {e}") from None
         sock = _bind(fwd)
         # The engine is told the id the table will give; the table only takes it
         # once the engine has the fd, so a failure here consumes no id.
@@ -70,7 +89,11 @@ class PortForwarder:
                 ip_address(fwd.guest_addr),
                 fwd.guest_port,
                 fwd_id,
+                splice=fwd.splice,
             )
+        except FdConsumedError as e:
+            sock.detach()  # the engine took and closed the fd
+            raise HostFwdError(str(e)) from None
         except OSError as e:
             sock.close()
             raise HostFwdError(str(e)) from None

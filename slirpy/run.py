@@ -177,7 +177,7 @@ def _terminal_sent_it() -> bool:
 
 def _fwd_text(m: PortMapping) -> str:
     host = f"[{m.host_addr}]" if ":" in m.host_addr else m.host_addr
-    return f"{host}:{m.host_port} -> guest {m.guest_port}/{m.proto}"
+    return f"{host}:{m.host_port} -> guest {m.guest_port}/{'splice' if m.splice else m.proto}"
 
 
 def _endpoint(addr: object, port: int | None) -> str:
@@ -294,10 +294,10 @@ class _Runner:
             self.services = daemon.stats()
 
         stack.callback(snapshot)
-        fwd = PortForwarder(engine)
+        fwd = PortForwarder(engine, splice_helper=daemon.start_ns_helper)
         for m in self.cfg.publish:
             req = HostFwdRequest(m.proto, m.host_addr, m.host_port, str(daemon.net.guest),
-                                 m.guest_port)
+                                 m.guest_port, m.splice)
             try:
                 fwd.add_hostfwd(req)
             except HostFwdError as e:
@@ -392,9 +392,10 @@ def _serve(
     preload: Any,
 ) -> int:
     assert runner.child is not None
+    target = target_for_pid(runner.child)
     try:
         pending = start_open_tap(
-            target_for_pid(runner.child),
+            target,
             TapRequest.for_net(net, TAPNAME, offload=cfg.offload, configure=True),
         )
         preload()  # overlaps with the helper child's work
@@ -412,6 +413,7 @@ def _serve(
         on_signal=runner.forward,
         setup=runner.setup,
         on_flow=(lambda ev: _say(flow_line(ev))) if cfg.verbose else None,
+        ns_target=target,
     )
     with asyncio.Runner(loop_factory=loop_factory()) as aio:
         aio.run(daemon.serve())

@@ -105,6 +105,38 @@ def test_add_list_remove_exact_bytes() -> None:
     assert call(req({"execute": "remove_hostfwd", "arguments": {"id": 1}}), h) == b'{"return":{}}'
 
 
+def test_splice_extension_parsed_and_listed_only_when_true() -> None:
+    h = FakeHandler()
+    assert call(add(**GOOD, splice=True), h) == b'{"return":{"id":1}}'
+    assert call(add(**{**GOOD, "host_port": 8081}, splice=False), h) == b'{"return":{"id":2}}'
+    assert call(add(**{**GOOD, "host_port": 8082}, splice=None), h) == b'{"return":{"id":3}}'
+    assert [e.splice for e in h.table.entries()] == [True, False, False]
+    listed = json.loads(call(req({"execute": "list_hostfwd"}), h))["entries"]
+    assert listed[0]["splice"] is True
+    assert "splice" not in listed[1] and "splice" not in listed[2]  # slirp4netns's shape
+    assert list(listed[0]) == [
+        "id", "proto", "host_addr", "host_port", "guest_addr", "guest_port", "splice"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "proto"),
+    [("yes", "tcp"), (1, "tcp"), (0, "tcp"), ("true", "tcp"), ([True], "tcp"),
+     ({}, "tcp6"), (True, "udp"), (True, "udp6")],
+)
+def test_bad_splice(extra: Any, proto: str) -> None:
+    args = {**GOOD, "proto": proto, "splice": extra}
+    if proto.endswith("6"):
+        args["host_addr"] = "::"
+    assert call(add(**args)) == err("add_hostfwd: bad arguments.splice")
+
+
+def test_splice_checked_after_slirp4netns_fields() -> None:
+    assert call(add(**{**GOOD, "guest_port": 0}, splice="x")) == err(
+        "add_hostfwd: bad arguments.guest_port"
+    )
+
+
 def test_list_empty_has_both_keys() -> None:
     reply = call(b'{"execute":"list_hostfwd"}')
     assert reply == b'{"return":{"entries":[]},"entries":[]}'

@@ -400,6 +400,8 @@ def test_parse_dns_upstream_errors(text: str, message: str) -> None:
         ("127.0.0.1:8080:80/tcp", PortMapping("tcp", "127.0.0.1", 8080, 80)),
         ("[::1]:53:5353/udp", PortMapping("udp", "::1", 53, 5353)),
         ("[::]:443:443", PortMapping("tcp", "::", 443, 443)),
+        ("8080:80/splice", PortMapping("tcp", "0.0.0.0", 8080, 80, splice=True)),
+        ("[::1]:8443:443/splice", PortMapping("tcp", "::1", 8443, 443, splice=True)),
     ],
 )
 def test_parse_port_mapping(text: str, expected: PortMapping) -> None:
@@ -411,13 +413,15 @@ def test_parse_port_mapping(text: str, expected: PortMapping) -> None:
     [
         (
             "8080",
-            "invalid --publish '8080': expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]",
+            "invalid --publish '8080': expected "
+            "[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp|splice]",
         ),
         (
             "8080:80/sctp",
-            "invalid --publish '8080:80/sctp': protocol must be tcp or udp, got 'sctp'",
+            "invalid --publish '8080:80/sctp': protocol must be tcp, udp or splice, got 'sctp'",
         ),
-        ("8080:80/", "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp]"),
+        ("8080:80/tcp+splice", "protocol must be tcp, udp or splice, got 'tcp+splice'"),
+        ("8080:80/", "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp|splice]"),
         ("host:8080:80", "bad IPv4 address 'host' (write IPv6 addresses in brackets)"),
         ("[zz]:8080:80", "invalid --publish '[zz]:8080:80': bad IPv6 address"),
         ("[::1]8080:80", "expected [HOST_ADDR:]HOST_PORT:GUEST_PORT"),
