@@ -5,8 +5,8 @@
  * Links every csrc .c file directly (no cffi, no Python) and drives the public API
  * (csrc/slirpy.h) the way Python does: an engine with no TAP, frames fed with
  * sl_engine_input_frame() under a fake clock, sl_engine_poll() after every
- * frame, the punt queue and the captured output drained, timers run at the
- * end with the clock far in the future.
+ * frame, the punt queue and the captured output drained; when an engine is
+ * retired, every timer is run with the clock far in the future.
  *
  * Input format (tests/fuzz/make_corpus.py writes seeds in it):
  *   byte 0: configuration bits
@@ -18,10 +18,10 @@
  *     0x60 MTU: 1500, 68, 9000, 65520
  *     0x80 port forwards: TCP and UDP listeners on loopback handed to the
  *          engine (guest 10.0.2.100 port 80 / 5353, or fd00::100 with
- *          0x04); a loopback client from port 40080 connects and one from
- *          40053 sends a datagram before the first frame is polled, so the
- *          engine's SYN and datagram toward the guest are what the frames
- *          answer
+ *          0x04); at the start of every input a loopback client from
+ *          port 40080 connects (the previous one is reset) and one from
+ *          40053 sends a datagram, so the engine's SYN and datagram toward
+ *          the guest are what the frames answer
  *   then records until the input ends:
  *     2 bytes big-endian frame length (clipped to what is left)
  *     1 byte clock step: < 200 -> step * 10 ms; else (step - 199) * 30 s
