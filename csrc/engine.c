@@ -87,14 +87,24 @@ const uint8_t *sl_mac_for(const struct sl_engine *e, int family,
 		       e->dns6_mac : e->gw6_mac;
 }
 
+/*
+ * Default flow caps: 3840 sockets in all, so that with SL_FD_RESERVE for
+ * Python slirpy stays under 4096 descriptors whatever RLIMIT_NOFILE is (a
+ * higher limit is no reason to let one guest hold more). Larger caps must
+ * be asked for (--limit); clamp_to_fd_limit() still bounds them.
+ */
+#define SL_DEFAULT_TCP_FLOWS 1856
+#define SL_DEFAULT_UDP_FLOWS 1856
+#define SL_DEFAULT_ICMP_FLOWS 128
+
 static void set_defaults(struct sl_config *c)
 {
 	if (!c->max_tcp_flows)
-		c->max_tcp_flows = 4096;
+		c->max_tcp_flows = SL_DEFAULT_TCP_FLOWS;
 	if (!c->max_udp_flows)
-		c->max_udp_flows = 4096;
+		c->max_udp_flows = SL_DEFAULT_UDP_FLOWS;
 	if (!c->max_icmp_flows)
-		c->max_icmp_flows = 256;
+		c->max_icmp_flows = SL_DEFAULT_ICMP_FLOWS;
 	if (!c->max_half_open)
 		c->max_half_open = 512;
 	if (!c->udp_idle_s)

@@ -54,9 +54,12 @@ class TunError(OSError):
 class Limits:
     """Hard caps on what a guest can make the engine hold (0 = default)."""
 
-    max_tcp_flows: int = 4096
-    max_udp_flows: int = 4096
-    max_icmp_flows: int = 256
+    # The engine's defaults (csrc/engine.c): 3840 flow sockets in all, plus
+    # 256 descriptors for Python, keep slirpy under 4096 fds whatever
+    # RLIMIT_NOFILE is. Larger values must be asked for (--limit).
+    max_tcp_flows: int = 1856
+    max_udp_flows: int = 1856
+    max_icmp_flows: int = 128
     max_half_open: int = 512
     udp_idle_s: int = 60
     tcp_idle_s: int = 7200

@@ -5,8 +5,8 @@
  * Links every csrc .c file directly (no cffi, no Python) and drives the public API
  * (csrc/slirpy.h) the way Python does: an engine with no TAP, frames fed with
  * sl_engine_input_frame() under a fake clock, sl_engine_poll() after every
- * frame, the punt queue and the captured output drained, timers run at the
- * end with the clock far in the future.
+ * frame, the punt queue and the captured output drained; when an engine is
+ * retired, every timer is run with the clock far in the future.
  *
  * Input format (tests/fuzz/make_corpus.py writes seeds in it):
  *   byte 0: configuration bits
@@ -18,14 +18,39 @@
  *     0x60 MTU: 1500, 68, 9000, 65520
  *     0x80 port forwards: TCP and UDP listeners on loopback handed to the
  *          engine (guest 10.0.2.100 port 80 / 5353, or fd00::100 with
- *          0x04); a loopback client from port 40080 connects and one from
- *          40053 sends a datagram before the first frame is polled, so the
- *          engine's SYN and datagram toward the guest are what the frames
- *          answer
+ *          0x04); at the start of every input a loopback client from
+ *          port 40080 connects (the previous one is reset) and one from
+ *          40053 sends a datagram, so the engine's SYN and datagram toward
+ *          the guest are what the frames answer
  *   then records until the input ends:
  *     2 bytes big-endian frame length (clipped to what is left)
  *     1 byte clock step: < 200 -> step * 10 ms; else (step - 199) * 30 s
  *     the frame bytes (virtio header included when 0x01 is set)
+ *
+ * Persistent engines: an engine lives across inputs, so that flows, timers
+ * and half-finished connections from earlier inputs meet the frames of later
+ * ones (and so that an input costs no socket(), epoll_create() or timerfd
+ * set-up). There is one engine per configuration byte in use (at most
+ * FZ_SLOTS, the least recently used one is retired), each with its own fake
+ * clock that only moves forward. An engine is retired (every timer run with
+ * the clock hours ahead, then freed) after FUZZ_RECYCLE inputs (default
+ * 1000), when its TCP table refused a SYN for being full, or when its history
+ * file is full; the next input with that byte gets a new one.
+ *
+ * Environment:
+ *   FUZZ_RECYCLE=N  inputs per engine (1 = a fresh engine per input, the
+ *                   old behaviour: a crash then reproduces from one input)
+ *   FUZZ_FRESH=1    same as FUZZ_RECYCLE=1
+ *   FUZZ_HISTORY=DIR  every input an engine has seen since it was created is
+ *                   kept in DIR/history-XX (XX: the configuration byte), a
+ *                   memory-mapped file, so it survives a crash with no
+ *                   syscall per input. Records: 4-byte little-endian length,
+ *                   the input; a zero length ends it.
+ *   FUZZ_REPLAY=1   each input given is such a history: a new engine is fed
+ *                   every record in order, then retired. Reproduces a
+ *                   finding that needed state from earlier inputs:
+ *                     FUZZ_REPLAY=1 fuzz_engine DIR/history-XX
+ *   FUZZ_DEBUG=1    print the engine's non-zero counters after each input
  *
  * Where the engine's sockets may go: nowhere but this process's own
  * loopback. LLVMFuzzerInitialize() moves the process into a new, empty
@@ -46,11 +71,14 @@
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -60,6 +88,9 @@
 #define FZ_MAX_ACCEPTED 64
 #define FZ_OUTBUF (65535 + 14 + 10 + 64)
 #define FZ_START_NS (1000ULL * 1000000000ULL)
+#define FZ_SLOTS 32
+#define FZ_RECYCLE 1000
+#define FZ_HIST_BYTES (4u << 20)
 
 int __real_connect(int fd, const struct sockaddr *sa, socklen_t len);
 
@@ -87,13 +118,50 @@ int __wrap_connect(int fd, const struct sockaddr *sa, socklen_t len)
 	return -1;
 }
 
+/* What an epoll tag in the harness's own epoll names (high 32 bits). */
+enum fz_tag { FZ_LISTEN = 1, FZ_UDP, FZ_ACCEPTED, FZ_FWD_CLIENT };
+
 struct fz_peers {
 	int tcp4, tcp6, udp4, udp6;
-	int accepted[FZ_MAX_ACCEPTED];
-	int naccepted;
+	int ep;			/* epoll over all the harness's sockets */
+	int accepted[FZ_MAX_ACCEPTED];	/* a ring; -1 = empty */
+	unsigned int next;
 };
 
-static struct fz_peers peers = { -1, -1, -1, -1, { 0 }, 0 };
+static struct fz_peers peers = { -1, -1, -1, -1, -1, { 0 }, 0 };
+
+/* One engine per configuration byte in use. */
+struct fz_slot {
+	struct sl_engine *e;
+	int bits;		/* the configuration byte; -1 = unused */
+	uint64_t now;		/* its fake clock */
+	uint32_t inputs;	/* inputs since it was created */
+	uint64_t used;		/* LRU stamp */
+	uint16_t fwd_tcp_port, fwd_udp_port;	/* its forward listeners */
+	int tcp_client, udp_client;
+	uint8_t *hist;		/* mapped DIR/history-XX, or NULL */
+	size_t hist_len;
+};
+
+static struct {
+	uint32_t recycle;
+	bool replay, debug;
+	const char *histdir;
+	int c_flow_cap;		/* index of drop_flow_cap in the counters */
+	uint64_t stamp;
+	struct fz_slot slots[FZ_SLOTS];
+} fz = { .recycle = FZ_RECYCLE, .c_flow_cap = -1 };
+
+static void watch(int fd, enum fz_tag tag)
+{
+	struct epoll_event ev = {
+		.events = EPOLLIN,
+		.data.u64 = ((uint64_t)tag << 32) | (uint32_t)fd,
+	};
+
+	if (fd >= 0 && epoll_ctl(peers.ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+		abort();
+}
 
 static int write_file(const char *path, const char *text)
 {
@@ -172,68 +240,144 @@ static int peer_socket(int family, int type)
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
+	const char *v;
+	int i;
+
 	(void)argc;
 	(void)argv;
 	isolate();
+	peers.ep = epoll_create1(EPOLL_CLOEXEC);
+	if (peers.ep < 0)
+		abort();
+	for (i = 0; i < FZ_MAX_ACCEPTED; i++)
+		peers.accepted[i] = -1;
 	peers.tcp4 = peer_socket(AF_INET, SOCK_STREAM);
 	peers.tcp6 = peer_socket(AF_INET6, SOCK_STREAM);
 	peers.udp4 = peer_socket(AF_INET, SOCK_DGRAM);
 	peers.udp6 = peer_socket(AF_INET6, SOCK_DGRAM);
+	watch(peers.tcp4, FZ_LISTEN);
+	watch(peers.tcp6, FZ_LISTEN);
+	watch(peers.udp4, FZ_UDP);
+	watch(peers.udp6, FZ_UDP);
+	for (i = 0; i < FZ_SLOTS; i++)
+		fz.slots[i].bits = -1;
+	v = getenv("FUZZ_RECYCLE");
+	if (v && atoi(v) > 0)
+		fz.recycle = (uint32_t)atoi(v);
+	v = getenv("FUZZ_FRESH");
+	if (v && *v && strcmp(v, "0"))
+		fz.recycle = 1;
+	v = getenv("FUZZ_REPLAY");
+	fz.replay = v && *v && strcmp(v, "0");
+	fz.debug = getenv("FUZZ_DEBUG") != NULL;
+	v = getenv("FUZZ_HISTORY");
+	fz.histdir = v && *v && !fz.replay ? v : NULL;
+	for (i = 0; sl_counter_name(i); i++)
+		if (!strcmp(sl_counter_name(i), "drop_flow_cap"))
+			fz.c_flow_cap = i;
 	return 0;
 }
 
-/* Play the host side: accept and greet TCP clients, echo UDP. */
+static void forget_accepted(int fd)
+{
+	int i;
+
+	for (i = 0; i < FZ_MAX_ACCEPTED; i++)
+		if (peers.accepted[i] == fd)
+			peers.accepted[i] = -1;
+	close(fd);
+}
+
+/* Keep @fd among the accepted connections; the oldest one makes room. */
+static void keep_accepted(int fd)
+{
+	int *slot = &peers.accepted[peers.next];
+
+	peers.next = (peers.next + 1) % FZ_MAX_ACCEPTED;
+	if (*slot >= 0)
+		close(*slot);
+	*slot = fd;
+	watch(fd, FZ_ACCEPTED);
+}
+
+/*
+ * Play the host side: accept and greet TCP clients, echo UDP, read what the
+ * engine forwarded so that its sends never block. One epoll_wait() when
+ * nothing is ready, which is most frames.
+ */
 static void serve_peers(void)
 {
 	static const char hello[] = "hello from the fuzz harness\n";
 	static uint8_t bulk[96 << 10];
-	int ls[2] = { peers.tcp4, peers.tcp6 };
-	int us[2] = { peers.udp4, peers.udp6 };
+	struct epoll_event evs[16];
 	uint8_t buf[2048];
-	int i, k;
+	int i, k, n = epoll_wait(peers.ep, evs, 16, 0);
 
-	for (i = 0; i < 2; i++) {
-		for (k = 0; ls[i] >= 0 && k < 8; k++) {
-			int c = accept4(ls[i], NULL, NULL,
-					SOCK_NONBLOCK | SOCK_CLOEXEC);
+	for (i = 0; i < n; i++) {
+		int fd = (int)(uint32_t)evs[i].data.u64;
+		enum fz_tag tag = (enum fz_tag)(evs[i].data.u64 >> 32);
 
-			if (c < 0)
-				break;
-			if (send(c, hello, sizeof(hello) - 1, MSG_NOSIGNAL) < 0 ||
-			    peers.naccepted == FZ_MAX_ACCEPTED) {
-				close(c);
-				continue;
+		switch (tag) {
+		case FZ_LISTEN:
+			for (k = 0; k < 8; k++) {
+				int c = accept4(fd, NULL, NULL,
+						SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+				if (c < 0)
+					break;
+				if (send(c, hello, sizeof(hello) - 1,
+					 MSG_NOSIGNAL) < 0) {
+					close(c);
+					continue;
+				}
+				/* Then more than a window's worth:
+				 * host->guest segmentation, GSO, peek
+				 * offsets, window stalls. */
+				send(c, bulk, sizeof(bulk),
+				     MSG_NOSIGNAL | MSG_DONTWAIT);
+				shutdown(c, SHUT_WR);
+				keep_accepted(c);
 			}
-			/* Then more than a window's worth: host->guest
-			 * segmentation, GSO, peek offsets, window stalls. */
-			send(c, bulk, sizeof(bulk), MSG_NOSIGNAL | MSG_DONTWAIT);
-			shutdown(c, SHUT_WR);
-			peers.accepted[peers.naccepted++] = c;
-		}
-		for (k = 0; us[i] >= 0 && k < 8; k++) {
-			struct sockaddr_in6 from;
-			socklen_t flen = sizeof(from);
-			ssize_t n = recvfrom(us[i], buf, sizeof(buf), 0,
-					     (struct sockaddr *)&from, &flen);
+			break;
+		case FZ_UDP:
+			for (k = 0; k < 8; k++) {
+				struct sockaddr_in6 from;
+				socklen_t flen = sizeof(from);
+				ssize_t r = recvfrom(fd, buf, sizeof(buf), 0,
+						     (struct sockaddr *)&from,
+						     &flen);
 
-			if (n < 0)
+				if (r < 0)
+					break;
+				sendto(fd, buf, (size_t)r, MSG_NOSIGNAL,
+				       (struct sockaddr *)&from, flen);
+			}
+			break;
+		case FZ_ACCEPTED:
+		case FZ_FWD_CLIENT:
+			for (k = 0; k < 64; k++) {
+				ssize_t r = recv(fd, buf, sizeof(buf), 0);
+
+				if (r > 0)
+					continue;
+				if (r == 0 || errno != EAGAIN) {
+					/* Done: stop watching it. */
+					if (tag == FZ_ACCEPTED)
+						forget_accepted(fd);
+					else
+						epoll_ctl(peers.ep,
+							  EPOLL_CTL_DEL, fd,
+							  NULL);
+				}
 				break;
-			sendto(us[i], buf, (size_t)n, MSG_NOSIGNAL,
-			       (struct sockaddr *)&from, flen);
+			}
+			break;
 		}
 	}
-	/* Read what the engine forwarded so its sends never block. */
-	for (i = 0; i < peers.naccepted; i++)
-		while (recv(peers.accepted[i], buf, sizeof(buf), 0) > 0)
-			;
 }
 
 #define FZ_FWD_TCP_CLIENT 40080
 #define FZ_FWD_UDP_CLIENT 40053
-
-struct fz_fwd {
-	int tcp_client, udp_client;
-};
 
 /* A loopback socket bound to @port (and to 0 for the listeners). */
 static int fwd_socket(int type, uint16_t port)
@@ -269,59 +413,73 @@ static uint16_t local_port(int fd)
 }
 
 /*
- * Hand the engine a TCP and a UDP listener (it owns them from then on) and
- * make a loopback client knock on each. Failures only mean less coverage.
+ * Hand the engine a TCP and a UDP listener (it owns them from then on).
+ * Failures only mean less coverage.
  */
-static void add_forwards(struct sl_engine *e, const struct sl_config *c,
-			 struct fz_fwd *fw)
+static void add_forwards(struct fz_slot *s, const struct sl_config *c)
 {
 	static const uint8_t guest6[16] = { 0xfd, [14] = 0x01, [15] = 0x00 };
 	const uint8_t *gaddr = c->ipv6 ? guest6 : c->guest4;
 	int family = c->ipv6 ? 6 : 4;
 	int lt = fwd_socket(SOCK_STREAM, 0), lu = fwd_socket(SOCK_DGRAM, 0);
-	struct sockaddr_in to = { .sin_family = AF_INET,
-				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 
-	fw->tcp_client = fw->udp_client = -1;
 	if (lt >= 0) {
-		to.sin_port = htons(local_port(lt));
-		if (sl_engine_add_listener(e, lt, SL_TCP, gaddr, family, 80,
-					   1) < 0) {
+		s->fwd_tcp_port = local_port(lt);
+		if (sl_engine_add_listener(s->e, lt, SL_TCP, gaddr, family,
+					   80, 1) < 0) {
 			close(lt);
-		} else {
-			fw->tcp_client = fwd_socket(SOCK_STREAM,
-						    FZ_FWD_TCP_CLIENT);
-			if (fw->tcp_client >= 0)
-				connect(fw->tcp_client,
-					(struct sockaddr *)&to, sizeof(to));
+			s->fwd_tcp_port = 0;
 		}
 	}
 	if (lu >= 0) {
-		to.sin_port = htons(local_port(lu));
-		if (sl_engine_add_listener(e, lu, SL_UDP, gaddr, family, 5353,
-					   2) < 0) {
+		s->fwd_udp_port = local_port(lu);
+		if (sl_engine_add_listener(s->e, lu, SL_UDP, gaddr, family,
+					   5353, 2) < 0) {
 			close(lu);
-		} else {
-			fw->udp_client = fwd_socket(SOCK_DGRAM,
-						    FZ_FWD_UDP_CLIENT);
-			if (fw->udp_client >= 0)
-				sendto(fw->udp_client, "knock", 5, 0,
-				       (struct sockaddr *)&to, sizeof(to));
+			s->fwd_udp_port = 0;
 		}
 	}
 }
 
-/* The forwarded clients read what the guest sent them, then go away. */
-static void serve_forwards(const struct fz_fwd *fw)
+static void close_clients(struct fz_slot *s)
 {
-	uint8_t buf[2048];
+	/* SO_LINGER 0: an RST, no TIME-WAIT; the fixed port is free again. */
+	if (s->tcp_client >= 0)
+		close(s->tcp_client);
+	if (s->udp_client >= 0)
+		close(s->udp_client);
+	s->tcp_client = s->udp_client = -1;
+}
 
-	if (fw->tcp_client >= 0)
-		while (recv(fw->tcp_client, buf, sizeof(buf), 0) > 0)
-			;
-	if (fw->udp_client >= 0)
-		while (recv(fw->udp_client, buf, sizeof(buf), 0) > 0)
-			;
+/*
+ * At the start of every input: a new loopback client knocks on each
+ * forward (the previous one is reset), so that the engine's SYN and
+ * datagram toward the guest are what the input's frames answer.
+ */
+static void knock(struct fz_slot *s)
+{
+	struct sockaddr_in to = { .sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+
+	close_clients(s);
+	if (s->fwd_tcp_port) {
+		to.sin_port = htons(s->fwd_tcp_port);
+		s->tcp_client = fwd_socket(SOCK_STREAM, FZ_FWD_TCP_CLIENT);
+		if (s->tcp_client >= 0) {
+			connect(s->tcp_client, (struct sockaddr *)&to,
+				sizeof(to));
+			watch(s->tcp_client, FZ_FWD_CLIENT);
+		}
+	}
+	if (s->fwd_udp_port) {
+		to.sin_port = htons(s->fwd_udp_port);
+		s->udp_client = fwd_socket(SOCK_DGRAM, FZ_FWD_UDP_CLIENT);
+		if (s->udp_client >= 0) {
+			sendto(s->udp_client, "knock", 5, 0,
+			       (struct sockaddr *)&to, sizeof(to));
+			watch(s->udp_client, FZ_FWD_CLIENT);
+		}
+	}
 }
 
 static void drain(struct sl_engine *e)
@@ -378,24 +536,122 @@ static void make_config(struct sl_config *c, uint8_t bits)
 	c->max_half_open = 16;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+/* Map DIR/history-XX for a new engine and mark it empty. */
+static void open_history(struct fz_slot *s)
 {
-	struct fz_fwd fw = { -1, -1 };
-	struct sl_config cfg;
-	struct sl_engine *e;
-	uint64_t now = FZ_START_NS;
-	size_t off = 1;
+	char path[4096];
+	int fd;
+
+	s->hist = NULL;
+	s->hist_len = 0;
+	if (!fz.histdir)
+		return;
+	snprintf(path, sizeof(path), "%s/history-%02x", fz.histdir, s->bits);
+	fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0 || ftruncate(fd, FZ_HIST_BYTES) < 0) {
+		perror("fuzz_engine: history file");
+		abort();
+	}
+	s->hist = mmap(NULL, FZ_HIST_BYTES, PROT_READ | PROT_WRITE,
+		       MAP_SHARED, fd, 0);
+	close(fd);
+	if (s->hist == MAP_FAILED) {
+		perror("fuzz_engine: mmap history");
+		abort();
+	}
+	memset(s->hist, 0, 4);
+}
+
+/* Append one input to the history. Return: false when it is full. */
+static bool record(struct fz_slot *s, const uint8_t *data, size_t size)
+{
+	uint32_t len = (uint32_t)size;
+
+	if (!s->hist)
+		return true;
+	if (s->hist_len + 8 + size > FZ_HIST_BYTES)
+		return false;
+	memcpy(s->hist + s->hist_len + 4, data, size);
+	memset(s->hist + s->hist_len + 4 + size, 0, 4);	/* the end */
+	memcpy(s->hist + s->hist_len, &len, 4);	/* little-endian host */
+	s->hist_len += 4 + size;
+	return true;
+}
+
+/* Retire a slot's engine: every timer fired hours ahead, then freed. */
+static void retire(struct fz_slot *s)
+{
 	int i;
 
+	if (!s->e)
+		return;
+	serve_peers();
+	sl_engine_poll(s->e, s->now, 64);
+	drain(s->e);
+	for (i = 1; i <= 4; i++) {
+		s->now += (uint64_t)i * 3600 * 1000000000ULL;
+		sl_engine_flush(s->e, s->now);
+		sl_engine_poll(s->e, s->now, 64);
+		drain(s->e);
+	}
+	sl_engine_free(s->e);
+	close_clients(s);
+	if (s->hist)
+		munmap(s->hist, FZ_HIST_BYTES);
+	memset(s, 0, sizeof(*s));
+	s->bits = -1;
+	s->tcp_client = s->udp_client = -1;
+}
+
+/* The slot for configuration byte @bits, with a live engine. */
+static struct fz_slot *get_slot(uint8_t bits)
+{
+	struct fz_slot *s = NULL, *lru = &fz.slots[0];
+	struct sl_config cfg;
+	int i;
+
+	for (i = 0; i < FZ_SLOTS; i++) {
+		if (fz.slots[i].bits == bits)
+			s = &fz.slots[i];
+		if (fz.slots[i].used < lru->used)
+			lru = &fz.slots[i];
+	}
+	if (!s) {
+		s = lru;
+		retire(s);
+		make_config(&cfg, bits);
+		s->bits = bits;
+		s->tcp_client = s->udp_client = -1;
+		s->now = FZ_START_NS;
+		s->e = sl_engine_new(&cfg);
+		if (!s->e)
+			abort();
+		if (bits & 0x80)
+			add_forwards(s, &cfg);
+		open_history(s);
+	}
+	s->used = ++fz.stamp;
+	return s;
+}
+
+/* Feed one input (a configuration byte, then records) to its engine. */
+static void run_input(const uint8_t *data, size_t size)
+{
+	uint64_t c[128];
+	struct fz_slot *s;
+	size_t off = 1;
+	bool retire_now;
+
 	if (size < 1)
-		return 0;
-	make_config(&cfg, data[0]);
-	e = sl_engine_new(&cfg);
-	if (!e)
-		abort();
-	if (data[0] & 0x80)
-		add_forwards(e, &cfg, &fw);
+		return;
+	s = get_slot(data[0]);
+	if (!record(s, data, size)) {
+		/* Full: start over so that the history stays complete. */
+		retire(s);
+		s = get_slot(data[0]);
+		record(s, data, size);
+	}
+	knock(s);
 	while (off + 3 <= size) {
 		size_t len = ((size_t)data[off] << 8) | data[off + 1];
 		uint8_t step = data[off + 2];
@@ -403,36 +659,57 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		off += 3;
 		if (len > size - off)
 			len = size - off;
-		now += step < 200 ? step * 10000000ULL :
-				    (uint64_t)(step - 199) * 30000000000ULL;
-		if (sl_engine_input_frame(e, now, data + off, len) < 0)
+		s->now += step < 200 ? step * 10000000ULL :
+				       (uint64_t)(step - 199) * 30000000000ULL;
+		if (sl_engine_input_frame(s->e, s->now, data + off, len) < 0)
 			abort();
 		off += len;
-		drain(e);
+		drain(s->e);
 		serve_peers();
-		serve_forwards(&fw);
-		sl_engine_poll(e, now, 64);
-		drain(e);
+		sl_engine_poll(s->e, s->now, 64);
+		drain(s->e);
 	}
-	/* Let the host side answer, then fire every timer there is. */
+	/* Let the host side answer. */
 	serve_peers();
-	sl_engine_poll(e, now, 64);
-	drain(e);
-	for (i = 1; i <= 4; i++) {
-		now += (uint64_t)i * 3600 * 1000000000ULL;
-		sl_engine_flush(e, now);
-		sl_engine_poll(e, now, 64);
-		drain(e);
+	sl_engine_poll(s->e, s->now, 64);
+	drain(s->e);
+	if (fz.debug)
+		print_counters(s->e);
+	/* A full TCP table refuses every new SYN: nothing left to learn. */
+	retire_now = ++s->inputs >= fz.recycle && !fz.replay;
+	if (fz.c_flow_cap >= 0 &&
+	    sl_engine_counters(s->e, c, 128) > fz.c_flow_cap &&
+	    c[fz.c_flow_cap])
+		retire_now = true;
+	if (retire_now)
+		retire(s);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	size_t off = 0;
+	int i;
+
+	if (!fz.replay) {
+		run_input(data, size);
+		return 0;
 	}
-	if (getenv("FUZZ_DEBUG"))
-		print_counters(e);
-	sl_engine_free(e);
-	if (fw.tcp_client >= 0)
-		close(fw.tcp_client);
-	if (fw.udp_client >= 0)
-		close(fw.udp_client);
-	for (i = 0; i < peers.naccepted; i++)
-		close(peers.accepted[i]);
-	peers.naccepted = 0;
+	/* A history: records of a 4-byte length and an input, in order,
+	 * on engines that start (and end) with this file. */
+	for (i = 0; i < FZ_SLOTS; i++)
+		retire(&fz.slots[i]);
+	while (off + 4 <= size) {
+		uint32_t len;
+
+		memcpy(&len, data + off, 4);
+		off += 4;
+		if (!len || len > size - off)
+			break;
+		run_input(data + off, len);
+		off += len;
+	}
+	for (i = 0; i < FZ_SLOTS; i++)
+		retire(&fz.slots[i]);
 	return 0;
 }

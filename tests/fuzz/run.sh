@@ -8,6 +8,13 @@
 #               (default: build/fuzz in the repository; kept between runs)
 #   PYTHON      python with scapy, for the seed corpus (default: the dev venv)
 #   CC          clang 14 or newer with libFuzzer (default: clang)
+#   FUZZ_HISTORY  where each engine's inputs are kept, to replay a finding
+#               that needed earlier inputs (default: $FUZZ_WORK/history)
+#   FUZZ_RECYCLE, FUZZ_FRESH, FUZZ_REPLAY: see the top of fuzz_engine.c
+#
+# Reproduce a finding: "$FUZZ_WORK/fuzz_engine" FILE (with FUZZ_FRESH=1 if it
+# came from one input alone), or FUZZ_REPLAY=1 "$FUZZ_WORK/fuzz_engine"
+# "$FUZZ_WORK/history/history-XX" (XX: the finding's first byte, in hex).
 #
 # Exit status: 0 when the run ended with no finding; non-zero on a crash,
 # leak, sanitizer report or timeout (the reproducer is in $FUZZ_WORK/findings).
@@ -23,13 +30,15 @@ work=${FUZZ_WORK:-$root/build/fuzz}
 python=${PYTHON:-/opt/slirpy-venv/bin/python}
 cc=${CC:-clang}
 mkdir -p "$work/corpus" "$work/findings" "$work/seeds"
+export FUZZ_HISTORY=${FUZZ_HISTORY:-$work/history}
+mkdir -p "$FUZZ_HISTORY"
 
 bin=$work/fuzz_engine
 srcs=("$root"/csrc/*.c "$here/fuzz_engine.c")
 if [ ! -x "$bin" ] || [ -n "$(find "${srcs[@]}" "$root"/csrc/*.h -newer "$bin" 2>/dev/null)" ]; then
     "$cc" -g -O1 -std=gnu11 -Wall -Wextra -Werror \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -fno-omit-frame-pointer -I"$root/csrc" \
+        -fno-omit-frame-pointer -I"$root/csrc" -DSL_MAX_LISTENERS=8 \
         -Wl,--wrap=connect \
         "${srcs[@]}" -o "$bin.tmp"
     mv "$bin.tmp" "$bin"

@@ -421,11 +421,17 @@ FD_LIMIT = 4096
 
 
 @contextlib.contextmanager
-def nofile_limit(soft: int) -> Iterator[None]:
+def nofile_limit(soft: int, raise_hard: bool = False) -> Iterator[None]:
     """Run with RLIMIT_NOFILE's soft limit at @soft (inherited by slirpy,
-    which sizes its flow caps under it), restored afterwards."""
+    which sizes its flow caps under it), restored afterwards. With
+    @raise_hard the hard limit goes up to @soft too if needed (this needs
+    CAP_SYS_RESOURCE: the test is skipped without it)."""
     old = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, old[1]), old[1]))
+    hard = max(soft, old[1]) if raise_hard else old[1]
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, hard), hard))
+    except (OSError, ValueError) as e:
+        pytest.skip(f"cannot set RLIMIT_NOFILE to {soft}: {e}")
     try:
         yield
     finally:
@@ -575,6 +581,76 @@ def test_udp_port_sweep(hostile: Hostile, tcp_server: Server, udp_server: Server
     assert rep["ok"] == 3, rep
     h.transfer(tcp_server, 4 * MiB, 83)
     h.alive()
+
+
+def high_fd_limit() -> int:
+    """65536 if this process may raise its hard RLIMIT_NOFILE that far, else
+    the hard limit itself: any limit from ~8700 up let the old defaults
+    (8448 flow sockets) go past 4096 fds."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard >= 65536:
+        return 65536
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (old[0], 65536))
+    except (OSError, ValueError):
+        return hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, old)
+    return 65536
+
+
+def test_fds_stay_under_4096_with_a_high_fd_limit(container: Container,
+                                                  slirpy_factory: Callable[..., Slirpy],
+                                                  acceptor: Acceptor,
+                                                  tcp_server: Server) -> None:
+    """Issue 8: the default flow caps keep slirpy under 4096 descriptors
+    whatever RLIMIT_NOFILE is. Under 65536 (or the hard limit when it cannot
+    be raised, 20000 on the dev VM) the old defaults let slirpy reach ~7700
+    fds; now a 20k-port sweep and a 20k-SYN flood stay under 4096 (sampled
+    throughout), and right after a TCP transfer and a DNS lookup through
+    slirpy work."""
+    from test_dhcp_dns import RECORDS, fake_dns, nslookup
+
+    limit = high_fd_limit()
+    if limit < 9000:
+        pytest.skip(f"RLIMIT_NOFILE cannot go above {limit}")
+    with (fake_dns("127.0.0.1", RECORDS) as dns, api_dir() as d,
+          nofile_limit(limit, raise_hard=True)):
+        api = f"{d}/api.sock"
+        s = slirpy_factory(["--configure", "--mtu=1500", f"--api-socket={api}",
+                            f"--dns-upstream=127.0.0.1:{dns.port}", str(container.pid),
+                            "tap0"])
+        h = Hostile(container, s, api)
+        with open(f"/proc/{s.proc.pid}/limits") as f:
+            line = next(x for x in f if x.startswith("Max open files"))
+        assert line.split()[3] == str(limit), line
+        closed = [free_port() for _ in range(50)]
+        lost0 = h.tap_tx_dropped()
+        w = Watch(h)
+        try:
+            sweep = h.guest("udp-sweep", "20001", "20000")
+            flood = h.guest("syn-flood", str(acceptor.port), ",".join(map(str, closed)),
+                            "20000")
+            time.sleep(1.0)
+        finally:
+            w.stop()
+        h.alive()
+        eng = h.engine()
+        lost = h.tap_tx_dropped() - lost0
+        print(f"high fd limit: sweep {sweep} flood {flood} lost at the TAP {lost}, peak fds "
+              f"{w.peak_fds} over {w.samples} samples; udp flows {eng['udp_flows_opened']}, "
+              f"evicted {eng['flows_evicted']}, tcp flows {eng['tcp_flows_opened']}")
+        assert sweep["sent"] == 20000 and flood["sent"] == 20000
+        assert lost < 8000  # the attack really reached slirpy
+        assert w.samples > 5
+        # The sweep filled the UDP table (1856 by default) and recycled it.
+        assert eng["udp_flows_opened"] >= 20000 - lost
+        assert eng["flows_evicted"] >= 20000 - lost - 1856
+        assert w.peak_fds < 4096, w.peak_fds
+        h.transfer(tcp_server, 1 * MiB, 84)
+        rc, out = nslookup(container, "alpha.slirpy.test", "10.0.2.3")
+        assert rc == 0 and "192.0.2.10" in out, out
+        h.alive()
 
 
 def test_connect_close_cycles_return_to_baseline(hostile: Hostile, acceptor: Acceptor) -> None:

@@ -9,17 +9,24 @@ from frames import (
     DNS,
     DNS_MAC,
     GUEST,
+    GUEST6,
     GUEST_MAC,
     GW,
+    GW6,
+    GW6_MAC,
     GW_MAC,
     ICMP,
     IP,
+    UDP,
     Ether,
+    IPv6,
     arp_request,
     check_l4_csum,
     ip4,
     raw,
+    tcp6,
 )
+from scapy.layers.inet6 import ICMPv6DestUnreach
 
 
 @pytest.mark.parametrize("target,mac", [(GW, GW_MAC), (DNS, DNS_MAC)])
@@ -148,3 +155,29 @@ def test_fault_injection_is_deterministic(make_guest):
             g.send(ip4(GW) / ICMP(type=8, id=9, seq=i))
         kept.append([o.pkt[ICMP].seq for o in g.out()])
     assert kept[0] == kept[1] and 0 < len(kept[0]) < 50
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_ipv6_host_loopback_disabled_gives_no_route(make_guest, proto):
+    """The IPv6 mirror of test_udp_without_host_loopback_gives_net_unreachable:
+    with host loopback disabled, a TCP SYN or a UDP datagram to prefix::2
+    (N+2's IPv6 counterpart) gets ICMPv6 destination unreachable code 0 (no
+    route to destination) from prefix::2, quoting the offending packet whole;
+    no flow is opened."""
+    g = make_guest(ipv6=True, host_loopback=False)
+    if proto == "tcp":
+        sent = tcp6(7777, sport=40001)
+    else:
+        sent = Ether(dst=GW6_MAC, src=GUEST_MAC) / IPv6(src=GUEST6, dst=GW6) / UDP(
+            sport=40002, dport=7777) / b"let me in"
+    g.send(sent)
+    (out,) = g.out()
+    p = out.pkt
+    assert p[Ether].dst == GUEST_MAC and p[Ether].src == GW6_MAC
+    assert p[IPv6].src == GW6 and p[IPv6].dst == GUEST6 and p[IPv6].nh == 58
+    assert (p[ICMPv6DestUnreach].type, p[ICMPv6DestUnreach].code) == (1, 0)
+    check_l4_csum(p)
+    assert raw(p[ICMPv6DestUnreach].payload) == raw(sent[IPv6])
+    c = g.counters()
+    assert c["icmp_unreach_sent"] == 1
+    assert c["tcp_flows_opened"] == 0 and c["udp_flows_opened"] == 0

@@ -374,42 +374,95 @@ import json, os, resource, socket, sys
 sys.path[:0] = [sys.argv[1], os.path.dirname(os.path.dirname(sys.argv[1]))]
 from frames import GUEST, GUEST_MAC, GW, GW_MAC, IP, UDP, Ether, raw
 from slirpy.config import NetworkModel
-from slirpy.engine import Engine
-resource.setrlimit(resource.RLIMIT_NOFILE, (512, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+from slirpy.engine import Engine, Limits
+soft, n, limits = int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, max(soft, hard)))
 sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sink.bind(("127.0.0.1", 0))
 port = sink.getsockname()[1]
-e = Engine(NetworkModel(), vnet_hdr=False)
+e = Engine(NetworkModel(), vnet_hdr=False, limits=Limits(**limits))
+template = raw(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
+               / UDP(sport=20000, dport=port) / b"x")
 peak = 0
-for i in range(600):
-    frame = raw(Ether(dst=GW_MAC, src=GUEST_MAC) / IP(src=GUEST, dst=GW)
-                / UDP(sport=20000 + i, dport=port) / b"x")
+for i in range(n):
+    # The source port, and the UDP checksum 0 (none) so it stays valid.
+    sport = (20000 + i).to_bytes(2, "big")
+    frame = template[:34] + sport + template[36:40] + b"\0\0" + template[42:]
     e.input_frame(frame, 10**9 + i * 10**6)
-    peak = max(peak, len(os.listdir("/proc/self/fd")))
+    if i % 100 == 0 or i == n - 1:
+        peak = max(peak, len(os.listdir("/proc/self/fd")))
 c = e.counters()
 print(json.dumps({"peak_fds": peak, "flows": len(e.flows()), **c}))
 """
 
 
-def test_flow_caps_stay_under_the_fd_limit(tmp_path):
-    """With RLIMIT_NOFILE at 512 the default caps (8448 sockets) cannot all
-    be honoured: the engine scales them down to leave 256 fds to the control
-    plane, so 600 UDP flows evict instead of failing with EMFILE."""
+def _sweep(soft: int, n: int, **limits: int) -> dict[str, int]:
+    """Sweep @n UDP ports from the guest in a child process whose
+    RLIMIT_NOFILE is @soft; return the engine's counters and fd figures."""
     import json
     import pathlib
     import subprocess
     import sys
 
     here = pathlib.Path(__file__).resolve().parent
-    r = subprocess.run([sys.executable, "-c", _FD_LIMIT_SCRIPT, str(here)], capture_output=True,
-                       text=True, timeout=120, check=False)
+    r = subprocess.run([sys.executable, "-c", _FD_LIMIT_SCRIPT, str(here), str(soft), str(n),
+                        json.dumps(limits)], capture_output=True, text=True, timeout=120,
+                       check=False)
     assert r.returncode == 0, r.stderr[-2000:]
-    c = json.loads(r.stdout.splitlines()[-1])
+    return json.loads(r.stdout.splitlines()[-1])
+
+
+def test_flow_caps_stay_under_the_fd_limit():
+    """With RLIMIT_NOFILE at 512 the default caps (3840 sockets) cannot all
+    be honoured: the engine scales them down to leave 256 fds to the control
+    plane, so 600 UDP flows evict instead of failing with EMFILE."""
+    c = _sweep(512, 600)
     assert c["drop_socket_error"] == 0
     assert c["udp_datagrams_to_host"] == 600
     assert c["flows_evicted"] > 0
     assert c["flows"] == c["udp_flows_opened"] - c["udp_flows_closed"] <= 256
     assert c["peak_fds"] < 512 - 128
+
+
+def _high_nofile() -> int:
+    """16384 if the sweep's child may set RLIMIT_NOFILE that high (within
+    the hard limit, or as root, which CI is), else 0."""
+    import os
+    import resource
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[1] >= 16384:
+        return 16384
+    with open("/proc/sys/fs/nr_open") as f:
+        return 16384 if os.geteuid() == 0 and int(f.read()) >= 16384 else 0
+
+
+def test_default_caps_stay_under_4096_fds_with_a_high_fd_limit():
+    """Issue 8: with RLIMIT_NOFILE at 16384 the old defaults (4096 UDP flows)
+    let a port sweep hold 4100+ sockets. The defaults (1856 TCP, 1856 UDP,
+    128 ICMP: 3840 sockets) keep the engine under 4096 fds whatever the
+    limit: the sweep evicts from the 1857th flow on."""
+    soft = _high_nofile()
+    if not soft:
+        pytest.skip("cannot raise RLIMIT_NOFILE to 16384")
+    c = _sweep(soft, 2400)
+    assert c["drop_socket_error"] == 0 and c["drop_flow_cap"] == 0
+    assert c["udp_datagrams_to_host"] == 2400
+    assert c["flows"] == 1856
+    assert c["flows_evicted"] == 2400 - 1856
+    assert c["peak_fds"] < 4096 - 256
+
+
+def test_explicit_limit_raises_the_cap_where_the_fd_limit_allows():
+    """--limit max_udp_flows=3000 under a 16384-fd limit: 2400 flows, no
+    eviction; the default 3840-socket budget is only a default."""
+    soft = _high_nofile()
+    if not soft:
+        pytest.skip("cannot raise RLIMIT_NOFILE to 16384")
+    c = _sweep(soft, 2400, max_udp_flows=3000)
+    assert c["drop_socket_error"] == 0 and c["drop_flow_cap"] == 0
+    assert c["flows"] == 2400 and c["flows_evicted"] == 0
+    assert c["peak_fds"] > 2400
 
 
 # ------------------------------------------------- TCP state-machine abuse
