@@ -375,6 +375,20 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
 	}
 }
 
+/**
+ * drop_pending() - give up a host connection that waited for the helper:
+ * reset the host client, close the namespace socket if one came, and free
+ * the connection's half-open and flow-cap slots.
+ */
+static void drop_pending(struct sl_engine *e, int hfd, int nfd)
+{
+	e->n_half_open--;
+	release_slot(e);
+	rst_close(hfd);
+	if (nfd >= 0)
+		close(nfd);
+}
+
 /* Take one reply from the helper. Return: false when there is none. */
 static bool helper_reply(struct sl_engine *e)
 {
@@ -430,21 +444,13 @@ static bool helper_reply(struct sl_engine *e)
 	l = &e->listeners[p.slot];
 	if (!l->used || l->id != p.id || !l->splice) {
 		/* the forward was removed meanwhile */
-		e->n_half_open--;
-		release_slot(e);
-		rst_close(p.hfd);
-		if (nfd >= 0)
-			close(nfd);
+		drop_pending(e, p.hfd, nfd);
 		return true;
 	}
 	if (status != 0 || nfds != 1 || (msg.msg_flags & MSG_CTRUNC) ||
 	    !valid_socket(nfd, l->family)) {
 		sl_count(e, SL_C_drop_splice_helper_reply);
-		e->n_half_open--;
-		release_slot(e);
-		rst_close(p.hfd);
-		if (nfd >= 0)
-			close(nfd);
+		drop_pending(e, p.hfd, nfd);
 		return true;
 	}
 	conn_start(e, p.hfd, nfd, l);

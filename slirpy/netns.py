@@ -22,6 +22,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from slirpy.config import NetworkModel
 
 CLONE_NEWUSER = 0x10000000
@@ -228,21 +230,26 @@ class PendingTap:
         return TapHandle(fd=fds[0], mac=bytes.fromhex(rest.decode()))
 
 
-def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
-    """Fork the helper that opens the TAP in the target namespace.
+def fork_into(
+    target: NamespaceTarget, child_main: Callable[[socket.socket, int, int | None], int]
+) -> tuple[int, socket.socket]:
+    """Fork a child that will join `target`; its PID and our end of its socket.
 
-    The caller may do other work (imports) before `wait()`. Raises
-    NamespaceError with one readable line when a namespace cannot be opened.
+    The child runs `child_main(sock, netfd, userfd)` (which joins the
+    namespaces itself: only a single-threaded process may) and exits with
+    its return value. The namespace fds are closed here once forked.
+    Raises NamespaceError with one readable line when a namespace cannot be
+    opened.
     """
     netfd, userfd = _open_namespaces(target)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
-            parent.close()
             rc = 1
             try:
-                rc = _child(child, netfd, userfd, req)
+                parent.close()
+                rc = child_main(child, netfd, userfd)
             finally:
                 os._exit(rc)
     except BaseException:
@@ -253,6 +260,16 @@ def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
         os.close(netfd)
         if userfd is not None:
             os.close(userfd)
+    return pid, parent
+
+
+def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
+    """Fork the helper that opens the TAP in the target namespace.
+
+    The caller may do other work (imports) before `wait()`. Raises
+    NamespaceError with one readable line when a namespace cannot be opened.
+    """
+    pid, parent = fork_into(target, lambda sock, netfd, userfd: _child(sock, netfd, userfd, req))
     return PendingTap(pid, parent)
 
 

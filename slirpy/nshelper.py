@@ -28,7 +28,7 @@ from slirpy.netns import (
     CLONE_NEWUSER,
     NamespaceError,
     NamespaceTarget,
-    _open_namespaces,
+    fork_into,
 )
 
 _READY = b"ok"
@@ -80,27 +80,11 @@ def start_ns_helper(target: NamespaceTarget) -> tuple[socket.socket, int]:
 
     Raises NamespaceError with one readable line when it cannot join.
     """
-    netfd, userfd = _open_namespaces(target)
     m = re.fullmatch(r"/proc/(\d+)/ns/net", target.netns_path)
     watch_pid = int(m.group(1)) if m else None
-    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        pid = os.fork()
-        if pid == 0:  # pragma: no cover - runs in the child
-            rc = 1
-            try:
-                parent.close()
-                rc = _child(child, netfd, userfd, watch_pid)
-            finally:
-                os._exit(rc)
-    except BaseException:
-        parent.close()
-        raise
-    finally:
-        child.close()
-        os.close(netfd)
-        if userfd is not None:
-            os.close(userfd)
+    pid, parent = fork_into(
+        target, lambda sock, netfd, userfd: _child(sock, netfd, userfd, watch_pid)
+    )
     try:
         msg = parent.recv(4096)
     except OSError as e:
