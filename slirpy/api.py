@@ -475,6 +475,10 @@ def _dispatch(req: ApiRequest, handler: ApiHandler) -> bytes:
             fwd_id = handler.add_hostfwd(req.fwd)
         except (HostFwdError, OSError) as exc:
             logger.info("api: add_hostfwd %s failed: %s", req.fwd, exc)
+            if req.fwd.splice and isinstance(exc, HostFwdError):
+                # A slirpy extension: no slirp4netns client parses this
+                # reply, so it may say why.
+                return encode_error(f"bad request: add_hostfwd: {exc}")
             return encode_error(ERR_ADD_FAILED)
         return encode_add_reply(_checked_id(fwd_id))
     if isinstance(req, ListHostFwd):

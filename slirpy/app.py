@@ -142,6 +142,7 @@ class Daemon:
         limits: tuple[tuple[str, int], ...] = (),
         on_flow: Callable[[object], None] | None = None,
         ns_target: NamespaceTarget | None = None,
+        splice_helper: bool = False,
     ) -> None:
         self.net = net
         self.tap = tap
@@ -173,6 +174,10 @@ class Daemon:
         # spliced forwards); it is forked on first use, or before
         # confinement when an API client might ask for one later.
         self.ns_target = ns_target
+        # Confined (sandbox/seccomp), the helper must be forked before
+        # confinement; only on request (--splice-helper): slirp4netns's
+        # clients never ask for spliced forwards, and it is one more process.
+        self.splice_helper = splice_helper
         self._ns_helper: int | None = None
         self._confined = False
         self._stack: AsyncExitStack | None = None
@@ -258,7 +263,8 @@ class Daemon:
         if self._confined:
             raise NamespaceError(
                 "spliced forwards need the namespace helper, which cannot start once "
-                "slirpy is confined (--enable-sandbox/--enable-seccomp)"
+                "slirpy is confined (--enable-sandbox/--enable-seccomp); "
+                "start slirpy with --splice-helper"
             )
         from slirpy.nshelper import start_ns_helper, stop_ns_helper
 
@@ -354,7 +360,8 @@ class Daemon:
             if self.sandbox:
                 self._dhcp_server()  # lazy imports are impossible after the pivot
             self._on_engine()  # frames queued before we listened
-            if (self.sandbox or self.seccomp) and self.api_socket and self.ns_target:
+            confined = self.sandbox or self.seccomp
+            if confined and self.splice_helper and self.api_socket and self.ns_target:
                 # Forking and setns() are impossible once confined: an API
                 # client may ask for a spliced forward later, so start the
                 # helper now (one idle process; see docs/architecture.md).
@@ -478,6 +485,7 @@ def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
         sandbox=cfg.enable_sandbox,
         seccomp=cfg.enable_seccomp,
         ns_target=target,
+        splice_helper=cfg.splice_helper,
     )
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(daemon.serve())

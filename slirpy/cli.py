@@ -104,6 +104,7 @@ _HELP_OPTIONS = (
     ("--resolv-conf=PATH", f"slirpy: take DNS servers from PATH (default={DEFAULT_RESOLV_CONF})"),
     ("--disable-offload", "slirpy: do not use TAP checksum/segmentation offloads"),
     ("--limit=NAME=VALUE", "slirpy: engine cap or timeout, e.g. udp_idle_s=60 (repeatable)"),
+    ("--splice-helper", "slirpy: allow spliced forwards (API) under --enable-sandbox/seccomp"),
     ("--debug", "slirpy: verbose logging to stderr"),
     ("-h, --help", "show this help and exit"),
     ("-v, --version", "show version and exit"),
@@ -137,6 +138,7 @@ _LONG_OPTS = [
     "resolv-conf=",
     "disable-offload",
     "limit=",
+    "splice-helper",
     "debug",
 ]
 
@@ -263,6 +265,8 @@ def parse_slirp4netns_args(
                 limits.append(parse_limit(value))
             case "--disable-offload":
                 kw["offload"] = False
+            case "--splice-helper":
+                kw["splice_helper"] = True
             case "--debug":
                 kw["debug"] = True
             case _:  # pragma: no cover - getopt only returns the options listed above

@@ -483,6 +483,8 @@ class Slirp4netnsConfig:
     dns_upstreams: tuple[str, ...] = ()
     resolv_conf: str = DEFAULT_RESOLV_CONF
     offload: bool = True
+    # Fork the spliced-forward helper before confinement (it cannot start after).
+    splice_helper: bool = False
     debug: bool = False
     limits: tuple[tuple[str, int], ...] = ()  # --limit NAME=VALUE, in order
 

@@ -214,7 +214,7 @@ def test_splice_bad_requests_get_one_error_line(fwd: Forwarding) -> None:
 
 
 def test_splice_under_sandbox_and_seccomp(spl_factory: Callable[..., Forwarding]) -> None:
-    f = spl_factory("--enable-sandbox", "--enable-seccomp")
+    f = spl_factory("--enable-sandbox", "--enable-seccomp", "--splice-helper")
     port = free_port()
     add_splice(f, port, 85)
     f.guest_server("echo", 85)
@@ -223,6 +223,23 @@ def test_splice_under_sandbox_and_seccomp(spl_factory: Callable[..., Forwarding]
         got = echo_roundtrip(s, payload)
     assert sha(got) == sha(payload)
     assert counters(f)["splice_opened"] == 1
+    assert len(children(f.slirpy.proc.pid)) == 1  # the helper, forked before confinement
+    f.alive()
+
+
+def test_confined_without_splice_helper_forks_nothing_and_refuses_splice(
+    spl_factory: Callable[..., Forwarding],
+) -> None:
+    # Podman's command line: no helper process for a feature its clients never use.
+    f = spl_factory("--enable-sandbox", "--enable-seccomp")
+    assert children(f.slirpy.proc.pid) == []
+    args = {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": free_port(),
+            "guest_port": 87, "splice": True}
+    reply = api_call(f.api, {"execute": "add_hostfwd", "arguments": args})
+    desc = reply["error"]["desc"]  # type: ignore[index]
+    assert desc.startswith("bad request: add_hostfwd: splice: ") and "--splice-helper" in desc
+    assert api_call(f.api, {"execute": "list_hostfwd"})["entries"] == []
+    assert children(f.slirpy.proc.pid) == []
     f.alive()
 
 
