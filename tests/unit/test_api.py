@@ -310,13 +310,13 @@ def test_bad_proto(args: Any) -> None:
         ("tcp", 5),
         ("tcp", ["::"]),
         ("tcp", "fe80::1%eth0"),
-        ("tcp", " 1.2.3.4"),
+        ("tcp", " 192.0.2.4"),
         ("tcp", "localhost"),
         ("tcp4", "::1"),
         ("udp4", "::"),
         ("tcp6", "127.0.0.1"),
         ("udp6", "0.0.0.0"),
-        ("tcp", "1.2.3.4/32"),
+        ("tcp", "192.0.2.4/32"),
     ],
 )
 def test_bad_host_addr(proto: str, host: Any) -> None:

@@ -500,7 +500,7 @@ def test_slirp4netns_config_dns_endpoints() -> None:
             "--macaddress can only be used with --configure",
         ),
         ({"target": "1", "outbound_addr": "::1"}, "(use --outbound-addr6 for IPv6)"),
-        ({"target": "1", "outbound_addr6": "1.2.3.4"}, "(use --outbound-addr for IPv4)"),
+        ({"target": "1", "outbound_addr6": "192.0.2.4"}, "(use --outbound-addr for IPv4)"),
         ({"target": "1", "dns_upstreams": ("x",)}, "invalid DNS upstream 'x'"),
         ({"target": "1", "resolv_conf": ""}, "--resolv-conf must not be empty"),
     ],

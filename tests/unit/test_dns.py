@@ -184,7 +184,7 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 2.0) -> None:
 
 def test_parse_resolv_conf() -> None:
     text = """
-# comment nameserver 9.9.9.9
+# comment nameserver 192.0.2.9
 ; another
 search slirpy.test
 nameserver 127.0.0.53
