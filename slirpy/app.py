@@ -215,9 +215,11 @@ class Daemon:
             self._stop.set_result(code)
 
     def _on_engine(self) -> None:
-        engine = self.engine
-        engine.poll(time.monotonic_ns(), POLL_BUDGET)
-        for ev in engine.events():
+        self.engine.poll(time.monotonic_ns(), POLL_BUDGET)
+        self._on_events()
+
+    def _on_events(self) -> None:
+        for ev in self.engine.events():
             self._on_event(ev)
 
     def _on_event(self, ev: object) -> None:
@@ -322,7 +324,7 @@ class Daemon:
             self.engine.set_tap(self.tap.fd)
             self.engine.set_guest_mac(self.tap.mac)
             efd = self.engine.fileno()
-            loop.add_reader(efd, self._on_engine)
+            loop.add_reader(efd, self.engine.reader(self._on_events, POLL_BUDGET))
             stack.callback(loop.remove_reader, efd)
             if self.api_socket:
                 from slirpy.api import ApiServer

@@ -9,9 +9,11 @@ engine does the data path, `slirpy.app` decides what to do with events.
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -109,6 +111,25 @@ def _addr_bytes(addr: IPv4Address | IPv6Address | str | None, size: int) -> byte
     return ip_address(addr).packed
 
 
+def _events_hook_failed(exc_type: type, exc: BaseException, tb: object) -> None:
+    """An exception in the events callback: report it as add_reader would have."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise exc from None
+    loop.call_exception_handler({"message": "Exception in the engine's events callback",
+                                 "exception": exc})
+
+
+@functools.cache
+def _install_events_hook() -> None:
+    """Attach the Python side of sl_py_events (once; at first use, not at import)."""
+
+    @ffi.def_extern(name="sl_py_events", onerror=_events_hook_failed)
+    def _on_events(ctx: object) -> None:
+        ffi.from_handle(ctx)()
+
+
 def _event_addr(raw: bytes, family: int) -> IPv4Address | IPv6Address | None:
     if family == 4:
         return IPv4Address(raw[:4])
@@ -196,6 +217,18 @@ class Engine:
 
     def poll(self, now_ns: int, budget: int = 256) -> int:
         return lib.sl_engine_poll(self._e, now_ns, budget)
+
+    def reader(self, on_events: Callable[[], None], budget: int = 256) -> Callable[[], None]:
+        """The callback for ``loop.add_reader(engine.fileno(), ...)``.
+
+        It is C all the way down: it polls on CLOCK_MONOTONIC and calls
+        @on_events (which drains `events`) only when the punt queue has any,
+        so a wake-up that is pure data path runs no Python frame. Remove the
+        reader before `close`: it holds the engine's raw pointer.
+        """
+        _install_events_hook()
+        handle = ffi.new_handle(on_events)
+        return functools.partial(lib.sl_engine_on_ready, self._e, budget, handle)
 
     def input_frame(self, frame: bytes, now_ns: int) -> None:
         _check(

@@ -6,14 +6,17 @@ port-forwarded, IPv4 and IPv6), the reason and byte counts of the close
 event (RST, FIN, timeout, eviction), nothing at all when the config flag is
 off, and the bounded punt queue: flow events beyond its reserve are dropped
 and counted, and never crowd out a DHCP punt. Only loopback servers are
-used; the fake clock of conftest.py drives the timeouts.
+used; the fake clock of conftest.py drives the timeouts. Also the engine
+fd's reader (`Engine.reader`): Python is called back only when events wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from ipaddress import IPv4Address, IPv6Address
 
+import pytest
 from conftest import Conn
 from frames import GUEST, GUEST6, GW, GW6, tcp_flags, udp4
 from scapy.layers.dhcp import BOOTP, DHCP
@@ -24,6 +27,13 @@ from slirpy.engine import EV_DHCP, EV_FLOW_CLOSE, EV_FLOW_OPEN, Event, Limits
 
 PUNT_CAP = 128
 PUNT_RESERVE = 16
+
+
+def _dhcp_discover() -> Ether:
+    return (Ether(src="52:54:00:12:34:56", dst="ff:ff:ff:ff:ff:ff")
+            / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
+            / BOOTP(chaddr=bytes.fromhex("525400123456"))
+            / DHCP(options=[("message-type", "discover"), "end"]))
 
 
 def _events(g) -> list[Event]:
@@ -180,11 +190,7 @@ def test_full_queue_counts_dropped_flow_events_and_keeps_room_for_dhcp(make_gues
     cnt = g.counters()
     assert cnt["udp_flows_opened"] == room + 8
     assert cnt["flow_events_dropped"] == 8
-    dhcp = (Ether(src="52:54:00:12:34:56", dst="ff:ff:ff:ff:ff:ff")
-            / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
-            / BOOTP(chaddr=bytes.fromhex("525400123456")) / DHCP(options=[("message-type",
-                                                                          "discover"), "end"]))
-    g.send(dhcp)
+    g.send(_dhcp_discover())
     evs = _events(g)
     assert sum(e.type == EV_FLOW_OPEN for e in evs) == room
     assert evs[-1].type == EV_DHCP  # the reserve kept a slot for it
@@ -214,3 +220,67 @@ def test_run_verbose_line_format():
         f"flow close udp [{GUEST6}]:40000 -> [{GW6}]:53 timeout after 60.0 s")
     assert flow_line(_ev(EV_FLOW_OPEN, proto=1, sport=7, dport=0, dst="192.0.2.1")) == (
         f"flow open  icmp {GUEST} -> 192.0.2.1 id 7")
+
+
+# The engine fd's reader (Engine.reader): C polls, Python runs only for events.
+
+def test_reader_calls_python_only_when_events_wait(make_guest):
+    g = make_guest()
+    drained: list[list[Event]] = []
+    ready = g.engine.reader(lambda: drained.append(_events(g)))
+    ready()
+    assert drained == []  # a wake-up with nothing to punt: no Python callback
+    g.send(_dhcp_discover())
+    ready()
+    assert [[e.type for e in evs] for evs in drained] == [[EV_DHCP]]
+    ready()
+    assert len(drained) == 1
+
+
+@pytest.mark.parametrize("loop_kind", ["asyncio", "uvloop"])
+def test_reader_under_a_real_loop_delivers_flow_events(make_guest, socks, loop_kind):
+    """add_reader(engine.fileno(), engine.reader(...)): the host's answer
+    wakes the loop, C polls it, and the waiting open event reaches Python."""
+    import uvloop
+
+    g = make_guest(flow_events=True)
+    srv = socks.udp()
+    g.send(udp4(srv.getsockname()[1], b"ping", sport=20001))
+    data, peer = srv.recvfrom(100)
+    assert data == b"ping"
+
+    async def main() -> list[Event]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Future[list[Event]] = loop.create_future()
+        fd = g.engine.fileno()
+        loop.add_reader(fd, g.engine.reader(lambda: got.set_result(_events(g))))
+        try:
+            srv.sendto(b"pong", peer)
+            return await asyncio.wait_for(got, 5)
+        finally:
+            loop.remove_reader(fd)
+
+    runner = asyncio.run if loop_kind == "asyncio" else uvloop.run
+    (ev,) = runner(main())
+    assert (ev.type, ev.proto, ev.sport, ev.dport) == (EV_FLOW_OPEN, 17, 20001,
+                                                     srv.getsockname()[1])
+    assert b"pong" in b"".join(g.engine.take_output())
+
+
+def test_reader_callback_error_goes_to_the_loop_exception_handler(make_guest):
+    g = make_guest()
+    seen: list[dict] = []
+
+    def boom() -> None:
+        raise ValueError("handler bug")
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: seen.append(ctx))
+        ready = g.engine.reader(boom)
+        g.send(_dhcp_discover())
+        ready()  # must not raise out of the C callback
+
+    asyncio.run(main())
+    (ctx,) = seen
+    assert isinstance(ctx["exception"], ValueError)
+    assert "events callback" in ctx["message"]
