@@ -719,6 +719,19 @@ void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p)
 		send_rst_reply(e, p);
 }
 
+/* Options of a connected host socket. Set after the SYN-ACK went out: the
+ * guest's client then runs while we make these calls (nothing has been sent
+ * or peeked on the socket yet, which is all they need). */
+static void tune_socket(struct sl_flow *f)
+{
+	int one = 1, zero = 0;
+
+	setsockopt(f->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(f->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	if (!setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)))
+		f->tcp.flags |= SL_TF_PEEK_OFF;
+}
+
 static void connected(struct sl_engine *e, struct sl_flow *f)
 {
 	f->tcp.state = SL_TCP_ESTABLISHED;
@@ -727,6 +740,7 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	f->tcp.snd_una = f->tcp.isn;
 	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
+	tune_socket(f);
 	rtt_start(e, f, f->tcp.isn + 1);
 	arm_rto(e, f);
 	/* Nothing was peeked yet: data already queued shows when EPOLLIN is
@@ -773,17 +787,9 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 
 static int new_socket(struct sl_engine *e, struct sl_flow *f, int fam)
 {
-	int one = 1, zero = 0;
-
 	f->fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (f->fd < 0)
-		return -1;
-	setsockopt(f->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(f->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	if (!setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)))
-		f->tcp.flags |= SL_TF_PEEK_OFF;
 	(void)e;
-	return 0;
+	return f->fd < 0 ? -1 : 0;
 }
 
 static uint32_t new_isn(struct sl_engine *e)
