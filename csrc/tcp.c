@@ -263,18 +263,21 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 }
 
 /* Send @len bytes at @seq as MSS-sized frames, or as one GSO frame. */
+/* @fin: the host's FIN follows these bytes; it rides on the last segment
+ * (GSO segmentation in the guest keeps FIN and PSH for the last one). */
 static void emit_data(struct sl_engine *e, struct sl_flow *f, uint32_t seq,
-		      const uint8_t *data, size_t len)
+		      const uint8_t *data, size_t len, bool fin)
 {
+	uint8_t last = (uint8_t)(TCP_ACK | TCP_PSH | (fin ? TCP_FIN : 0));
+
 	if (e->cfg.offload && e->cfg.vnet_hdr_len) {
-		emit(e, f, TCP_ACK | TCP_PSH, seq, data, len, false);
+		emit(e, f, last, seq, data, len, false);
 		return;
 	}
 	while (len) {
 		size_t n = len > f->tcp.gmss ? f->tcp.gmss : len;
 
-		emit(e, f, (uint8_t)(TCP_ACK | (n == len ? TCP_PSH : 0)), seq,
-		     data, n, false);
+		emit(e, f, n == len ? last : TCP_ACK, seq, data, n, false);
 		seq += (uint32_t)n;
 		data += n;
 		len -= n;
@@ -428,7 +431,7 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 		uint32_t inflight = f->tcp.snd_nxt - f->tcp.snd_una;
 		uint32_t wnd = f->tcp.gwnd > inflight ? f->tcp.gwnd - inflight :
 							0;
-		bool fresh = f->tcp.snd_nxt == f->tcp.snd_max;
+		bool fresh = f->tcp.snd_nxt == f->tcp.snd_max, last;
 		size_t want;
 		ssize_t n;
 
@@ -468,12 +471,26 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 			}
 			break;
 		}
-		emit_data(e, f, f->tcp.snd_nxt, buf, (size_t)n);
+		/* The host shut down before this peek (RDHUP came with the
+		 * wake-up) and the peek came back short: these are the last
+		 * bytes, so the FIN can go with them instead of after the
+		 * guest's next ACK. Not in the fallback: its peeks are
+		 * capped and short for that reason too. */
+		last = (size_t)n < want &&
+		       (f->tcp.flags & SL_TF_HOST_RDHUP) &&
+		       (f->tcp.flags & SL_TF_PEEK_OFF) &&
+		       !(f->tcp.flags & SL_TF_HOST_EOF);
+		emit_data(e, f, f->tcp.snd_nxt, buf, (size_t)n, last);
 		if (fresh) {
 			rtt_start(e, f, f->tcp.snd_nxt + (uint32_t)n);
 			e->ctr[SL_C_tcp_bytes_to_guest] += (uint64_t)n;
 		}
 		advance_snd(f, (uint32_t)n);
+		if (last) {
+			f->tcp.flags |= SL_TF_HOST_EOF | SL_TF_FIN_SENT;
+			f->tcp.fin_seq = f->tcp.snd_nxt;
+			advance_snd(f, 1);
+		}
 		if (!f->tcp.rto_at)
 			arm_rto(e, f);
 		if ((size_t)n < want) {
@@ -551,10 +568,16 @@ static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
 
 /**
  * handle_ack() - process the guest's ACK field and window.
+ * @later: bytes acknowledged but left in the socket for the caller to
+ *	consume once the segment's payload is on its way to the host: the
+ *	request a guest sends usually carries the ACK of the last answer,
+ *	and the host should not wait for a syscall that only frees memory.
+ *	Only with SO_PEEK_OFF, whose offset is relative to what is queued;
+ *	without it a peek assumes the queue starts at snd_una.
  * Return: false when the flow was closed.
  */
 static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
-		       const struct sl_pkt *p)
+		       const struct sl_pkt *p, uint32_t *later)
 {
 	uint32_t ack = p->ack, old_wnd = f->tcp.gwnd;
 
@@ -583,7 +606,9 @@ static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
 		if ((f->tcp.flags & SL_TF_TIMING) &&
 		    !SEQ_LT(ack, f->tcp.rtt_seq))
 			rtt_sample(e, f);
-		if (acked && !consume(e, f, acked))
+		if (f->tcp.flags & SL_TF_PEEK_OFF)
+			*later = acked;
+		else if (acked && !consume(e, f, acked))
 			return false;
 		f->tcp.dupacks = 0;
 		f->tcp.retries = 0;
@@ -934,6 +959,7 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 {
 	struct sl_flow *f;
+	uint32_t acked = 0;
 
 	f = sl_flow_lookup(e, SL_FLOW_TCP, p->family, p->src, p->sport, p->dst,
 			   p->dport);
@@ -966,9 +992,12 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 	}
 	if (!(p->tflags & TCP_ACK))
 		return;
-	if (!handle_ack(e, f, p))
+	if (!handle_ack(e, f, p, &acked))
 		return;
 	if (!data_from_guest(e, f, p))
+		return;
+	/* Before any close: unread bytes would turn the host's FIN into RST. */
+	if (acked && !consume(e, f, acked))
 		return;
 	if ((f->tcp.flags & SL_TF_GUEST_FIN) &&
 	    (f->tcp.flags & SL_TF_FIN_ACKED)) {

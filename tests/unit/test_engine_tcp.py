@@ -324,3 +324,46 @@ def test_window_scaling_lets_more_than_64k_fly(guest, socks):
     c.send(b"x")
     acks = [o for o in c.mine(guest.settle(0.1)) if o.pkt[TCP].ack == c.snd_nxt]
     assert acks and acks[-1].pkt[TCP].window << ws > 65535
+
+
+def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
+    """Ping-pong: each request carries the ACK of the last answer. The
+    engine frees the acknowledged bytes after passing the request on, so
+    nothing piles up in the host socket and every answer arrives once."""
+    c, h = _established(guest, socks)
+    for i in range(50):  # bounded
+        c.send(b"req%02d" % i)
+        assert h.recv(100) == b"req%02d" % i
+        h.sendall(b"answer%02d" % i)
+        c.pump(len(c.received) + 8, ack=False)  # acked by the next request
+    c.send_ack()
+    guest.settle(0.05)
+    assert bytes(c.received) == b"".join(b"answer%02d" % i for i in range(50))
+    (flow,) = guest.engine.flows()
+    assert flow["state"] == 3  # ESTABLISHED, not reset by a bad consume
+    # Everything acked was consumed: the next answer is peeked at offset 0.
+    h.sendall(b"last")
+    c.pump(len(c.received) + 4)
+    assert bytes(c.received).endswith(b"last")
+
+
+def test_fin_ack_that_acks_host_data_closes_cleanly(guest, socks):
+    """The guest acks the host's data and FIN in the segment that carries
+    its own FIN: the acked bytes must leave the host socket before it is
+    closed, or the kernel would reset the host peer instead of a FIN."""
+    c, h = _established(guest, socks)
+    h.sendall(b"bye")
+    h.shutdown(socket.SHUT_WR)
+    segs = []
+    deadline = time.monotonic() + 3
+    while c.rcv_nxt != (c.isn + 1 + 3 + 1) & 0xFFFFFFFF and time.monotonic() < deadline:
+        guest.poll(0.02)
+        segs += c.take(guest.out())  # data and FIN, not acked yet
+    assert bytes(c.received) == b"bye"
+    # The host had shut down when its data was read: the FIN rides along.
+    assert [(tcp_flags(o.pkt), tcp_payload(o.pkt)) for o in segs] == [("FPA", b"bye")]
+    c.fin()  # FIN|ACK acking "bye" and the host's FIN at once
+    guest.settle(0.1)
+    assert guest.engine.flows() == []
+    h.settimeout(2)
+    assert h.recv(10) == b""  # EOF, not ECONNRESET
