@@ -759,6 +759,8 @@ static void tune_socket(struct sl_flow *f)
 
 static void connected(struct sl_engine *e, struct sl_flow *f)
 {
+	bool low;
+
 	f->tcp.state = SL_TCP_ESTABLISHED;
 	if (e->n_half_open)
 		e->n_half_open--;
@@ -766,6 +768,9 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
 	tune_socket(f);
+	/* Measure the send space now, while the guest handles the SYN-ACK,
+	 * rather than when the host's first answer is on its way. */
+	(void)free_send_space(f, &low);
 	rtt_start(e, f, f->tcp.isn + 1);
 	arm_rto(e, f);
 	/* Nothing was peeked yet: data already queued shows when EPOLLIN is
