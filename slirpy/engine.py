@@ -13,6 +13,7 @@ import asyncio
 import errno
 import functools
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -115,8 +116,9 @@ def _events_hook_failed(exc_type: type, exc: BaseException, tb: object) -> None:
     """An exception in the events callback: report it as add_reader would have."""
     try:
         loop = asyncio.get_running_loop()
-    except RuntimeError:
-        raise exc from None
+    except RuntimeError:  # called outside a loop: nobody else would say it
+        sys.stderr.write(f"slirpy: error in the engine's events callback: {exc!r}\n")
+        return
     loop.call_exception_handler({"message": "Exception in the engine's events callback",
                                  "exception": exc})
 

@@ -284,3 +284,16 @@ def test_reader_callback_error_goes_to_the_loop_exception_handler(make_guest):
     (ctx,) = seen
     assert isinstance(ctx["exception"], ValueError)
     assert "events callback" in ctx["message"]
+
+
+def test_reader_callback_error_outside_a_loop_is_one_line(make_guest, capfd):
+    g = make_guest()
+
+    def boom() -> None:
+        raise ValueError("handler bug")
+
+    ready = g.engine.reader(boom)
+    g.send(_dhcp_discover())
+    ready()
+    err = capfd.readouterr().err
+    assert err == "slirpy: error in the engine's events callback: ValueError('handler bug')\n"
