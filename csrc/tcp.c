@@ -815,13 +815,6 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 	close_flow(e, f, false);
 }
 
-static int new_socket(struct sl_engine *e, struct sl_flow *f, int fam)
-{
-	f->fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	(void)e;
-	return f->fd < 0 ? -1 : 0;
-}
-
 static uint32_t new_isn(struct sl_engine *e)
 {
 	/* Not a security boundary (the guest sees only its own flows), but
@@ -884,7 +877,8 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 				htonl(0x7f000001)) ||
 	     (fam == AF_INET6 && !sa.sin6_addr.s6_addr[0] &&
 	      sa.sin6_addr.s6_addr[15] == 1);
-	if (new_socket(e, f, fam) < 0 ||
+	f->fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (f->fd < 0 ||
 	    (!lo && sl_bind_outbound(e, f->fd, fam) < 0)) {
 		sl_count(e, SL_C_drop_socket_error);
 		connect_failed(e, f, errno == EMFILE ? EHOSTUNREACH : errno);
