@@ -326,6 +326,31 @@ def test_window_scaling_lets_more_than_64k_fly(guest, socks):
     assert acks and acks[-1].pkt[TCP].window << ws > 65535
 
 
+def _unread_bytes_of_peer(h: socket.socket) -> int:
+    """SIOCINQ of the engine's end of @h: the engine runs in this process,
+    so its socket is one of our fds (the one bound to @h's peer address)."""
+    import fcntl
+    import os
+    import struct
+    import termios
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            s = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            continue
+        with s:
+            try:
+                if s.type != socket.SOCK_STREAM or s.getsockname() != h.getpeername():
+                    continue
+            except OSError:
+                continue
+            buf = fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4)
+            return struct.unpack("i", buf)[0]
+    raise AssertionError("the engine's socket was not found")
+
+
 def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
     """Ping-pong: each request carries the ACK of the last answer. The
     engine frees the acknowledged bytes after passing the request on, so
@@ -341,7 +366,9 @@ def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
     assert bytes(c.received) == b"".join(b"answer%02d" % i for i in range(50))
     (flow,) = guest.engine.flows()
     assert flow["state"] == 3  # ESTABLISHED, not reset by a bad consume
-    # Everything acked was consumed: the next answer is peeked at offset 0.
+    # Everything acked was consumed: the engine's socket (in this process)
+    # holds nothing, and the next answer is peeked at offset 0.
+    assert _unread_bytes_of_peer(h) == 0
     h.sendall(b"last")
     c.pump(len(c.received) + 4)
     assert bytes(c.received).endswith(b"last")
