@@ -229,6 +229,15 @@ class Conn:
         return segs
 
 
+def established(g: Guest, socks: Sockets, **kw) -> tuple[Conn, socket.socket]:
+    """A guest connection to a new loopback listener, handshake done;
+    returns the guest's end and the accepted host socket."""
+    lst = socks.tcp_listener()
+    c = Conn(g, lst.getsockname()[1], **kw)
+    c.handshake()
+    return c, socks.accept(lst)
+
+
 def mss_of(out: Out) -> int:
     return tcp_options(out.pkt).get("MSS")
 

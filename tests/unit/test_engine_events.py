@@ -17,7 +17,7 @@ import socket
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
-from conftest import Conn
+from conftest import Conn, established
 from frames import GUEST, GUEST6, GW, GW6, tcp_flags, udp4
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
@@ -44,16 +44,9 @@ def _flow_events(g) -> list[Event]:
     return [e for e in _events(g) if e.type in (EV_FLOW_OPEN, EV_FLOW_CLOSE)]
 
 
-def _established(g, socks, **kw) -> tuple[Conn, socket.socket]:
-    lst = socks.tcp_listener()
-    c = Conn(g, lst.getsockname()[1], **kw)
-    c.handshake()
-    return c, socks.accept(lst)
-
-
 def test_guest_syn_gives_open_event_then_rst_gives_close_with_bytes(make_guest, socks):
     g = make_guest(flow_events=True)
-    c, h = _established(g, socks)
+    c, h = established(g, socks)
     (ev,) = _flow_events(g)
     assert ev.type == EV_FLOW_OPEN
     assert (ev.family, ev.proto) == (4, 6)
@@ -79,7 +72,7 @@ def test_guest_syn_gives_open_event_then_rst_gives_close_with_bytes(make_guest, 
 
 def test_fin_both_ways_gives_close_reason_fin(make_guest, socks):
     g = make_guest(flow_events=True)
-    c, h = _established(g, socks)
+    c, h = established(g, socks)
     assert [e.type for e in _flow_events(g)] == [EV_FLOW_OPEN]
     c.fin()
     h.settimeout(2)
@@ -108,7 +101,7 @@ def test_refused_connect_gives_open_and_close_refused(make_guest, socks):
 
 def test_events_off_by_default(make_guest, socks):
     g = make_guest()
-    c, _h = _established(g, socks)
+    c, _h = established(g, socks)
     srv = socks.udp()
     g.send(udp4(srv.getsockname()[1], b"x", sport=5000))
     assert srv.recv(10) == b"x"

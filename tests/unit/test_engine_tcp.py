@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from conftest import Conn, mss_of
+from conftest import Conn, established, mss_of
 from frames import ICMP, TCP, tcp_flags, tcp_payload
 
 from slirpy.engine import Limits
@@ -28,13 +28,6 @@ from slirpy.engine import Limits
 
 def _flags(outs) -> list[str]:
     return [tcp_flags(o.pkt) for o in outs]
-
-
-def _established(g, socks, **kw) -> tuple[Conn, socket.socket]:
-    lst = socks.tcp_listener()
-    c = Conn(g, lst.getsockname()[1], **kw)
-    c.handshake()
-    return c, socks.accept(lst)
 
 
 def test_synack_only_after_host_connect_and_mss_from_mtu(make_guest, socks):
@@ -92,7 +85,7 @@ def test_refused_port_gets_rst(guest, socks):
 
 
 def test_data_both_ways_and_host_rst_reaches_guest(guest, socks):
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     c.send(b"hello host")
     assert h.recv(100) == b"hello host"
     h.sendall(b"hello guest")
@@ -106,7 +99,7 @@ def test_data_both_ways_and_host_rst_reaches_guest(guest, socks):
 
 
 def test_guest_rst_resets_host_socket(guest, socks):
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     c.g.send(c.seg("R"))
     guest.settle(0.1)
     h.settimeout(2)
@@ -119,7 +112,7 @@ def test_guest_rst_resets_host_socket(guest, socks):
 
 
 def test_duplicate_and_out_of_order_guest_data(guest, socks):
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     base = c.snd_nxt
     # A segment ahead of the expected sequence: not delivered out of order,
     # and the engine answers with an ACK for what it has (a duplicate ACK).
@@ -149,7 +142,7 @@ def test_duplicate_and_out_of_order_guest_data(guest, socks):
 
 
 def test_unacked_data_is_retransmitted_on_rto(guest, socks):
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     h.sendall(b"x" * 1000)
     first = [o for o in c.mine(guest.wait(lambda o: bool(c.mine(o)))) if tcp_payload(o.pkt)]
     assert first and first[0].pkt[TCP].seq == c.rcv_nxt
@@ -167,7 +160,7 @@ def test_unacked_data_is_retransmitted_on_rto(guest, socks):
 
 def test_idle_timeout_from_limits_resets_both_sides(make_guest, socks):
     g = make_guest(limits=Limits(tcp_idle_s=30))
-    c, h = _established(g, socks)
+    c, h = established(g, socks)
     c.send(b"ping")
     assert h.recv(10) == b"ping"
     g.advance(20)
@@ -182,7 +175,7 @@ def test_idle_timeout_from_limits_resets_both_sides(make_guest, socks):
 
 def test_keepalive_probes_keep_an_idle_flow_open(make_guest, socks):
     g = make_guest(limits=Limits(tcp_idle_s=30))
-    c, h = _established(g, socks)
+    c, h = established(g, socks)
     for _ in range(4):                                # 80 s in all, never 30 idle
         g.advance(20)
         # A Linux keepalive probe: one byte before snd_nxt, no data.
@@ -196,7 +189,7 @@ def test_keepalive_probes_keep_an_idle_flow_open(make_guest, socks):
 
 def test_host_socket_has_keepalive(guest, socks):
     """Dead host peers are found by the kernel's keepalive on our socket."""
-    _c, h = _established(guest, socks)
+    _c, h = established(guest, socks)
     engine_port = h.getpeername()[1]
     out = subprocess.run(
         ["ss", "-tnoH", "state", "established", f"( sport = :{engine_port} )"],
@@ -206,7 +199,7 @@ def test_host_socket_has_keepalive(guest, socks):
 
 
 def test_transfer_byte_exact_under_injected_loss_both_ways(guest, socks):
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     guest.engine.set_fault(50, 50, seed=7)            # 5% each way
     size = 256 << 10
     data = random.Random(3).randbytes(size)
@@ -310,7 +303,7 @@ def test_window_scaling_lets_more_than_64k_fly(guest, socks):
     """With the guest's window scale, the engine keeps more than 64 KiB
     unacknowledged toward it (what keeps throughput up when the RTT grows),
     and it announces a window beyond 64 KiB itself."""
-    c, h = _established(guest, socks, window=1 << 20, wscale=7)
+    c, h = established(guest, socks, window=1 << 20, wscale=7)
     ws = dict(c.synack.pkt[TCP].options)["WScale"]
     assert ws > 0
     h.sendall(random.Random(5).randbytes(512 << 10))
@@ -355,7 +348,7 @@ def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
     """Ping-pong: each request carries the ACK of the last answer. The
     engine frees the acknowledged bytes after passing the request on, so
     nothing piles up in the host socket and every answer arrives once."""
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     for i in range(50):  # bounded
         c.send(b"req%02d" % i)
         assert h.recv(100) == b"req%02d" % i
@@ -378,7 +371,7 @@ def test_fin_ack_that_acks_host_data_closes_cleanly(guest, socks):
     """The guest acks the host's data and FIN in the segment that carries
     its own FIN: the acked bytes must leave the host socket before it is
     closed, or the kernel would reset the host peer instead of a FIN."""
-    c, h = _established(guest, socks)
+    c, h = established(guest, socks)
     h.sendall(b"bye")
     h.shutdown(socket.SHUT_WR)
     segs = []

@@ -16,19 +16,17 @@ import select
 import socket
 import time
 
-from conftest import Conn
+from conftest import Conn, established
 from frames import TCP, tcp_payload
 
 MS = 1_000_000
 
 
 def _established(g, socks, **kw) -> tuple[Conn, socket.socket]:
-    lst = socks.tcp_listener()
-    c = Conn(g, lst.getsockname()[1], **kw)
-    c.handshake()
+    c, h = established(g, socks, **kw)
     g.advance(0.01)  # the handshake's own ACKs, if any, are out of the way
     g.out()
-    return c, socks.accept(lst)
+    return c, h
 
 
 def _poll_at(g, now: int, pred, timeout: float = 2.0) -> list:
