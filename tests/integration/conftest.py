@@ -192,6 +192,15 @@ def start_slirpy(
         os.close(rfd)
 
 
+def _reap(started: list[Slirpy] | list[LibSlirpy]) -> None:
+    """Teardown of the factories: kill what still runs, collect every exit."""
+    for s in started:
+        if s.proc.poll() is None:
+            s.proc.kill()
+        with contextlib.suppress(Exception):
+            s.proc.communicate(timeout=5)
+
+
 @pytest.fixture
 def slirpy_factory() -> Iterator[object]:
     started: list[Slirpy] = []
@@ -202,11 +211,7 @@ def slirpy_factory() -> Iterator[object]:
         return s
 
     yield factory
-    for s in started:
-        if s.proc.poll() is None:
-            s.proc.kill()
-        with contextlib.suppress(Exception):
-            s.proc.communicate(timeout=5)
+    _reap(started)
 
 
 @pytest.fixture
@@ -318,11 +323,7 @@ def library_factory() -> Iterator[object]:
         return lib
 
     yield factory
-    for lib in started:
-        if lib.proc.poll() is None:
-            lib.proc.kill()
-        with contextlib.suppress(Exception):
-            lib.proc.communicate(timeout=5)
+    _reap(started)
 
 
 # What `any_net` yields: the container and whichever slirpy serves it.

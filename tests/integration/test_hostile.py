@@ -475,6 +475,22 @@ class Watch:
         self.t.join(5)
 
 
+def attack(h: Hostile, *runs: tuple[str, ...]
+           ) -> tuple[list[dict[str, object]], Watch, int, dict[str, int]]:
+    """Run guest attack commands one after another while a Watch samples
+    slirpy, give it a second, check it is alive. Returns the reports, the
+    watch, the frames lost at the TAP and the engine's counters."""
+    lost0 = h.tap_tx_dropped()
+    w = Watch(h)
+    try:
+        reps = [h.guest(*r) for r in runs]
+        time.sleep(1.0)
+    finally:
+        w.stop()
+    h.alive()
+    return reps, w, h.tap_tx_dropped() - lost0, h.engine()
+
+
 def test_malformed_traffic_is_dropped_by_reason(hostile: Hostile, acceptor: Acceptor,
                                                 tcp_server: Server) -> None:
     h = hostile
@@ -513,16 +529,8 @@ def test_syn_flood_open_and_closed_ports(hostile: Hostile, acceptor: Acceptor,
     h = hostile
     closed = [free_port() for _ in range(50)]
     base_fds = h.nfds()
-    lost0 = h.tap_tx_dropped()
-    w = Watch(h)
-    try:
-        rep = h.guest("syn-flood", str(acceptor.port), ",".join(map(str, closed)), "20000")
-        time.sleep(1.0)
-    finally:
-        w.stop()
-    h.alive()
-    eng = h.engine()
-    lost = h.tap_tx_dropped() - lost0
+    (rep,), w, lost, eng = attack(
+        h, ("syn-flood", str(acceptor.port), ",".join(map(str, closed)), "20000"))
     print(f"syn flood: {rep} lost at the TAP {lost}, peak RSS {w.peak_rss} KiB, "
           f"peak fds {w.peak_fds} (base {base_fds}); opened {eng['tcp_flows_opened']}, refused "
           f"{eng['tcp_connect_refused']}, half-open cap {eng['drop_half_open_cap']}")
@@ -551,16 +559,7 @@ def udp_server() -> Iterator[Server]:
 
 def test_udp_port_sweep(hostile: Hostile, tcp_server: Server, udp_server: Server) -> None:
     h = hostile
-    lost0 = h.tap_tx_dropped()
-    w = Watch(h)
-    try:
-        rep = h.guest("udp-sweep", "20001", "20000")
-        time.sleep(1.0)
-    finally:
-        w.stop()
-    h.alive()
-    eng = h.engine()
-    lost = h.tap_tx_dropped() - lost0
+    (rep,), w, lost, eng = attack(h, ("udp-sweep", "20001", "20000"))
     print(f"udp sweep: {rep} lost at the TAP {lost}, peak RSS {w.peak_rss} KiB, "
           f"peak fds {w.peak_fds}; udp flows {eng['udp_flows_opened']}, frames in "
           f"{eng['frames_in']}, drops { {k: v for k, v in eng.items() if k[:5] == 'drop_' and v} }")
@@ -625,18 +624,9 @@ def test_fds_stay_under_4096_with_a_high_fd_limit(container: Container,
             line = next(x for x in f if x.startswith("Max open files"))
         assert line.split()[3] == str(limit), line
         closed = [free_port() for _ in range(50)]
-        lost0 = h.tap_tx_dropped()
-        w = Watch(h)
-        try:
-            sweep = h.guest("udp-sweep", "20001", "20000")
-            flood = h.guest("syn-flood", str(acceptor.port), ",".join(map(str, closed)),
-                            "20000")
-            time.sleep(1.0)
-        finally:
-            w.stop()
-        h.alive()
-        eng = h.engine()
-        lost = h.tap_tx_dropped() - lost0
+        (sweep, flood), w, lost, eng = attack(
+            h, ("udp-sweep", "20001", "20000"),
+            ("syn-flood", str(acceptor.port), ",".join(map(str, closed)), "20000"))
         print(f"high fd limit: sweep {sweep} flood {flood} lost at the TAP {lost}, peak fds "
               f"{w.peak_fds} over {w.samples} samples; udp flows {eng['udp_flows_opened']}, "
               f"evicted {eng['flows_evicted']}, tcp flows {eng['tcp_flows_opened']}")
