@@ -19,6 +19,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 
 def _recv_exact(s: socket.socket, buf: bytearray) -> bool:
@@ -201,12 +202,33 @@ def udp_sink(port: str, timeout: str) -> None:
     print(json.dumps({"packets": packets, "bytes": nbytes, "span": last - first}), flush=True)
 
 
+def _blast(send: Callable[[], int], seconds: float) -> None:
+    """Call `send` (datagrams sent, or -1 with errno set) for `seconds`,
+    then print what went out. ENOBUFS, ECONNREFUSED and EAGAIN are counted,
+    not fatal: a sender faster than the stack is the point."""
+    import ctypes
+
+    sent = errors = calls = 0
+    t0 = time.monotonic()
+    deadline = t0 + seconds
+    while time.monotonic() < deadline and calls < 50_000_000:
+        n = send()
+        calls += 1
+        if n > 0:
+            sent += n
+        else:
+            errors += 1
+            if ctypes.get_errno() not in (105, 111, 11):
+                raise OSError(ctypes.get_errno(), "send")
+    elapsed = time.monotonic() - t0
+    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed}), flush=True)
+
+
 def udp_source(host: str, port: str, seconds: str, size: str, gso: str = "0") -> None:
     """Send `size`-byte datagrams as fast as sendmmsg allows for `seconds`;
     with `gso` > 0, as one UDP_SEGMENT write of `gso` datagrams per call."""
     import ctypes
 
-    sent = errors = 0
     nseg = int(gso)
     vec = _MmsgVec(64, int(size), b"u" * int(size))
     one = b"u" * int(size) * nseg
@@ -215,36 +237,22 @@ def udp_source(host: str, port: str, seconds: str, size: str, gso: str = "0") ->
         if nseg:
             s.setsockopt(17, 103, int(size))  # SOL_UDP, UDP_SEGMENT
         fd = s.fileno()
-        t0 = time.monotonic()
-        deadline = t0 + float(seconds)
-        calls = 0
-        while time.monotonic() < deadline and calls < 50_000_000:
-            if nseg:
-                try:
-                    n = s.send(one) // int(size)
-                except OSError as e:  # ENOBUFS / EAGAIN: counted, not fatal
-                    ctypes.set_errno(e.errno or 0)
-                    n = -1
-            else:
-                n = vec.send(fd)
-            calls += 1
-            if n > 0:
-                sent += n
-            else:  # ENOBUFS / ECONNREFUSED: counted, not fatal
-                errors += 1
-                if ctypes.get_errno() not in (105, 111, 11):
-                    raise OSError(ctypes.get_errno(), "sendmmsg")
-        elapsed = time.monotonic() - t0
-    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed}), flush=True)
+
+        def send_segmented() -> int:
+            try:
+                return s.send(one) // int(size)
+            except OSError as e:
+                ctypes.set_errno(e.errno or 0)
+                return -1
+
+        _blast(send_segmented if nseg else lambda: vec.send(fd), float(seconds))
 
 
 def udp_push(port: str, seconds: str, size: str) -> None:
     """Host side of host→guest UDP: wait for the guest's "go", then send
     `size`-byte datagrams back to it with sendmmsg for `seconds`."""
-    import ctypes
     import select
 
-    sent = errors = calls = 0
     vec = _MmsgVec(64, int(size), b"h" * int(size))
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", int(port)))
@@ -254,19 +262,7 @@ def udp_push(port: str, seconds: str, size: str) -> None:
         _, peer = s.recvfrom(64)
         s.connect(peer)
         fd = s.fileno()
-        t0 = time.monotonic()
-        deadline = t0 + float(seconds)
-        while time.monotonic() < deadline and calls < 50_000_000:
-            n = vec.send(fd)
-            calls += 1
-            if n > 0:
-                sent += n
-            else:
-                errors += 1
-                if ctypes.get_errno() not in (105, 111, 11):
-                    raise OSError(ctypes.get_errno(), "sendmmsg")
-        elapsed = time.monotonic() - t0
-    print(json.dumps({"sent": sent, "errors": errors, "elapsed": elapsed}), flush=True)
+        _blast(lambda: vec.send(fd), float(seconds))
 
 
 def udp_pull(host: str, port: str, timeout: str) -> None:
