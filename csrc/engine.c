@@ -168,6 +168,7 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	clamp_to_fd_limit(&e->cfg);
 	e->tapfd = -1;
 	e->timerfd = -1;
+	e->tcp_spare[0] = e->tcp_spare[1] = -1;
 	e->mask4 = e->cfg.prefix4 ? ~0u << (32 - e->cfg.prefix4) : 0;
 	mac_from_v4(e->gw_mac, e->cfg.gw4);
 	mac_from_v4(e->dns_mac, e->cfg.dns4);
@@ -203,6 +204,7 @@ void sl_engine_free(struct sl_engine *e)
 
 	if (!e)
 		return;
+	sl_tcp_fini(e);
 	sl_flow_fini(e);
 	sl_splice_fini(e);
 	sl_udp_fini(e);
@@ -807,6 +809,7 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 	run_timers(e);
 	flush_acks(e);
 	arm_timer(e);
+	sl_tcp_end_of_poll(e);	/* last: nobody waits for it */
 	return done;
 }
 
@@ -843,6 +846,7 @@ int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
 	sl_udp_flush(e);
 	flush_acks(e);
 	arm_timer(e);	/* a delayed ACK must not wait for the next poll */
+	sl_tcp_end_of_poll(e);
 	return 0;
 }
 
@@ -853,6 +857,7 @@ int sl_engine_flush(struct sl_engine *e, uint64_t now_ns)
 	flush_acks(e);
 	run_timers(e);
 	flush_acks(e);
+	sl_tcp_end_of_poll(e);
 	return 0;
 }
 

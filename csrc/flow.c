@@ -242,7 +242,7 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f)
 		*pp = f->hnext;
 	if (f->evflags & SL_FE_OPENED)
 		flow_event(e, f, SL_EV_FLOW_CLOSE);
-	if (f->fd >= 0)
+	if (f->fd >= 0 && !(f->evflags & SL_FE_CLOSE_LATER))
 		close(f->fd);
 	if (f->kind == SL_FLOW_TCP && f->tcp.state != SL_TCP_ESTABLISHED &&
 	    e->n_half_open)

@@ -29,6 +29,7 @@
 #ifndef SL_MAX_LISTENERS
 #define SL_MAX_LISTENERS 1024
 #endif
+#define SL_TCP_DEFER_MAX 64	/* teardowns one poll may defer */
 #define NSEC_PER_MSEC 1000000ULL
 #define NSEC_PER_SEC 1000000000ULL
 
@@ -158,7 +159,7 @@ struct sl_flow {
 	uint8_t family;
 	uint16_t gport;
 	uint16_t rport;
-	uint8_t evflags;	/* SL_FE_* (flow events, cfg.flow_events) */
+	uint8_t evflags;	/* SL_FE_* (flow events, cfg.flow_events; late close) */
 	uint8_t why;		/* enum sl_flow_close_reason, set before freeing */
 	uint32_t gen;
 	uint8_t gaddr[16];
@@ -178,6 +179,7 @@ struct sl_flow {
 /* struct sl_flow.evflags */
 #define SL_FE_OPENED 0x01	/* FLOW_OPEN was punted: FLOW_CLOSE follows */
 #define SL_FE_INBOUND 0x02	/* created by a port forward */
+#define SL_FE_CLOSE_LATER 0x04	/* tcp.c closes the fd at the end of the poll */
 
 /* A port-forward listener handed over by Python. */
 struct sl_listener {
@@ -229,6 +231,18 @@ struct sl_engine {
 	uint32_t nbuckets;	/* power of two */
 	uint32_t n_by_kind[4];
 	uint32_t n_half_open;
+	/* tcp.c: the next outbound connection's socket, per family (0: IPv4,
+	 * 1: IPv6), made and tuned after a poll's output left; -1: none */
+	int tcp_spare[2];
+	bool tcp_spare_peek_off[2];	/* SO_PEEK_OFF took on it */
+	bool tcp_spare_wanted[2];	/* the family was used: keep one ready */
+	/* tcp.c: host socket teardown left for the end of the poll (see
+	 * sl_tcp_end_of_poll()): tags of flows to shut down for writing, fds
+	 * of finished flows to close */
+	uint64_t tcp_shut_due[SL_TCP_DEFER_MAX];
+	uint32_t n_tcp_shut_due;
+	int tcp_close_due[SL_TCP_DEFER_MAX];
+	uint32_t n_tcp_close_due;
 	uint32_t *ack_list;	/* flows with SL_TF_ACK_DUE set */
 	uint32_t nack;
 	uint64_t delack_at;	/* lazy ACKs in ack_list leave by then (0: none) */
@@ -346,6 +360,8 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l);
 void sl_tcp_send_ack(struct sl_engine *e, struct sl_flow *f);
 void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f);
 void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p);
+void sl_tcp_end_of_poll(struct sl_engine *e);
+void sl_tcp_fini(struct sl_engine *e);
 
 /* ip.c: building L3 headers toward the guest */
 size_t sl_ip_header(struct sl_engine *e, uint8_t *buf, int family,

@@ -318,6 +318,35 @@ static void update_events(struct sl_engine *e, struct sl_flow *f)
 		sl_count(e, SL_C_drop_socket_error);
 }
 
+/*
+ * Teardown waits for the end of the poll. A guest that closes a connection
+ * and opens the next one (connection churn) queues its FIN and the new SYN
+ * back to back: shutdown() and close() of the old host socket cost more
+ * than the new connect(), and nobody is waiting for them, so the SYN-ACK
+ * should not wait behind them. Later in the same poll they change nothing
+ * for the host peer; a stale epoll event of a socket closed late carries
+ * the freed flow's old tag and is ignored.
+ */
+
+/* The guest's FIN: shut the host socket for writing at the end of the poll. */
+static void shutdown_later(struct sl_engine *e, struct sl_flow *f)
+{
+	if (e->n_tcp_shut_due == SL_TCP_DEFER_MAX) {
+		shutdown(f->fd, SHUT_WR);
+		return;
+	}
+	e->tcp_shut_due[e->n_tcp_shut_due++] = sl_flow_tag(f);
+}
+
+/* A finished flow's socket: close it at the end of the poll. */
+static void close_later(struct sl_engine *e, struct sl_flow *f)
+{
+	if (f->fd < 0 || e->n_tcp_close_due == SL_TCP_DEFER_MAX)
+		return;		/* sl_flow_free() closes it now */
+	e->tcp_close_due[e->n_tcp_close_due++] = f->fd;
+	f->evflags |= SL_FE_CLOSE_LATER;	/* sl_flow_free() leaves it */
+}
+
 static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 {
 	/* An ACK still owed (e.g. for the guest's last FIN) leaves now. */
@@ -337,6 +366,8 @@ static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 
 		setsockopt(f->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
 	}
+	if (!rst_host)
+		close_later(e, f);
 	sl_count(e, SL_C_tcp_flows_closed);
 	sl_flow_free(e, f);
 }
@@ -750,7 +781,7 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 	if (fin && (size_t)n == len) {
 		f->tcp.rcv_nxt++;
 		f->tcp.flags |= SL_TF_GUEST_FIN;
-		shutdown(f->fd, SHUT_WR);
+		shutdown_later(e, f);
 	}
 	/* All of it taken: the ACK may wait for the host's answer to carry it
 	 * (engine.c flush_acks() bounds the wait). Anything short of that is
@@ -793,17 +824,87 @@ void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p)
 		send_rst_reply(e, p);
 }
 
-/* Options of a connected host socket. Set after the SYN-ACK went out: the
- * guest's client then runs while we make these calls (nothing has been sent
- * or peeked on the socket yet, which is all they need). */
-static void tune_socket(struct sl_flow *f)
+/* Options of a host socket for a guest's connection, set before
+ * connect(). Return: whether SO_PEEK_OFF took. */
+static bool tune_socket(int fd)
 {
 	int one = 1, zero = 0;
 
-	setsockopt(f->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(f->fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
-	if (!setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)))
-		f->tcp.flags |= SL_TF_PEEK_OFF;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof(one));
+	return !setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero));
+}
+
+static int new_host_socket(int fam, bool *peek_off)
+{
+	int fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0)
+		*peek_off = tune_socket(fd);
+	return fd;
+}
+
+/**
+ * host_socket() - a tuned socket for a guest's SYN: the spare that
+ * sl_tcp_end_of_poll() made after the last one, or a new one.
+ * @peek_off: set to whether SO_PEEK_OFF works on it
+ *
+ * Return: the fd, or -1 with errno set.
+ */
+static int host_socket(struct sl_engine *e, int fam, bool *peek_off)
+{
+	int i = fam == AF_INET6, fd = e->tcp_spare[i];
+
+	e->tcp_spare_wanted[i] = true;
+	if (fd < 0)
+		return new_host_socket(fam, peek_off);
+	e->tcp_spare[i] = -1;
+	*peek_off = e->tcp_spare_peek_off[i];
+	return fd;
+}
+
+/**
+ * sl_tcp_end_of_poll() - the work no frame of this poll waits for: the
+ * deferred shutdowns and closes, then the spare sockets.
+ *
+ * The spares (one per family that has had an outbound connection, inside
+ * the fd reserve of clamp_to_fd_limit()) take socket() and three
+ * setsockopt() off the path between a guest's SYN and our SYN-ACK.
+ */
+void sl_tcp_end_of_poll(struct sl_engine *e)
+{
+	uint32_t k;
+	int i;
+
+	for (k = 0; k < e->n_tcp_shut_due; k++) {
+		struct sl_flow *f = sl_flow_from_tag(e, e->tcp_shut_due[k]);
+
+		/* A flow closed since then had its FIN sent by close(). */
+		if (f && f->fd >= 0)
+			shutdown(f->fd, SHUT_WR);
+	}
+	e->n_tcp_shut_due = 0;
+	for (k = 0; k < e->n_tcp_close_due; k++)
+		close(e->tcp_close_due[k]);
+	e->n_tcp_close_due = 0;
+	for (i = 0; i < 2; i++)
+		if (e->tcp_spare_wanted[i] && e->tcp_spare[i] < 0)
+			e->tcp_spare[i] = new_host_socket(i ? AF_INET6 : AF_INET,
+							  &e->tcp_spare_peek_off[i]);
+}
+
+/* Before sl_flow_fini(): the fds closed late and the spares. */
+void sl_tcp_fini(struct sl_engine *e)
+{
+	uint32_t k;
+	int i;
+
+	for (k = 0; k < e->n_tcp_close_due; k++)
+		close(e->tcp_close_due[k]);
+	e->n_tcp_close_due = 0;
+	for (i = 0; i < 2; i++)
+		if (e->tcp_spare[i] >= 0)
+			close(e->tcp_spare[i]);
 }
 
 static void connected(struct sl_engine *e, struct sl_flow *f)
@@ -816,7 +917,6 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	f->tcp.snd_una = f->tcp.isn;
 	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
-	tune_socket(f);
 	/* Measure the send space now, while the guest handles the SYN-ACK,
 	 * rather than when the host's first answer is on its way. */
 	(void)free_send_space(f, &low);
@@ -879,7 +979,7 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 	uint32_t salen;
 	struct sl_flow *f;
 	int r, fam;
-	bool lo;
+	bool lo, peek_off = false;
 
 	if (p->tflags & (TCP_ACK | TCP_RST | TCP_FIN)) {
 		sl_tcp_rst_for(e, p);
@@ -926,7 +1026,9 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 				htonl(0x7f000001)) ||
 	     (fam == AF_INET6 && !sa.sin6_addr.s6_addr[0] &&
 	      sa.sin6_addr.s6_addr[15] == 1);
-	f->fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	f->fd = host_socket(e, fam, &peek_off);
+	if (peek_off)
+		f->tcp.flags |= SL_TF_PEEK_OFF;
 	if (f->fd < 0 ||
 	    (!lo && sl_bind_outbound(e, f->fd, fam) < 0)) {
 		sl_count(e, SL_C_drop_socket_error);

@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 
-from conftest import Conn, established, mss_of
+from conftest import Conn, TapGuest, established, mss_of
 from frames import ICMP, TCP, tcp_flags, tcp_payload
 
 from slirpy.engine import Limits
@@ -415,6 +415,82 @@ def test_retransmission_after_deferred_consume_sends_the_right_bytes(guest, sock
     again = c.mine(guest.advance(1.5))  # past the RTO: go-back-N
     assert [tcp_payload(o.pkt) for o in again if tcp_payload(o.pkt)] == [b"fresh"]
     assert _unread_bytes_of_peer(h) == 5  # the acked 24 bytes are gone
+
+
+def _synack_for(c: Conn, outs) -> bool:
+    return any(tcp_flags(o.pkt) == "SA" for o in c.mine(outs))
+
+
+def test_fin_and_next_syn_in_one_drain(tap_guest, socks):
+    """Connection churn: a guest closes a connection and opens the next, and
+    the FIN and the SYN are read in one drain. The SYN gets its SYN-ACK, the
+    old host socket is shut down for writing (its host peer reads EOF), and
+    both connections go on: the new one carries data, the old one closes."""
+    tg = TapGuest(*tap_guest)
+    a, ha = established(tg, socks)
+    lst = socks.tcp_listener()
+    b = Conn(tg, lst.getsockname()[1], sport=40001)
+    a.send(b"last", flags="FPA")
+    b.syn()
+    tg.poll(1)  # one poll: both frames were queued before it
+    outs = tg.out()
+    assert _synack_for(b, outs)
+    ha.settimeout(2)
+    assert ha.recv(10) == b"last" and ha.recv(10) == b""
+    ha.sendall(b"bye")
+    ha.close()
+    sa = next(o for o in b.mine(outs) if tcp_flags(o.pkt) == "SA")
+    b.isn = sa.pkt[TCP].seq
+    b.rcv_nxt = (b.isn + 1) & 0xFFFFFFFF
+    b.send(b"hello")
+    tg.poll(1)
+    hb = socks.accept(lst)
+    hb.settimeout(2)
+    assert hb.recv(10) == b"hello"
+    hb.sendall(b"world")
+    b.pump(5)
+    assert bytes(b.received) == b"world"
+    a.pump(3)
+    assert bytes(a.received) == b"bye"
+    deadline = time.monotonic() + 3
+    while a.rcv_nxt != (a.isn + 1 + 3 + 1) & 0xFFFFFFFF and time.monotonic() < deadline:
+        tg.poll(0.02)
+        a.take(tg.out(), ack=True)  # the host's FIN, acknowledged
+    tg.poll(0.05)
+    assert [f["guest_port"] for f in tg.engine.flows()] == [40001]
+
+
+def test_fin_then_rst_then_syn_in_one_drain(tap_guest, socks):
+    """FIN, RST and a new SYN in one drain: the reset flow's deferred
+    shutdown is skipped (its socket is gone, and the new connection may have
+    its fd number), the host peer sees the connection end, and the new
+    connection works both ways."""
+    tg = TapGuest(*tap_guest)
+    a, ha = established(tg, socks)
+    lst = socks.tcp_listener()
+    b = Conn(tg, lst.getsockname()[1], sport=40001)
+    a.fin()
+    tg.send(a.seg("R"))
+    b.syn()
+    tg.poll(1)
+    outs = tg.out()
+    assert _synack_for(b, outs)
+    ha.settimeout(2)
+    with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+        assert ha.recv(10) == b""
+    sa = next(o for o in b.mine(outs) if tcp_flags(o.pkt) == "SA")
+    b.isn = sa.pkt[TCP].seq
+    b.rcv_nxt = (b.isn + 1) & 0xFFFFFFFF
+    b.send(b"ping")
+    tg.poll(1)
+    hb = socks.accept(lst)
+    hb.settimeout(2)
+    assert hb.recv(10) == b"ping"
+    hb.sendall(b"pong")
+    b.pump(4)
+    assert bytes(b.received) == b"pong"
+    (flow,) = tg.engine.flows()
+    assert flow["guest_port"] == 40001 and flow["state"] == 3
 
 
 def test_fin_ack_that_acks_host_data_closes_cleanly(guest, socks):

@@ -24,7 +24,6 @@ from frames import (
     check_partial_csum,
     ip6,
     raw,
-    split_out,
     udp4,
 )
 
@@ -197,43 +196,6 @@ def test_uso_on_tcp_and_truncated_uso_are_dropped(make_guest, socks):
 
 
 # ------------------------------------------------------------ batching out
-
-
-class FakeTap:
-    """A SOCK_SEQPACKET pair standing in for the TAP: frames written to our
-    end are read by the engine's drain loop one at a time, so that several
-    frames are handled in one drain, as with a real TAP."""
-
-    def __init__(self, g) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        self.sock = ours
-        self.g = g
-        g.engine.set_tap(theirs.detach())
-
-    def write(self, pkt) -> None:
-        self.sock.send(Vnet().pack() + raw(pkt))
-
-    def frames(self) -> list:
-        out = []
-        self.sock.setblocking(False)
-        try:
-            while True:
-                out.append(split_out(self.sock.recv(70000), True))
-        except BlockingIOError:
-            pass
-        return out
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@pytest.fixture
-def tap_guest(make_guest):
-    g = make_guest(vnet_hdr=True, offload=True)
-    t = FakeTap(g)
-    yield g, t
-    t.close()
 
 
 def _drain(g) -> None:
