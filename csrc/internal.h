@@ -127,8 +127,6 @@ struct sl_tcp {
 	uint32_t space;		/* free send space then, in bytes */
 	uint32_t space_seq;	/* rcv_nxt then: space - (rcv_nxt - space_seq)
 				 * is a lower bound of the free space now */
-	uint32_t unconsumed;	/* acked bytes still queued in the socket */
-	uint8_t unconsumed_acks; /* guest ACKs that added to @unconsumed */
 	uint16_t gmss;		/* largest segment the guest takes */
 	uint8_t gws;		/* guest's window scale shift */
 	uint8_t dupacks;

@@ -46,10 +46,6 @@
 #define CLOSING_IDLE_S 60
 #define SYN_WINDOW 65535
 #define PEEK_MAX 65535u			/* one peek, one GSO frame at most */
-/* Acknowledged bytes may wait in the socket until this many have gathered
- * or this many ACKs added to them (see defer_consume()). */
-#define CONSUME_BATCH_BYTES 16384u
-#define CONSUME_BATCH_ACKS 16u
 
 static uint16_t mss_cap(const struct sl_engine *e, int family)
 {
@@ -352,15 +348,6 @@ static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 	/* An ACK still owed (e.g. for the guest's last FIN) leaves now. */
 	if (!rst_host && (f->tcp.flags & SL_TF_ACK_DUE))
 		sl_tcp_send_ack(e, f);
-	/* Acknowledged bytes left unread would turn close() into a RST. */
-	while (!rst_host && f->tcp.unconsumed && f->fd >= 0) {
-		ssize_t n = recv(f->fd, NULL, f->tcp.unconsumed,
-				 MSG_TRUNC | MSG_DONTWAIT);
-
-		if (n <= 0)
-			break;
-		f->tcp.unconsumed -= (uint32_t)n;
-	}
 	if (rst_host && f->fd >= 0) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
@@ -447,7 +434,7 @@ static bool data_pending(const struct sl_flow *f)
 	if (f->tcp.flags & SL_TF_HOST_EOF)
 		return f->tcp.snd_nxt != f->tcp.fin_seq + 1;
 	return ioctl(f->fd, SIOCINQ, &inq) == 0 &&
-	       (uint32_t)inq > data_in_flight(f) + f->tcp.unconsumed;
+	       (uint32_t)inq > data_in_flight(f);
 }
 
 /**
@@ -558,56 +545,6 @@ static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 	return true;
 }
 
-/* Drop acknowledged bytes from the host socket. */
-static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
-{
-	while (bytes) {
-		ssize_t n = recv(f->fd, NULL, bytes, MSG_TRUNC | MSG_DONTWAIT);
-
-		if (n <= 0) {
-			f->why = SL_FC_HOST_RST;
-			reset_guest(e, f);
-			close_flow(e, f, true);
-			return false;
-		}
-		bytes -= (uint32_t)n;
-	}
-	return true;
-}
-
-/* Drop the acknowledged bytes that defer_consume() left in the socket. */
-static bool consume_deferred(struct sl_engine *e, struct sl_flow *f)
-{
-	uint32_t n = f->tcp.unconsumed;
-
-	f->tcp.unconsumed = 0;
-	f->tcp.unconsumed_acks = 0;
-	return consume(e, f, n);
-}
-
-/**
- * defer_consume() - drop @acked acknowledged bytes, now or a little later.
- *
- * In a request/response exchange every request carries the ACK of the last
- * answer, and a recv() per request only frees a little memory. With
- * SO_PEEK_OFF the peek offset follows what is queued, so acknowledged bytes
- * can stay at the head of the queue: they go in one recv() once
- * CONSUME_BATCH_BYTES or CONSUME_BATCH_ACKS gathered (bulk transfers reach
- * the byte bound on every ACK), and before anything that needs the queue to
- * start at snd_una (a rewind) or to be empty (close).
- *
- * Return: false when the flow was closed.
- */
-static bool defer_consume(struct sl_engine *e, struct sl_flow *f,
-			  uint32_t acked)
-{
-	f->tcp.unconsumed += acked;
-	if (f->tcp.unconsumed < CONSUME_BATCH_BYTES &&
-	    ++f->tcp.unconsumed_acks < CONSUME_BATCH_ACKS)
-		return true;
-	return consume_deferred(e, f);
-}
-
 /**
  * rewind_send() - go back to the oldest unacknowledged byte and send again
  * (go-back-N): the kernel still has the data, nothing was copied.
@@ -631,8 +568,6 @@ static bool rewind_send(struct sl_engine *e, struct sl_flow *f)
 	f->tcp.flags &= (uint16_t)~SL_TF_HOST_DRY;	/* re-sent bytes to peek */
 	if (!(f->tcp.flags & SL_TF_FIN_ACKED))
 		f->tcp.flags &= (uint16_t)~SL_TF_FIN_SENT;
-	if (f->tcp.unconsumed && !consume_deferred(e, f))
-		return false;
 	if (f->tcp.flags & SL_TF_PEEK_OFF)
 		setsockopt(f->fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero));
 	if (!data_to_guest(e, f))
@@ -645,13 +580,29 @@ static bool rewind_send(struct sl_engine *e, struct sl_flow *f)
 	return true;
 }
 
+/* Drop acknowledged bytes from the host socket. */
+static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
+{
+	while (bytes) {
+		ssize_t n = recv(f->fd, NULL, bytes, MSG_TRUNC | MSG_DONTWAIT);
+
+		if (n <= 0) {
+			f->why = SL_FC_HOST_RST;
+			reset_guest(e, f);
+			close_flow(e, f, true);
+			return false;
+		}
+		bytes -= (uint32_t)n;
+	}
+	return true;
+}
+
 /**
  * handle_ack() - process the guest's ACK field and window.
  * @later: bytes acknowledged but left in the socket for the caller to
- *	consume (defer_consume()) once the segment's payload is on its way
- *	to the host: the request a guest sends usually carries the ACK of
- *	the last answer, and the host should not wait for a syscall that
- *	only frees memory.
+ *	consume once the segment's payload is on its way to the host: the
+ *	request a guest sends usually carries the ACK of the last answer,
+ *	and the host should not wait for a syscall that only frees memory.
  *	Only with SO_PEEK_OFF, whose offset is relative to what is queued;
  *	without it a peek assumes the queue starts at snd_una.
  * Return: false when the flow was closed.
@@ -1146,7 +1097,8 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	if (!data_from_guest(e, f, p))
 		return;
-	if (acked && !defer_consume(e, f, acked))
+	/* Before any close: unread bytes would turn the host's FIN into RST. */
+	if (acked && !consume(e, f, acked))
 		return;
 	if ((f->tcp.flags & SL_TF_GUEST_FIN) &&
 	    (f->tcp.flags & SL_TF_FIN_ACKED)) {

@@ -344,77 +344,27 @@ def _unread_bytes_of_peer(h: socket.socket) -> int:
     raise AssertionError("the engine's socket was not found")
 
 
-# csrc/tcp.c CONSUME_BATCH_ACKS: acknowledged bytes leave the host socket in
-# one recv() per this many guest ACKs (or per 16 KiB).
-CONSUME_BATCH_ACKS = 16
-
-
-def _ping_pong(guest, c, h, rounds: int) -> None:
-    """@rounds requests and 8-byte answers, each answer acked by the next
-    request (the last one by a pure ACK): @rounds ACKs of 8 bytes."""
-    for i in range(rounds):  # bounded
+def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
+    """Ping-pong: each request carries the ACK of the last answer. The
+    engine frees the acknowledged bytes after passing the request on, so
+    nothing piles up in the host socket and every answer arrives once."""
+    c, h = established(guest, socks)
+    for i in range(50):  # bounded
         c.send(b"req%02d" % i)
         assert h.recv(100) == b"req%02d" % i
         h.sendall(b"answer%02d" % i)
         c.pump(len(c.received) + 8, ack=False)  # acked by the next request
     c.send_ack()
     guest.settle(0.05)
-    assert bytes(c.received) == b"".join(b"answer%02d" % i for i in range(rounds))
-
-
-def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
-    """Ping-pong: each request carries the ACK of the last answer. The
-    engine frees acknowledged bytes in batches after passing requests on, so
-    at most a batch waits in the host socket and every answer arrives once."""
-    c, h = established(guest, socks)
-    _ping_pong(guest, c, h, 50)
+    assert bytes(c.received) == b"".join(b"answer%02d" % i for i in range(50))
     (flow,) = guest.engine.flows()
     assert flow["state"] == 3  # ESTABLISHED, not reset by a bad consume
-    # 50 ACKs: three batches consumed, the last two answers still queued in
-    # the engine's socket (in this process), and the next answer is peeked
-    # after them, not at offset 0.
-    assert _unread_bytes_of_peer(h) == 8 * (50 % CONSUME_BATCH_ACKS)
+    # Everything acked was consumed: the engine's socket (in this process)
+    # holds nothing, and the next answer is peeked at offset 0.
+    assert _unread_bytes_of_peer(h) == 0
     h.sendall(b"last")
     c.pump(len(c.received) + 4)
     assert bytes(c.received).endswith(b"last")
-    assert _unread_bytes_of_peer(h) == 8 * (50 % CONSUME_BATCH_ACKS) + 4
-
-
-def test_close_drops_deferred_bytes_first(guest, socks):
-    """The connection ends cleanly while acked bytes wait for their batch:
-    the flow is gone and the host peer, which shut down first and still
-    reads, sees EOF. (close_flow() also drops those bytes before close(),
-    which would otherwise send a RST after our FIN; on loopback the kernel
-    has already handed the socket to TIME-WAIT by then, so that RST is not
-    visible here.)"""
-    c, h = established(guest, socks)
-    _ping_pong(guest, c, h, 5)
-    assert _unread_bytes_of_peer(h) == 40
-    h.shutdown(socket.SHUT_WR)
-    fin_end = (c.isn + 1 + 40 + 1) & 0xFFFFFFFF
-    deadline = time.monotonic() + 3
-    while c.rcv_nxt != fin_end and time.monotonic() < deadline:
-        guest.poll(0.02)
-        c.take(guest.out())
-    assert c.rcv_nxt == fin_end
-    c.fin()  # acks the host's FIN: the flow is done
-    guest.settle(0.1)
-    assert guest.engine.flows() == []
-    h.settimeout(2)
-    assert h.recv(10) == b""  # EOF, not ECONNRESET
-
-
-def test_retransmission_after_deferred_consume_sends_the_right_bytes(guest, socks, clock):
-    """A rewind peeks from the oldest unacked byte: the acked bytes still in
-    the socket must go first, or the guest would get old answers again."""
-    c, h = established(guest, socks)
-    _ping_pong(guest, c, h, 3)
-    h.sendall(b"fresh")
-    first = c.mine(guest.wait(lambda outs: any(tcp_payload(o.pkt) for o in outs)))
-    assert [tcp_payload(o.pkt) for o in first] == [b"fresh"]  # not acked
-    again = c.mine(guest.advance(1.5))  # past the RTO: go-back-N
-    assert [tcp_payload(o.pkt) for o in again if tcp_payload(o.pkt)] == [b"fresh"]
-    assert _unread_bytes_of_peer(h) == 5  # the acked 24 bytes are gone
 
 
 def _synack_for(c: Conn, outs) -> bool:
