@@ -581,9 +581,10 @@ static bool rewind_send(struct sl_engine *e, struct sl_flow *f)
 }
 
 /* Drop acknowledged bytes from the host socket. On every ACK: leaving them
- * queued to drop several ACKs' worth in one recv() stalled transfers from
- * a non-loopback host (the queued bytes closed the socket's receive window,
- * and a guest with nothing left to acknowledge sent no ACK to end it). */
+ * queued to drop several ACKs' worth in one recv() was tried twice and
+ * stalled transfers both times: the queued bytes can close the socket's
+ * receive window, and a guest with nothing left to acknowledge sends no
+ * ACK that would drop them (docs/benchmarks.md, engine finding 3). */
 static bool consume(struct sl_engine *e, struct sl_flow *f, uint32_t bytes)
 {
 	while (bytes) {
