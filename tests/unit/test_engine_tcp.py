@@ -367,8 +367,22 @@ def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
     assert bytes(c.received).endswith(b"last")
 
 
-def _synack_for(c: Conn, outs) -> bool:
-    return any(tcp_flags(o.pkt) == "SA" for o in c.mine(outs))
+def _complete(tg: TapGuest, c: Conn, outs, lst: socket.socket, socks,
+              request: bytes, answer: bytes) -> None:
+    """Finish @c's handshake from its SYN-ACK in @outs with a first request
+    (which acknowledges it), and check one exchange with the host."""
+    synacks = [o for o in c.mine(outs) if tcp_flags(o.pkt) == "SA"]
+    assert synacks, f"no SYN-ACK: {outs}"
+    c.isn = synacks[0].pkt[TCP].seq
+    c.rcv_nxt = (c.isn + 1) & 0xFFFFFFFF
+    c.send(request)
+    tg.poll(1)
+    h = socks.accept(lst)
+    h.settimeout(2)
+    assert h.recv(10) == request
+    h.sendall(answer)
+    c.pump(len(answer))
+    assert bytes(c.received) == answer
 
 
 def test_fin_and_next_syn_in_one_drain(tap_guest, socks):
@@ -384,22 +398,11 @@ def test_fin_and_next_syn_in_one_drain(tap_guest, socks):
     b.syn()
     tg.poll(1)  # one poll: both frames were queued before it
     outs = tg.out()
-    assert _synack_for(b, outs)
     ha.settimeout(2)
     assert ha.recv(10) == b"last" and ha.recv(10) == b""
     ha.sendall(b"bye")
     ha.close()
-    sa = next(o for o in b.mine(outs) if tcp_flags(o.pkt) == "SA")
-    b.isn = sa.pkt[TCP].seq
-    b.rcv_nxt = (b.isn + 1) & 0xFFFFFFFF
-    b.send(b"hello")
-    tg.poll(1)
-    hb = socks.accept(lst)
-    hb.settimeout(2)
-    assert hb.recv(10) == b"hello"
-    hb.sendall(b"world")
-    b.pump(5)
-    assert bytes(b.received) == b"world"
+    _complete(tg, b, outs, lst, socks, b"hello", b"world")
     a.pump(3)
     assert bytes(a.received) == b"bye"
     deadline = time.monotonic() + 3
@@ -424,21 +427,10 @@ def test_fin_then_rst_then_syn_in_one_drain(tap_guest, socks):
     b.syn()
     tg.poll(1)
     outs = tg.out()
-    assert _synack_for(b, outs)
     ha.settimeout(2)
     with contextlib.suppress(ConnectionResetError, BrokenPipeError):
         assert ha.recv(10) == b""
-    sa = next(o for o in b.mine(outs) if tcp_flags(o.pkt) == "SA")
-    b.isn = sa.pkt[TCP].seq
-    b.rcv_nxt = (b.isn + 1) & 0xFFFFFFFF
-    b.send(b"ping")
-    tg.poll(1)
-    hb = socks.accept(lst)
-    hb.settimeout(2)
-    assert hb.recv(10) == b"ping"
-    hb.sendall(b"pong")
-    b.pump(4)
-    assert bytes(b.received) == b"pong"
+    _complete(tg, b, outs, lst, socks, b"ping", b"pong")
     (flow,) = tg.engine.flows()
     assert flow["guest_port"] == 40001 and flow["state"] == 3
 
