@@ -17,6 +17,7 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <stdbool.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -80,24 +81,11 @@ static int listen_on(const char *port)
 	return fd;
 }
 
-/* Read exactly @len bytes. Return: 1 done, 0 EOF or error. */
-static int read_exact(int fd, char *buf, size_t len)
+/* Read (@out false) or write all @len bytes. Return: 1 done, 0 EOF or error. */
+static int io_all(int fd, char *buf, size_t len, bool out)
 {
 	while (len) {
-		ssize_t n = read(fd, buf, len);
-
-		if (n <= 0)
-			return 0;
-		buf += n;
-		len -= (size_t)n;
-	}
-	return 1;
-}
-
-static int write_all(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t n = write(fd, buf, len);
+		ssize_t n = out ? write(fd, buf, len) : read(fd, buf, len);
 
 		if (n <= 0)
 			return 0;
@@ -126,7 +114,7 @@ static int pp_server(const char *port, size_t size)
 	if (fd < 0)
 		die("accept");
 	set_timeouts(fd);
-	while (read_exact(fd, buf, size) && write_all(fd, buf, size))
+	while (io_all(fd, buf, size, false) && io_all(fd, buf, size, true))
 		;
 	return 0;
 }
@@ -161,7 +149,7 @@ static int pp_client(const char *host, const char *port, size_t size, long round
 	for (i = -warmup; i < rounds; i++) {
 		double t0 = now_s();
 
-		if (!write_all(fd, buf, size) || !read_exact(fd, buf, size))
+		if (!io_all(fd, buf, size, true) || !io_all(fd, buf, size, false))
 			die("ping-pong");
 		if (i >= 0)
 			rtt[i] = (now_s() - t0) * 1e6;
