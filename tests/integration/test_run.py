@@ -566,12 +566,23 @@ else:
 
 
 def _lib(args: list[str]) -> dict[str, object]:
-    r = subprocess.run(
-        [*AS_USER, PY, "-c", LIB_SCRIPT, *args],
-        capture_output=True, text=True, env=user_env(), cwd="/tmp", timeout=120,
+    # A session of its own: on a timeout the whole group goes, including
+    # the server the script started in the namespace (a plain timeout
+    # kills only the script and leaves that one running).
+    p = subprocess.Popen(
+        [*AS_USER, PY, "-c", LIB_SCRIPT, *args], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=user_env(), cwd="/tmp", start_new_session=True,
     )
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    try:
+        out, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        out, err = "", "timed out after 120 s"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert p.returncode == 0, err
+    return json.loads(out)
 
 
 def test_library_network_creates_a_namespace() -> None:
