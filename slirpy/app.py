@@ -182,6 +182,8 @@ class Daemon:
         self._confined = False
         self._stack: AsyncExitStack | None = None
         self.engine = None
+        # The engine fd's reader (Engine.reader): every poll goes through it.
+        self._engine_ready: Callable[[], None] | None = None
         self.dhcp: DhcpServer | None = None
         self.dns = None
         self._stop: asyncio.Future[int] | None = None
@@ -214,10 +216,6 @@ class Daemon:
         if self._stop is not None and not self._stop.done():
             self._stop.set_result(code)
 
-    def _on_engine(self) -> None:
-        self.engine.poll(time.monotonic_ns(), POLL_BUDGET)
-        self._on_events()
-
     def _on_events(self) -> None:
         for ev in self.engine.events():
             self._on_event(ev)
@@ -243,8 +241,8 @@ class Daemon:
     def drain(self) -> None:
         """Run the engine once more and handle its events: at shut-down,
         so that the last flows' close events are not lost."""
-        if self.engine is not None:
-            self._on_engine()
+        if self._engine_ready is not None:
+            self._engine_ready()
 
     def _on_exit_fd(self) -> None:
         try:
@@ -321,10 +319,13 @@ class Daemon:
                 flow_events=self.on_flow is not None,
             )
             stack.callback(self.engine.close)
+            # Runs just before the close: the reader holds the raw engine.
+            stack.callback(setattr, self, "_engine_ready", None)
             self.engine.set_tap(self.tap.fd)
             self.engine.set_guest_mac(self.tap.mac)
             efd = self.engine.fileno()
-            loop.add_reader(efd, self.engine.reader(self._on_events, POLL_BUDGET))
+            self._engine_ready = self.engine.reader(self._on_events, POLL_BUDGET)
+            loop.add_reader(efd, self._engine_ready)
             stack.callback(loop.remove_reader, efd)
             if self.api_socket:
                 from slirpy.api import ApiServer
@@ -361,7 +362,7 @@ class Daemon:
                 await self.setup(self, stack)
             if self.sandbox:
                 self._dhcp_server()  # lazy imports are impossible after the pivot
-            self._on_engine()  # frames queued before we listened
+            self._engine_ready()  # frames queued before we listened
             confined = self.sandbox or self.seccomp
             if confined and self.splice_helper and self.api_socket and self.ns_target:
                 # Forking and setns() are impossible once confined: an API
