@@ -262,8 +262,8 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 	sl_output(e, &vh, iov, len ? 2 : 1);
 }
 
-/* Send @len bytes at @seq as MSS-sized frames, or as one GSO frame. */
-/* @fin: the host's FIN follows these bytes; it rides on the last segment
+/* Send @len bytes at @seq as MSS-sized frames, or as one GSO frame.
+ * @fin: the host's FIN follows these bytes; it rides on the last segment
  * (GSO segmentation in the guest keeps FIN and PSH for the last one). */
 static void emit_data(struct sl_engine *e, struct sl_flow *f, uint32_t seq,
 		      const uint8_t *data, size_t len, bool fin)
@@ -818,18 +818,10 @@ static int host_socket(struct sl_engine *e, int fam, bool *peek_off)
 	return fd;
 }
 
-/**
- * sl_tcp_end_of_poll() - the work no frame of this poll waits for: the
- * deferred shutdowns and closes, then the spare sockets.
- *
- * The spares (one per family that has had an outbound connection, inside
- * the fd reserve of clamp_to_fd_limit()) take socket() and three
- * setsockopt() off the path between a guest's SYN and our SYN-ACK.
- */
-void sl_tcp_end_of_poll(struct sl_engine *e)
+/* The shutdowns and closes deferred by shutdown_later() and close_later(). */
+static void run_deferred(struct sl_engine *e)
 {
 	uint32_t k;
-	int i;
 
 	for (k = 0; k < e->n_tcp_shut_due; k++) {
 		struct sl_flow *f = sl_flow_from_tag(e, e->tcp_shut_due[k]);
@@ -842,21 +834,34 @@ void sl_tcp_end_of_poll(struct sl_engine *e)
 	for (k = 0; k < e->n_tcp_close_due; k++)
 		close(e->tcp_close_due[k]);
 	e->n_tcp_close_due = 0;
+}
+
+/**
+ * sl_tcp_end_of_poll() - the work no frame of this poll waits for: the
+ * deferred shutdowns and closes, then the spare sockets.
+ *
+ * The spares (one per family that has had an outbound connection, inside
+ * the fd reserve of clamp_to_fd_limit()) take socket() and three
+ * setsockopt() off the path between a guest's SYN and our SYN-ACK.
+ */
+void sl_tcp_end_of_poll(struct sl_engine *e)
+{
+	int i;
+
+	run_deferred(e);
 	for (i = 0; i < 2; i++)
 		if (e->tcp_spare_wanted[i] && e->tcp_spare[i] < 0)
 			e->tcp_spare[i] = new_host_socket(i ? AF_INET6 : AF_INET,
 							  &e->tcp_spare_peek_off[i]);
 }
 
-/* Before sl_flow_fini(): the fds closed late and the spares. */
+/* Before sl_flow_fini(), while deferred tags still name live flows: the
+ * deferred work, then the spares. */
 void sl_tcp_fini(struct sl_engine *e)
 {
-	uint32_t k;
 	int i;
 
-	for (k = 0; k < e->n_tcp_close_due; k++)
-		close(e->tcp_close_due[k]);
-	e->n_tcp_close_due = 0;
+	run_deferred(e);
 	for (i = 0; i < 2; i++)
 		if (e->tcp_spare[i] >= 0)
 			close(e->tcp_spare[i]);
