@@ -329,9 +329,6 @@ def socks():
     s.close()
 
 
-__all__ = ["GUEST", "GUEST6", "GW", "GW6", "SEC", "Clock", "Conn", "Guest", "mss_of"]
-
-
 class FakeTap:
     """A SOCK_SEQPACKET pair standing in for the TAP: frames written to our
     end are read by the engine's drain loop one at a time, so that several
@@ -382,3 +379,7 @@ def tap_guest(make_guest):
     t = FakeTap(g)
     yield g, t
     t.close()
+
+
+__all__ = ["GUEST", "GUEST6", "GW", "GW6", "SEC", "Clock", "Conn", "FakeTap", "Guest",
+           "TapGuest", "established", "mss_of", "tap_guest"]

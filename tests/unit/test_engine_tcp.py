@@ -13,12 +13,17 @@ both ways while a transfer must still arrive byte-exact.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
+import os
 import random
 import socket
+import struct
 import subprocess
+import termios
 import threading
 import time
+from collections.abc import Iterator
 
 from conftest import Conn, TapGuest, established, mss_of
 from frames import ICMP, TCP, tcp_flags, tcp_payload
@@ -319,14 +324,9 @@ def test_window_scaling_lets_more_than_64k_fly(guest, socks):
     assert acks and acks[-1].pkt[TCP].window << ws > 65535
 
 
-def _unread_bytes_of_peer(h: socket.socket) -> int:
-    """SIOCINQ of the engine's end of @h: the engine runs in this process,
-    so its socket is one of our fds (the one bound to @h's peer address)."""
-    import fcntl
-    import os
-    import struct
-    import termios
-
+def _stream_sockets() -> Iterator[tuple[int, socket.socket]]:
+    """Every TCP/IP socket of this process (the engine runs in it, so its host
+    sockets are among them), as (fd, a duplicate to inspect)."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         try:
@@ -334,14 +334,44 @@ def _unread_bytes_of_peer(h: socket.socket) -> int:
         except OSError:
             continue
         with s:
-            try:
-                if s.type != socket.SOCK_STREAM or s.getsockname() != h.getpeername():
-                    continue
-            except OSError:
-                continue
-            buf = fcntl.ioctl(s.fileno(), termios.FIONREAD, b"\0" * 4)
-            return struct.unpack("i", buf)[0]
+            if s.type == socket.SOCK_STREAM and s.family in (socket.AF_INET,
+                                                             socket.AF_INET6):
+                yield fd, s
+
+
+def _engine_end_of(h: socket.socket) -> int:
+    """The fd of the engine's host socket connected to @h."""
+    for fd, s in _stream_sockets():
+        with contextlib.suppress(OSError):
+            if s.getsockname() == h.getpeername():
+                return fd
     raise AssertionError("the engine's socket was not found")
+
+
+def _unread_bytes_of_peer(h: socket.socket) -> int:
+    """SIOCINQ of the engine's end of @h."""
+    buf = fcntl.ioctl(_engine_end_of(h), termios.FIONREAD, b"\0" * 4)
+    return struct.unpack("i", buf)[0]
+
+
+def _spare_sockets() -> list[int]:
+    """Fds of TCP sockets neither bound nor connected: the engine's spares."""
+    return [fd for fd, s in _stream_sockets() if s.getsockname()[1] == 0]
+
+
+def test_a_spare_socket_waits_for_the_next_connection(guest, socks):
+    """After a guest's first connection the engine keeps a socket made ahead
+    for the next SYN; that SYN takes it, a new spare follows, and closing
+    the engine closes it."""
+    assert _spare_sockets() == []
+    established(guest, socks)
+    (spare,) = _spare_sockets()
+    _c2, h2 = established(guest, socks, sport=40001)
+    assert _engine_end_of(h2) == spare
+    (second,) = _spare_sockets()
+    assert second != spare
+    guest.engine.close()
+    assert _spare_sockets() == []
 
 
 def test_acks_riding_on_requests_free_the_host_socket(guest, socks):
