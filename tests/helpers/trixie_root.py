@@ -277,7 +277,10 @@ def install_slirpy(root: pathlib.Path, checkout: pathlib.Path) -> pathlib.Path:
         }
         env |= {"PIP_CERT": "/etc/ssl/certs/ca-certificates.crt",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_CACHE_DIR": "1"}
-        with RootSession(root, host_network=True,
+        # The machine's resolver, for this step only: the root's own
+        # /etc/resolv.conf names nothing, and sessions bind the fake host's.
+        resolv = pathlib.Path("/etc/resolv.conf").resolve()
+        with RootSession(root, host_network=True, resolv_conf=resolv,
                          binds=[(checkout, pathlib.Path(SRC_MOUNT))]) as s:
             if not (root / venv.relative_to("/") / "bin/python").exists():
                 s.run("/usr/bin/python3", "-m", "venv", str(venv), timeout=300)
