@@ -15,7 +15,6 @@ void sl_arp_input(struct sl_engine *e, const struct sl_pkt *p)
 	const uint8_t *tpa = a + 24, *mac;
 	uint8_t frame[ETH_HLEN_ + 28];
 	struct iovec iov = { frame, sizeof(frame) };
-	uint8_t *r = frame + ETH_HLEN_;
 
 	if (sl_get16(a + 6) != 1) {	/* only requests need an answer */
 		sl_count(e, SL_C_drop_not_for_us);
@@ -26,16 +25,9 @@ void sl_arp_input(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	}
 	mac = sl_mac_for(e, 4, tpa);
-	sl_eth_header(e, frame, a + 8, mac, ETHERTYPE_ARP);
-	sl_put16(r, 1);
-	sl_put16(r + 2, ETHERTYPE_IPV4);
-	r[4] = 6;
-	r[5] = 4;
-	sl_put16(r + 6, 2);
-	memcpy(r + 8, mac, 6);
-	memcpy(r + 14, tpa, 4);
-	memcpy(r + 18, a + 8, 6);	/* target = the requester */
-	memcpy(r + 24, a + 14, 4);
+	sl_emit_eth(frame, a + 8, mac, ETHERTYPE_ARP);
+	/* From the host asked for, to the requester. */
+	sl_emit_arp_reply(frame + ETH_HLEN_, mac, tpa, a + 8, a + 14);
 	sl_count(e, SL_C_arp_replies);
 	sl_output(e, NULL, &iov, 1);
 }

@@ -35,8 +35,6 @@ static const char *const counter_names[] = {
 #undef SL_CTR_NAME
 };
 
-static const uint8_t bcast_mac[6] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff };
-
 void sl_count(struct sl_engine *e, enum sl_counter_id c)
 {
 	e->ctr[c]++;
@@ -866,11 +864,8 @@ int sl_engine_send_udp4(struct sl_engine *e, const uint8_t dst_mac[6],
 			const uint8_t dst[4], uint16_t dport,
 			const uint8_t *payload, size_t len)
 {
-	const uint8_t *mac = dst_mac;
-
-	if (!mac)
-		mac = e->guest_mac_known ? e->guest_mac : bcast_mac;
-	return sl_udp_emit(e, 4, mac, src, sport, dst, dport, payload, len);
+	return sl_udp_emit(e, 4, dst_mac ? dst_mac : sl_guest_mac(e), src,
+			   sport, dst, dport, payload, len);
 }
 
 int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,

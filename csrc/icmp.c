@@ -43,28 +43,19 @@ void sl_icmp_emit(struct sl_engine *e, int family, const uint8_t *src,
 		      const uint8_t *dst, uint8_t type, uint8_t code,
 		  const uint8_t rest[4], const uint8_t *data, size_t dlen)
 {
-	uint8_t *b = e->txbuf;
-	uint8_t *icmp;
-	size_t l3;
-	uint16_t csum;
+	uint8_t *b = e->txbuf, *icmp;
 	struct iovec iov[2];
-	const uint8_t *dmac = e->guest_mac_known ? e->guest_mac :
-			      (const uint8_t *)"\xff\xff\xff\xff\xff\xff";
+	size_t hl;
 
-	sl_eth_header(e, b, dmac, sl_mac_for(e, family, src),
-		      family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
-	l3 = sl_ip_header(e, b + ETH_HLEN_, family, src, dst,
-			  family == 4 ? IPPROTO_ICMP_ : IPPROTO_ICMPV6_,
-			  8 + dlen);
-	icmp = b + ETH_HLEN_ + l3;
-	icmp[0] = type;
-	icmp[1] = code;
-	icmp[2] = icmp[3] = 0;
-	memcpy(icmp + 4, rest, 4);
-	csum = icmp_csum(family, src, dst, icmp, 8, data, dlen);
-	memcpy(icmp + 2, &csum, 2);
+	hl = sl_frame_headers(e, b, NULL, family, src, dst,
+			      family == 4 ? IPPROTO_ICMP_ : IPPROTO_ICMPV6_,
+			      SL_ICMP_HLEN + dlen);
+	icmp = b + hl;
+	sl_emit_icmp(icmp, type, code, rest);
+	sl_put_csum(icmp + SL_ICMP_CSUM_OFF,
+		    icmp_csum(family, src, dst, icmp, SL_ICMP_HLEN, data, dlen));
 	iov[0].iov_base = b;
-	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[0].iov_len = hl + SL_ICMP_HLEN;
 	iov[1].iov_base = (void *)data;
 	iov[1].iov_len = dlen;
 	sl_output(e, NULL, iov, 2);

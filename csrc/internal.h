@@ -361,11 +361,13 @@ void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p);
 void sl_tcp_end_of_poll(struct sl_engine *e);
 void sl_tcp_fini(struct sl_engine *e);
 
-/* ip.c: building L3 headers toward the guest */
-size_t sl_ip_header(struct sl_engine *e, uint8_t *buf, int family,
-		    const uint8_t *src, const uint8_t *dst, uint8_t proto,
-		    size_t l4len);
-size_t sl_eth_header(struct sl_engine *e, uint8_t *buf, const uint8_t *dst,
-		     const uint8_t *src, uint16_t ethertype);
+/* ip.c: the headers below the transport layer, toward the guest */
+const uint8_t *sl_guest_mac(const struct sl_engine *e);
+size_t sl_emit_ip(struct sl_engine *e, uint8_t *buf, int family,
+		  const uint8_t *src, const uint8_t *dst, uint8_t proto,
+		  size_t l4len);
+size_t sl_frame_headers(struct sl_engine *e, uint8_t *buf,
+			const uint8_t *dst_mac, int family, const uint8_t *src,
+			const uint8_t *dst, uint8_t proto, size_t l4len);
 
 #endif /* SLIRPY_INTERNAL_H */

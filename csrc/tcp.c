@@ -186,17 +186,23 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 	/* RFC 7323 2.2: a SYN-ACK carries window scale only if the SYN did. */
 	bool ws = syn_opts && (!(flags & TCP_ACK) ||
 			       (f->tcp.flags & SL_TF_WS_OK));
+	struct sl_tcp_hdr th = {
+		.sport = f->rport, .dport = f->gport, .seq = seq,
+		.ack = (flags & TCP_ACK) ? f->tcp.rcv_nxt : 0, .flags = flags,
+		.mss = syn_opts ? mss_cap(e, f->family) : 0,
+		.wscale = ws ? OUR_WS : -1,
+	};
 	uint8_t *b = e->txbuf, *t;
-	size_t l3, thl = syn_opts ? (ws ? 28 : 24) : 20;
+	size_t hl, thl = syn_opts ? (ws ? 28 : 24) : SL_TCP_HLEN;
 	struct iovec iov[2];
 	uint32_t sum, wbytes;
-	uint16_t csum, wnd;
+	uint16_t csum;
 	bool low = false;
 
 	if (flags & TCP_SYN)
-		wnd = SYN_WINDOW, wbytes = SYN_WINDOW;
+		th.wnd = SYN_WINDOW, wbytes = SYN_WINDOW;
 	else
-		wnd = window_field(f, &wbytes, &low);
+		th.wnd = window_field(f, &wbytes, &low);
 	/* The host reader is behind and the window we give is small: ask
 	 * for EPOLLOUT so that a window update follows as soon as the socket
 	 * drains, or the guest would wait for its persist timer (200 ms and
@@ -206,32 +212,10 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 		f->tcp.flags |= SL_TF_NEED_WUPD;
 		update_events(e, f);
 	}
-	sl_eth_header(e, b, e->guest_mac_known ? e->guest_mac :
-		      (const uint8_t *)"\xff\xff\xff\xff\xff\xff",
-		      sl_mac_for(e, f->family, f->raddr),
-		      f->family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
-	l3 = sl_ip_header(e, b + ETH_HLEN_, f->family, f->raddr, f->gaddr,
-			  IPPROTO_TCP_, thl + len);
-	t = b + ETH_HLEN_ + l3;
-	sl_put16(t, f->rport);
-	sl_put16(t + 2, f->gport);
-	sl_put32(t + 4, seq);
-	sl_put32(t + 8, (flags & TCP_ACK) ? f->tcp.rcv_nxt : 0);
-	t[12] = (uint8_t)((thl / 4) << 4);
-	t[13] = flags;
-	sl_put16(t + 14, wnd);
-	t[16] = t[17] = t[18] = t[19] = 0;
-	if (syn_opts) {
-		t[20] = 2;	/* MSS */
-		t[21] = 4;
-		sl_put16(t + 22, mss_cap(e, f->family));
-	}
-	if (ws) {
-		t[24] = 1;	/* NOP, then window scale */
-		t[25] = 3;
-		t[26] = 3;
-		t[27] = OUR_WS;
-	}
+	hl = sl_frame_headers(e, b, NULL, f->family, f->raddr, f->gaddr,
+			      IPPROTO_TCP_, thl + len);
+	t = b + hl;
+	sl_emit_tcp(t, &th);
 	sum = sl_csum_pseudo(f->family, f->raddr, f->gaddr, IPPROTO_TCP_,
 			     (uint32_t)(thl + len));
 	if (e->cfg.offload && e->cfg.vnet_hdr_len) {
@@ -239,24 +223,24 @@ static void emit(struct sl_engine *e, struct sl_flow *f, uint8_t flags,
 		 * sum and the guest's stack finishes (or trusts) it. */
 		csum = (uint16_t)~sl_csum_fold(sum);
 		vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-		vh.csum_start = (uint16_t)(ETH_HLEN_ + l3);
-		vh.csum_offset = 16;
+		vh.csum_start = (uint16_t)hl;
+		vh.csum_offset = SL_TCP_CSUM_OFF;
 		if (gso) {
 			vh.gso_type = f->family == 4 ? VIRTIO_NET_HDR_GSO_TCPV4 :
 						       VIRTIO_NET_HDR_GSO_TCPV6;
 			vh.gso_size = f->tcp.gmss;
-			vh.hdr_len = (uint16_t)(ETH_HLEN_ + l3 + thl);
+			vh.hdr_len = (uint16_t)(hl + thl);
 			sl_count(e, SL_C_gso_frames_out);
 		}
 	} else {
 		sum = sl_csum_add(sum, t, thl);
 		csum = sl_csum_fold(sl_csum_add(sum, data, len));
 	}
-	memcpy(t + 16, &csum, 2);
+	sl_put_csum(t + SL_TCP_CSUM_OFF, csum);
 	f->tcp.ack_sent = f->tcp.rcv_nxt;
 	f->tcp.wnd_sent = wbytes;
 	iov[0].iov_base = b;
-	iov[0].iov_len = ETH_HLEN_ + l3 + thl;
+	iov[0].iov_len = hl + thl;
 	iov[1].iov_base = (void *)data;
 	iov[1].iov_len = len;
 	sl_output(e, &vh, iov, len ? 2 : 1);
@@ -902,8 +886,8 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 	} else {
 		uint8_t q[60];
 		struct sl_pkt p = { 0 };
-		size_t l3 = sl_ip_header(e, q, f->family, f->gaddr, f->raddr,
-					 IPPROTO_TCP_, 20);
+		size_t l3 = sl_emit_ip(e, q, f->family, f->gaddr, f->raddr,
+				       IPPROTO_TCP_, SL_TCP_HLEN);
 
 		/* Quote the guest's SYN so its stack matches the error. */
 		sl_put16(q + l3, f->gport);

@@ -155,44 +155,33 @@ int sl_udp_emit(struct sl_engine *e, int family, const uint8_t *dst_mac,
 		const uint8_t *src, uint16_t sport, const uint8_t *dst,
 		uint16_t dport, const uint8_t *payload, size_t len)
 {
-	size_t iphl = family == 4 ? 20 : 40;
+	size_t iphl = family == 4 ? SL_IPV4_HLEN : SL_IPV6_HLEN;
 	uint8_t *b = e->txbuf, *u;
 	struct iovec iov[2];
 	uint32_t sum;
 	uint16_t csum;
-	size_t l3;
+	size_t hl;
 
-	if (len + 8 + iphl > e->cfg.mtu) {
+	if (len + SL_UDP_HLEN + iphl > e->cfg.mtu) {
 		sl_count(e, SL_C_drop_udp_too_big);
 		return -1;
 	}
-	sl_eth_header(e, b, dst_mac, sl_mac_for(e, family, src),
-		      family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
-	l3 = sl_ip_header(e, b + ETH_HLEN_, family, src, dst, IPPROTO_UDP_,
-			  8 + len);
-	u = b + ETH_HLEN_ + l3;
-	sl_put16(u, sport);
-	sl_put16(u + 2, dport);
-	sl_put16(u + 4, (uint16_t)(8 + len));
-	u[6] = u[7] = 0;
+	hl = sl_frame_headers(e, b, dst_mac, family, src, dst, IPPROTO_UDP_,
+			      SL_UDP_HLEN + len);
+	u = b + hl;
+	sl_emit_udp(u, sport, dport, SL_UDP_HLEN + len);
 	sum = sl_csum_pseudo(family, src, dst, IPPROTO_UDP_,
-			     (uint32_t)(8 + len));
-	sum = sl_csum_add(sum, u, 8);
+			     (uint32_t)(SL_UDP_HLEN + len));
+	sum = sl_csum_add(sum, u, SL_UDP_HLEN);
 	csum = sl_csum_fold(sl_csum_add(sum, payload, len));
 	if (!csum)
 		csum = 0xffff;
-	memcpy(u + 6, &csum, 2);
+	sl_put_csum(u + SL_UDP_CSUM_OFF, csum);
 	iov[0].iov_base = b;
-	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[0].iov_len = hl + SL_UDP_HLEN;
 	iov[1].iov_base = (void *)payload;
 	iov[1].iov_len = len;
 	return sl_output(e, NULL, iov, 2);
-}
-
-static const uint8_t *guest_mac(const struct sl_engine *e)
-{
-	return e->guest_mac_known ? e->guest_mac :
-				    (const uint8_t *)"\xff\xff\xff\xff\xff\xff";
 }
 
 static void refuse(struct sl_engine *e, const struct sl_pkt *p, int err)
@@ -316,16 +305,13 @@ static void port_unreach(struct sl_engine *e, struct sl_flow *f)
 {
 	uint8_t q[48];
 	struct sl_pkt p = { 0 };
-	size_t l3 = sl_ip_header(e, q, f->family, f->gaddr, f->raddr,
-				 IPPROTO_UDP_, 8);
+	size_t l3 = sl_emit_ip(e, q, f->family, f->gaddr, f->raddr,
+			       IPPROTO_UDP_, SL_UDP_HLEN);
 
-	sl_put16(q + l3, f->gport);
-	sl_put16(q + l3 + 2, f->rport);
-	sl_put16(q + l3 + 4, 8);
-	q[l3 + 6] = q[l3 + 7] = 0;
+	sl_emit_udp(q + l3, f->gport, f->rport, SL_UDP_HLEN);
 	p.family = f->family;
 	p.l3 = q;
-	p.l3_len = l3 + 8;
+	p.l3_len = l3 + SL_UDP_HLEN;
 	memcpy(p.src, f->gaddr, 16);
 	refuse(e, &p, -ECONNREFUSED);
 }
@@ -504,7 +490,7 @@ static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
 	struct virtio_net_hdr vh = { 0 };
 	uint8_t *h = e->txbuf, *u;
 	struct iovec iov[2];
-	size_t l3, len = 0;
+	size_t hl, len = 0;
 	uint16_t csum;
 	int k;
 
@@ -513,26 +499,23 @@ static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
 		       b->msg[k].msg_len);
 		len += b->msg[k].msg_len;
 	}
-	sl_eth_header(e, h, guest_mac(e), sl_mac_for(e, f->family, f->raddr),
-		      f->family == 4 ? ETHERTYPE_IPV4 : ETHERTYPE_IPV6);
-	l3 = sl_ip_header(e, h + ETH_HLEN_, f->family, f->raddr, f->gaddr,
-			  IPPROTO_UDP_, 8 + len);
-	u = h + ETH_HLEN_ + l3;
-	sl_put16(u, f->rport);
-	sl_put16(u + 2, f->gport);
-	sl_put16(u + 4, (uint16_t)(8 + len));
+	hl = sl_frame_headers(e, h, NULL, f->family, f->raddr, f->gaddr,
+			      IPPROTO_UDP_, SL_UDP_HLEN + len);
+	u = h + hl;
+	sl_emit_udp(u, f->rport, f->gport, SL_UDP_HLEN + len);
 	csum = (uint16_t)~sl_csum_fold(sl_csum_pseudo(f->family, f->raddr,
 						      f->gaddr, IPPROTO_UDP_,
-						      (uint32_t)(8 + len)));
-	memcpy(u + 6, &csum, 2);
+						      (uint32_t)(SL_UDP_HLEN +
+								 len)));
+	sl_put_csum(u + SL_UDP_CSUM_OFF, csum);
 	vh.flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
-	vh.csum_start = (uint16_t)(ETH_HLEN_ + l3);
-	vh.csum_offset = 6;
+	vh.csum_start = (uint16_t)hl;
+	vh.csum_offset = SL_UDP_CSUM_OFF;
 	vh.gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
 	vh.gso_size = (uint16_t)gso;
-	vh.hdr_len = (uint16_t)(ETH_HLEN_ + l3 + 8);
+	vh.hdr_len = (uint16_t)(hl + SL_UDP_HLEN);
 	iov[0].iov_base = h;
-	iov[0].iov_len = ETH_HLEN_ + l3 + 8;
+	iov[0].iov_len = hl + SL_UDP_HLEN;
 	iov[1].iov_base = b->run;
 	iov[1].iov_len = len;
 	errno = 0;
@@ -597,7 +580,7 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 				e->udp_uso_out = false;
 			}
 			for (; i < j; i++)
-				if (sl_udp_emit(e, f->family, guest_mac(e),
+				if (sl_udp_emit(e, f->family, sl_guest_mac(e),
 						f->raddr, f->rport, f->gaddr,
 						f->gport,
 						b->buf + (size_t)i * b->slot,
@@ -653,7 +636,7 @@ static void relay_inbound(struct sl_engine *e, struct sl_listener *l,
 		f->udp.client_port = ntohs(sa->sin6_port);
 	}
 	f->last_ns = e->now;
-	if (sl_udp_emit(e, fam, guest_mac(e), view, cport, l->gaddr, l->gport,
+	if (sl_udp_emit(e, fam, sl_guest_mac(e), view, cport, l->gaddr, l->gport,
 			buf, n) == 0)
 		sl_count(e, SL_C_udp_datagrams_to_guest);
 }

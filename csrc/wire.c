@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /*
- * wire.c - parse one guest frame into a validated struct sl_pkt.
+ * wire.c - parse one guest frame into a validated struct sl_pkt, and emit
+ * the headers of the frames slirpy sends (the contract is in wire.h).
  *
  * Every length the guest wrote (IP total length, IHL, extension header
  * lengths, TCP data offset, UDP length, option lengths) is checked against
@@ -227,4 +228,144 @@ int sl_parse(const uint8_t *frame, size_t len, bool vnet, struct sl_pkt *p)
 	default:
 		return SL_C_drop_ethertype;
 	}
+}
+
+/*
+ * Emitters. Each writes one header at @buf (the caller's buffer, sized for
+ * it) and returns its length; transport checksums are left zero.
+ */
+
+/**
+ * sl_emit_eth() - an Ethernet II header.
+ * Return: ETH_HLEN_.
+ */
+size_t sl_emit_eth(uint8_t *buf, const uint8_t dst[6], const uint8_t src[6],
+		   uint16_t ethertype)
+{
+	memcpy(buf, dst, 6);
+	memcpy(buf + 6, src, 6);
+	sl_put16(buf + 12, ethertype);
+	return ETH_HLEN_;
+}
+
+/**
+ * sl_emit_arp_reply() - an ARP reply (Ethernet, IPv4) from @sha/@spa to
+ * @tha/@tpa.
+ * Return: 28.
+ */
+size_t sl_emit_arp_reply(uint8_t *buf, const uint8_t sha[6],
+			 const uint8_t spa[4], const uint8_t tha[6],
+			 const uint8_t tpa[4])
+{
+	sl_put16(buf, 1);		/* hardware: Ethernet */
+	sl_put16(buf + 2, ETHERTYPE_IPV4);
+	buf[4] = 6;
+	buf[5] = 4;
+	sl_put16(buf + 6, 2);		/* reply */
+	memcpy(buf + 8, sha, 6);
+	memcpy(buf + 14, spa, 4);
+	memcpy(buf + 18, tha, 6);
+	memcpy(buf + 24, tpa, 4);
+	return 28;
+}
+
+/**
+ * sl_emit_ipv4() - an IPv4 header without options: DF set, TTL 64,
+ * checksummed, for a transport payload of @l4len bytes.
+ * Return: SL_IPV4_HLEN.
+ */
+size_t sl_emit_ipv4(uint8_t *buf, const uint8_t src[4], const uint8_t dst[4],
+		    uint8_t proto, size_t l4len, uint16_t id)
+{
+	buf[0] = 0x45;
+	buf[1] = 0;
+	sl_put16(buf + 2, (uint16_t)(SL_IPV4_HLEN + l4len));
+	sl_put16(buf + 4, id);
+	sl_put16(buf + 6, 0x4000);
+	buf[8] = 64;
+	buf[9] = proto;
+	buf[10] = buf[11] = 0;
+	memcpy(buf + 12, src, 4);
+	memcpy(buf + 16, dst, 4);
+	sl_put_csum(buf + 10, sl_csum_fold(sl_csum_add(0, buf, SL_IPV4_HLEN)));
+	return SL_IPV4_HLEN;
+}
+
+/**
+ * sl_emit_ipv6() - an IPv6 header (hop limit 255, no extension headers)
+ * for a transport payload of @l4len bytes.
+ * Return: SL_IPV6_HLEN.
+ */
+size_t sl_emit_ipv6(uint8_t *buf, const uint8_t src[16],
+		    const uint8_t dst[16], uint8_t proto, size_t l4len)
+{
+	sl_put32(buf, 0x60000000u);
+	sl_put16(buf + 4, (uint16_t)l4len);
+	buf[6] = proto;
+	buf[7] = 255;
+	memcpy(buf + 8, src, 16);
+	memcpy(buf + 24, dst, 16);
+	return SL_IPV6_HLEN;
+}
+
+/**
+ * sl_emit_tcp() - a TCP header with the MSS and window-scale options that
+ * @h asks for (in that order, the window scale after a NOP).
+ * Return: the header length (20, 24 or 28).
+ */
+size_t sl_emit_tcp(uint8_t *buf, const struct sl_tcp_hdr *h)
+{
+	size_t len = SL_TCP_HLEN;
+
+	sl_put16(buf, h->sport);
+	sl_put16(buf + 2, h->dport);
+	sl_put32(buf + 4, h->seq);
+	sl_put32(buf + 8, h->ack);
+	buf[13] = h->flags;
+	sl_put16(buf + 14, h->wnd);
+	buf[16] = buf[17] = buf[18] = buf[19] = 0;
+	if (h->mss) {
+		buf[len] = 2;		/* MSS */
+		buf[len + 1] = 4;
+		sl_put16(buf + len + 2, h->mss);
+		len += 4;
+	}
+	if (h->wscale >= 0) {
+		buf[len] = 1;		/* NOP, then window scale */
+		buf[len + 1] = 3;
+		buf[len + 2] = 3;
+		buf[len + 3] = (uint8_t)h->wscale;
+		len += 4;
+	}
+	buf[12] = (uint8_t)((len / 4) << 4);
+	return len;
+}
+
+/**
+ * sl_emit_udp() - a UDP header; @l4len counts the header and the payload.
+ * Return: SL_UDP_HLEN.
+ */
+size_t sl_emit_udp(uint8_t *buf, uint16_t sport, uint16_t dport,
+		   size_t l4len)
+{
+	sl_put16(buf, sport);
+	sl_put16(buf + 2, dport);
+	sl_put16(buf + 4, (uint16_t)l4len);
+	buf[6] = buf[7] = 0;
+	return SL_UDP_HLEN;
+}
+
+/**
+ * sl_emit_icmp() - an ICMP or ICMPv6 header: type, code, a zero checksum
+ * and the four type-specific bytes @rest.
+ * Return: SL_ICMP_HLEN.
+ */
+size_t sl_emit_icmp(uint8_t *buf, uint8_t type, uint8_t code,
+		    const uint8_t rest[4])
+{
+	buf[0] = type;
+	buf[1] = code;
+	buf[2] = buf[3] = 0;
+	memcpy(buf + 4, rest, 4);
+	return SL_ICMP_HLEN;
 }

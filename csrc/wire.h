@@ -1,12 +1,19 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * wire.h - validated views of the frames the guest sends, and the emitters
- * that build the frames slirpy sends back.
+ * wire.h - the wire formats: validated views of the frames the guest sends
+ * (parsers), the emitters that write the headers of the frames slirpy sends
+ * back, and the Internet checksum.
  *
- * sl_parse() is the single place where guest bytes are bounds-checked: it
- * fills a struct sl_pkt whose pointers and lengths are all inside the frame,
- * so that nothing downstream ever reads past the buffer. It does not decide
- * what to do with a packet; the protocol files do.
+ * Contract: wire.c and checksum.c own no state and know no engine, flow or
+ * policy. sl_parse() is the single place where guest bytes are
+ * bounds-checked: it fills a struct sl_pkt whose pointers and lengths are
+ * all inside the frame, so that nothing downstream ever reads past the
+ * buffer; it does not decide what to do with a packet (the protocol files
+ * do). The sl_emit_*() functions write one header each at the start of a
+ * buffer the caller owns and sized, and return its length: the protocol
+ * files say what goes in a header, never at which byte offset. Transport
+ * checksums are left zero for the caller (full or partial, see
+ * SL_*_CSUM_OFF), the IPv4 header checksum is filled in.
  */
 #ifndef SLIRPY_WIRE_H
 #define SLIRPY_WIRE_H
@@ -14,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <linux/virtio_net.h>
 
 #define ETH_HLEN_ 14
@@ -31,6 +39,16 @@
 #define TCP_PSH 0x08
 #define TCP_ACK 0x10
 #define TCP_URG 0x20
+
+#define SL_IPV4_HLEN 20		/* what sl_emit_ipv4() writes: no options */
+#define SL_IPV6_HLEN 40
+#define SL_UDP_HLEN 8
+#define SL_ICMP_HLEN 8
+#define SL_TCP_HLEN 20		/* without options */
+/* Where each transport header keeps its checksum. */
+#define SL_TCP_CSUM_OFF 16
+#define SL_UDP_CSUM_OFF 6
+#define SL_ICMP_CSUM_OFF 2
 
 /**
  * struct sl_pkt - a parsed, bounds-checked guest frame.
@@ -95,6 +113,42 @@ static inline void sl_put32(uint8_t *p, uint32_t v)
 	p[1] = (uint8_t)(v >> 16);
 	p[2] = (uint8_t)(v >> 8);
 	p[3] = (uint8_t)v;
+}
+
+/**
+ * struct sl_tcp_hdr - the fields of a TCP header to emit.
+ * @mss: MSS option value, 0 for none
+ * @wscale: window-scale option (after a NOP), -1 for none
+ */
+struct sl_tcp_hdr {
+	uint16_t sport, dport;
+	uint32_t seq, ack;
+	uint8_t flags;
+	uint16_t wnd;
+	uint16_t mss;
+	int8_t wscale;
+};
+
+/* Emitters (wire.c): one header at @buf each, return its length. */
+size_t sl_emit_eth(uint8_t *buf, const uint8_t dst[6], const uint8_t src[6],
+		   uint16_t ethertype);
+size_t sl_emit_arp_reply(uint8_t *buf, const uint8_t sha[6],
+			 const uint8_t spa[4], const uint8_t tha[6],
+			 const uint8_t tpa[4]);
+size_t sl_emit_ipv4(uint8_t *buf, const uint8_t src[4], const uint8_t dst[4],
+		    uint8_t proto, size_t l4len, uint16_t id);
+size_t sl_emit_ipv6(uint8_t *buf, const uint8_t src[16],
+		    const uint8_t dst[16], uint8_t proto, size_t l4len);
+size_t sl_emit_tcp(uint8_t *buf, const struct sl_tcp_hdr *h);
+size_t sl_emit_udp(uint8_t *buf, uint16_t sport, uint16_t dport,
+		   size_t l4len);
+size_t sl_emit_icmp(uint8_t *buf, uint8_t type, uint8_t code,
+		    const uint8_t rest[4]);
+
+/* Store a checksum computed by sl_csum_fold() (already in wire order). */
+static inline void sl_put_csum(uint8_t *p, uint16_t csum)
+{
+	memcpy(p, &csum, 2);
 }
 
 /* checksum.c */
