@@ -201,15 +201,33 @@ void sl_icmp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 	}
 }
 
-static void unreach(struct sl_engine *e, const struct sl_pkt *p,
-		    uint8_t type, uint8_t code)
+/*
+ * Destination unreachable, by reason and family. IPv4's "network" is code 9
+ * (network administratively prohibited): Linux maps it to a *fatal*
+ * ENETUNREACH, so connected UDP sockets see the error too; code 0 is only
+ * reported to TCP. ICMPv6 has no fatal "no route", so code 0 it is: TCP
+ * sees ENETUNREACH, UDP only with IPV6_RECVERR.
+ */
+static const uint8_t unreach_code[][2] = {	/* [why][family == 6] */
+	[SL_UNREACH_NET] = { 9, 0 },
+	[SL_UNREACH_HOST] = { 1, 3 },	/* host; ICMPv6: address */
+	[SL_UNREACH_PORT] = { 3, 4 },
+};
+
+/**
+ * sl_icmp_send_error() - tell the guest that the packet @p it sent cannot
+ * be delivered: destination unreachable from the gateway, as a router on
+ * the path would say it, quoting @p (up to SL_UNREACH_QUOTE bytes).
+ * @why: which part of the destination is unreachable
+ */
+void sl_icmp_send_error(struct sl_engine *e, const struct sl_pkt *p,
+			enum sl_unreach why)
 {
 	static const uint8_t zero[4];
 	size_t quote = p->l3_len < SL_UNREACH_QUOTE ? p->l3_len :
 						      SL_UNREACH_QUOTE;
 	uint8_t src[16];
 
-	/* Reported by the gateway, like a router on the path would. */
 	if (p->family == 4) {
 		memcpy(src, e->cfg.gw4, 4);
 	} else {
@@ -218,37 +236,39 @@ static void unreach(struct sl_engine *e, const struct sl_pkt *p,
 		src[15] = 2;
 	}
 	sl_count(e, SL_C_icmp_unreach_sent);
-	sl_icmp_emit(e, p->family, src, p->src, type, code, zero, p->l3, quote);
-}
-
-/* @code: ICMP destination-unreachable code (0 net, 3 port, ...). */
-void sl_icmp4_unreach(struct sl_engine *e, const struct sl_pkt *p,
-		      uint8_t code)
-{
-	unreach(e, p, ICMP_UNREACH, code);
-}
-
-/* @code: ICMPv6 destination-unreachable code (0 no route, 4 port). */
-void sl_icmp6_unreach(struct sl_engine *e, const struct sl_pkt *p,
-		      uint8_t code)
-{
-	unreach(e, p, ICMP6_UNREACH, code);
+	sl_icmp_emit(e, p->family, src, p->src,
+		     p->family == 4 ? ICMP_UNREACH : ICMP6_UNREACH,
+		     unreach_code[why][p->family == 6], zero, p->l3, quote);
 }
 
 /**
- * sl_icmp_net_unreach() - tell the guest its destination's network is unreachable.
- * @e: the engine.
- * @p: the guest packet that cannot be delivered.
- *
- * IPv4 uses code 9 (network administratively prohibited): Linux maps it to a
- * *fatal* ENETUNREACH, so connected UDP sockets see the error too; code 0 is
- * only reported to TCP. ICMPv6 has no fatal "no route", so code 0 it is:
- * TCP sees ENETUNREACH, UDP only with IPV6_RECVERR.
+ * sl_icmp_send_flow_error() - sl_icmp_send_error() for a packet of flow @f
+ * that is no longer at hand: rebuild what the guest sent (its IP header
+ * and the first 8 bytes of the transport header, all an ICMP error must
+ * quote) so that its stack matches the error to the socket.
+ * @seq: TCP: the sequence number of the quoted segment (the guest's SYN)
  */
-void sl_icmp_net_unreach(struct sl_engine *e, const struct sl_pkt *p)
+void sl_icmp_send_flow_error(struct sl_engine *e, const struct sl_flow *f,
+			     uint32_t seq, enum sl_unreach why)
 {
-	if (p->family == 4)
-		unreach(e, p, ICMP_UNREACH, 9);
+	uint8_t q[SL_IPV6_HLEN + SL_TCP_HLEN];
+	struct sl_pkt p = { 0 };
+	struct sl_tcp_hdr th = {
+		.sport = f->gport, .dport = f->rport, .seq = seq,
+		.flags = TCP_SYN, .wscale = -1,
+	};
+	uint8_t proto = f->kind == SL_FLOW_TCP ? IPPROTO_TCP_ : IPPROTO_UDP_;
+	size_t l4len = proto == IPPROTO_TCP_ ? SL_TCP_HLEN : SL_UDP_HLEN;
+	size_t l3 = sl_emit_ip(e, q, f->family, f->gaddr, f->raddr, proto,
+			       l4len);
+
+	if (proto == IPPROTO_TCP_)
+		sl_emit_tcp(q + l3, &th);
 	else
-		unreach(e, p, ICMP6_UNREACH, 0);
+		sl_emit_udp(q + l3, f->gport, f->rport, SL_UDP_HLEN);
+	p.family = f->family;
+	p.l3 = q;
+	p.l3_len = l3 + 8;
+	memcpy(p.src, f->gaddr, 16);
+	sl_icmp_send_error(e, &p, why);
 }

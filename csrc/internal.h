@@ -325,16 +325,16 @@ int sl_bind_outbound(struct sl_engine *e, int fd, int family);
 void sl_arp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_icmp4_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_icmp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev);
-void sl_icmp4_unreach(struct sl_engine *e, const struct sl_pkt *p,
-		      uint8_t code);
+enum sl_unreach { SL_UNREACH_NET, SL_UNREACH_HOST, SL_UNREACH_PORT };
+void sl_icmp_send_error(struct sl_engine *e, const struct sl_pkt *p,
+			enum sl_unreach why);
+void sl_icmp_send_flow_error(struct sl_engine *e, const struct sl_flow *f,
+			     uint32_t seq, enum sl_unreach why);
 void sl_icmp_emit(struct sl_engine *e, int family, const uint8_t *src,
 		  const uint8_t *dst, uint8_t type, uint8_t code,
 		  const uint8_t rest[4], const uint8_t *data, size_t dlen);
 void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_icmp6_input(struct sl_engine *e, const struct sl_pkt *p);
-void sl_icmp6_unreach(struct sl_engine *e, const struct sl_pkt *p,
-		      uint8_t code);
-void sl_icmp_net_unreach(struct sl_engine *e, const struct sl_pkt *p);
 void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
 		const uint8_t *dst6);
 

@@ -884,25 +884,10 @@ static void connect_failed(struct sl_engine *e, struct sl_flow *f, int err)
 		sl_count(e, SL_C_tcp_rst_sent);
 		f->tcp.state = SL_TCP_CONNECTING;
 	} else {
-		uint8_t q[60];
-		struct sl_pkt p = { 0 };
-		size_t l3 = sl_emit_ip(e, q, f->family, f->gaddr, f->raddr,
-				       IPPROTO_TCP_, SL_TCP_HLEN);
-
 		/* Quote the guest's SYN so its stack matches the error. */
-		sl_put16(q + l3, f->gport);
-		sl_put16(q + l3 + 2, f->rport);
-		sl_put32(q + l3 + 4, f->tcp.rcv_nxt - 1);
-		p.family = f->family;
-		p.l3 = q;
-		p.l3_len = l3 + 8;
-		memcpy(p.src, f->gaddr, 16);
-		if (err == ENETUNREACH)
-			sl_icmp_net_unreach(e, &p);
-		else if (f->family == 4)
-			sl_icmp4_unreach(e, &p, 1);
-		else
-			sl_icmp6_unreach(e, &p, 3);
+		sl_icmp_send_flow_error(e, f, f->tcp.rcv_nxt - 1,
+					err == ENETUNREACH ? SL_UNREACH_NET :
+							     SL_UNREACH_HOST);
 	}
 	f->why = err == ETIMEDOUT ? SL_FC_TIMEOUT : SL_FC_REFUSED;
 	close_flow(e, f, false);
@@ -936,7 +921,7 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 	r = sl_remote_sockaddr(e, p->family, p->dst, p->dport, IPPROTO_TCP_,
 			       &sa, &salen);
 	if (r == -ENETUNREACH) {
-		sl_icmp_net_unreach(e, p);
+		sl_icmp_send_error(e, p, SL_UNREACH_NET);
 		return;
 	}
 	if (r < 0) {

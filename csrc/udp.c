@@ -191,12 +191,8 @@ static void refuse(struct sl_engine *e, const struct sl_pkt *p, int err)
 		return;
 	}
 	/* ENETUNREACH: host loopback disabled; ECONNREFUSED: closed port. */
-	if (err == -ENETUNREACH)
-		sl_icmp_net_unreach(e, p);
-	else if (p->family == 4)
-		sl_icmp4_unreach(e, p, 3);
-	else
-		sl_icmp6_unreach(e, p, 4);
+	sl_icmp_send_error(e, p, err == -ENETUNREACH ? SL_UNREACH_NET :
+						       SL_UNREACH_PORT);
 }
 
 static struct sl_flow *open_flow(struct sl_engine *e, const struct sl_pkt *p)
@@ -303,17 +299,7 @@ static int udp_send(struct sl_engine *e, struct sl_flow *f,
  * quoting a header that looks like what it sent. */
 static void port_unreach(struct sl_engine *e, struct sl_flow *f)
 {
-	uint8_t q[48];
-	struct sl_pkt p = { 0 };
-	size_t l3 = sl_emit_ip(e, q, f->family, f->gaddr, f->raddr,
-			       IPPROTO_UDP_, SL_UDP_HLEN);
-
-	sl_emit_udp(q + l3, f->gport, f->rport, SL_UDP_HLEN);
-	p.family = f->family;
-	p.l3 = q;
-	p.l3_len = l3 + SL_UDP_HLEN;
-	memcpy(p.src, f->gaddr, 16);
-	refuse(e, &p, -ECONNREFUSED);
+	sl_icmp_send_flow_error(e, f, 0, SL_UNREACH_PORT);
 }
 
 /* A send failed: a closed port is the guest's business, the rest a drop. */
