@@ -10,7 +10,7 @@ in instead, and the servers on the far side:
   (203.0.113.10, a private-range 10.13.0.10, a metadata-like
   169.254.169.254, 2001:db8:2::10, the DNS server 203.0.113.53), and
   servers started there from this file (`python fakehost.py serve`): TCP and
-  UDP echo on port 7, a TCP "peer" on port 8 that answers with the client's
+  UDP echo on port 7 (UDP bound per address), a TCP "peer" on port 8 that answers with the client's
   address and port as it sees them, and a DNS server (UDP and TCP) for the
   test domain bed13.test. Python stdlib only.
 * "fake host": 198.51.100.2/24 and 2001:db8:1::2/64 on the veth's other end,
@@ -344,6 +344,15 @@ class _Events:
                 self._f.write(json.dumps(event) + "\n")
 
 
+def _udp_on(addr: str, port: int) -> socket.socket:
+    """A UDP socket bound to one address: its replies leave from that address (a
+    wildcard socket would answer from the route's source, which connected
+    clients such as pasta's drop)."""
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, port))
+    return s
+
+
 def _dual_stack(kind: int, port: int) -> socket.socket:
     s = socket.socket(socket.AF_INET6, kind)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -365,15 +374,19 @@ def _tcp_serve(lsock: socket.socket, handle: object, events: _Events, service: s
             local = conn.getsockname()
             events.log(service=service, proto="tcp", peer=_peer(addr), port=addr[1],
                        local=_peer(local))
+            done = 0
             with contextlib.suppress(OSError):
-                handle(conn, addr)  # type: ignore[operator]
+                done = handle(conn, addr)  # type: ignore[operator]
+            # How many bytes were echoed: tells a short reply's culprit apart.
+            events.log(service=service, proto="tcp", peer=_peer(addr), port=addr[1],
+                       closed=True, bytes=done)
 
     while True:
         conn, addr = lsock.accept()
         threading.Thread(target=one, args=(conn, addr), daemon=True).start()
 
 
-def _echo(conn: socket.socket, _addr: tuple[str, ...]) -> None:
+def _echo(conn: socket.socket, _addr: tuple[str, ...]) -> int:
     total = 0
     while total < _MAX_ECHO:
         data = conn.recv(65536)
@@ -381,20 +394,26 @@ def _echo(conn: socket.socket, _addr: tuple[str, ...]) -> None:
             break
         conn.sendall(data)
         total += len(data)
+    return total
 
 
-def _whoami(conn: socket.socket, addr: tuple[str, ...]) -> None:
-    conn.sendall(f"{_peer(addr)} {addr[1]}\n".encode())
+def _whoami(conn: socket.socket, addr: tuple[str, ...]) -> int:
+    reply = f"{_peer(addr)} {addr[1]}\n".encode()
+    conn.sendall(reply)
+    return len(reply)
 
 
-def _dns_tcp(conn: socket.socket, _addr: tuple[str, ...]) -> None:
+def _dns_tcp(conn: socket.socket, _addr: tuple[str, ...]) -> int:
+    sent = 0
     for _ in range(16):
         head = conn.recv(2, socket.MSG_WAITALL)
         if len(head) < 2:
-            return
+            break
         query = conn.recv(struct.unpack("!H", head)[0], socket.MSG_WAITALL)
         reply, _name = dns_response(query, RECORDS)
         conn.sendall(struct.pack("!H", len(reply)) + reply)
+        sent += len(reply) + 2
+    return sent
 
 
 def _udp_serve(sock: socket.socket, events: _Events, dns: bool) -> None:
@@ -419,8 +438,8 @@ def serve(events_path: str) -> None:
     tcp = [(_dual_stack(socket.SOCK_STREAM, ECHO_PORT), _echo, "echo"),
            (_dual_stack(socket.SOCK_STREAM, PEER_PORT), _whoami, "peer"),
            (_dual_stack(socket.SOCK_STREAM, 53), _dns_tcp, "dns")]
-    udp = [(_dual_stack(socket.SOCK_DGRAM, ECHO_PORT), False),
-           (_dual_stack(socket.SOCK_DGRAM, 53), True)]
+    addrs = [a.split("/")[0] for a in _UPSTREAM_LO] + [GATEWAY4, GATEWAY6]
+    udp = [(_udp_on(a, port), port == 53) for a in addrs for port in (ECHO_PORT, 53)]
     threads = [threading.Thread(target=_tcp_serve, args=(s, h, events, n), daemon=True)
                for s, h, n in tcp]
     threads += [threading.Thread(target=_udp_serve, args=(s, events, d), daemon=True)
@@ -440,8 +459,10 @@ def client(host: str, port: int, udp: bool, timeout: float) -> None:
     out = bytearray()
     if udp:
         with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            # Connected, as pasta's sockets are: a reply from another address is dropped.
             s.settimeout(timeout)
-            s.sendto(data, (host, port))
+            s.connect((host, port))
+            s.send(data)
             out += s.recv(65535)
     else:
         with socket.create_connection((host, port), timeout=timeout) as s:
