@@ -1,8 +1,8 @@
 """slirpy: rootless userspace networking for unprivileged containers.
 
 This module names the package's version and the public library API
-(`Network`, `AsyncNetwork`, from `slirpy.network`), imported lazily on first
-use. It must not import the C engine, asyncio or any heavy dependency at
+(`Network`, `AsyncNetwork`, from `slirpy.frontends.library`), imported
+lazily on first use. It must not import the C engine, asyncio or any heavy dependency at
 import time, so that `slirpy --help` and slirpy-slirp4netns start fast.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from slirpy.network import AsyncNetwork, Network
+    from slirpy.frontends.library import AsyncNetwork, Network
 
 __version__ = "0.1.0"
 __all__ = ["AsyncNetwork", "Network", "__version__"]
@@ -21,9 +21,9 @@ _LAZY = {"Network", "AsyncNetwork"}
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from slirpy import network
+        from slirpy.frontends import library
 
-        return getattr(network, name)
+        return getattr(library, name)
     raise AttributeError(f"module 'slirpy' has no attribute {name!r}")
 
 

@@ -1,9 +1,9 @@
 """`python -m slirpy`: the `slirpy` command (same as the console script).
 
-Only dispatches to `slirpy.cli.main`; it must not do anything else.
+Only dispatches to `slirpy.frontends.main.main`; it must not do anything else.
 """
 
-from slirpy.cli import main
+from slirpy.frontends.main import main
 
 if __name__ == "__main__":
     main()

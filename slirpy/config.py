@@ -1,4 +1,4 @@
-"""The network model and the validated, frozen configurations slirpy runs with.
+"""The network model and the parsers of the values users give slirpy.
 
 This module owns:
 
@@ -7,21 +7,20 @@ This module owns:
   IPv6 prefix and its well-known hosts, MTU, MACs). Clients such as Podman and
   RootlessKit compute these addresses themselves and never ask, so the
   arithmetic here is part of the slirp4netns contract and must not drift.
-* `Slirp4netnsConfig` (the `slirpy-slirp4netns` command line) and `RunConfig`
-  (the `slirpy run` developer command), each validated once at construction.
 * Small parsers (`parse_cidr`, `parse_mtu`, `parse_mac`, ...) that turn user
   text into values or raise `ConfigError` with one readable line.
 
 It must not do I/O, touch the system (no interface lookups, no file checks) or
-import anything outside the standard library: it is imported by the CLI before
-any heavy dependency, and by tests that run without namespaces.
+import anything outside the standard library: front ends import it before
+any heavy dependency, and tests import it without namespaces. What one daemon
+does as a whole is `slirpy.options.DaemonOptions`.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import (
     AddressValueError,
     IPv4Address,
@@ -31,7 +30,6 @@ from ipaddress import (
     NetmaskValueError,
     ip_address,
 )
-from typing import Literal
 
 __all__ = [
     "DEFAULT_CIDR",
@@ -42,9 +40,6 @@ __all__ = [
     "MIN_MTU",
     "ConfigError",
     "NetworkModel",
-    "PortMapping",
-    "RunConfig",
-    "Slirp4netnsConfig",
     "is_valid_ifname",
     "mac_for_ipv4",
     "mac_for_ipv6",
@@ -56,7 +51,7 @@ __all__ = [
     "parse_mtu",
     "parse_outbound_addr",
     "parse_outbound_addr6",
-    "parse_port_mapping",
+    "parse_port",
     "parse_prefix6",
 ]
 
@@ -303,7 +298,7 @@ def parse_outbound_addr6(text: str) -> str:
     return text
 
 
-def _parse_port(text: str, what: str, *, allow_zero: bool = False) -> int:
+def parse_port(text: str, what: str, *, allow_zero: bool = False) -> int:
     low = 0 if allow_zero else 1
     if not (text.isascii() and text.isdigit()) or not low <= int(text, 10) <= 65535:
         raise ConfigError(f"{what} must be a port number between {low} and 65535, got {text!r}")
@@ -344,7 +339,7 @@ def parse_dns_upstream(text: str) -> tuple[IPv4Address | IPv6Address, int]:
                 raise ConfigError(bad) from None
     port = DNS_PORT
     if port_text or text.endswith(":"):
-        port = _parse_port(port_text, f"DNS upstream {text!r}: port")
+        port = parse_port(port_text, f"DNS upstream {text!r}: port")
     return addr, port
 
 
@@ -455,198 +450,3 @@ class NetworkModel:
     @property
     def dns6_mac(self) -> bytes:
         return mac_for_ipv6(self.dns6)
-
-
-# ------------------------------------------------------- slirp4netns command line
-
-
-@dataclass(frozen=True)
-class Slirp4netnsConfig:
-    """Everything `slirpy-slirp4netns` was asked to do; validated at construction.
-
-    Messages name the slirp4netns options because that is what the user typed.
-    """
-
-    target: str
-    net: NetworkModel = field(default_factory=NetworkModel)
-    tapname: str = "tap0"
-    netns_type: Literal["pid", "path"] = "pid"
-    userns_path: str | None = None
-    configure: bool = False
-    exit_fd: int | None = None
-    ready_fd: int | None = None
-    api_socket: str | None = None
-    enable_sandbox: bool = False
-    enable_seccomp: bool = False
-    outbound_addr: str | None = None
-    outbound_addr6: str | None = None
-    dns_upstreams: tuple[str, ...] = ()
-    resolv_conf: str = DEFAULT_RESOLV_CONF
-    offload: bool = True
-    # Fork the spliced-forward helper before confinement (it cannot start after).
-    splice_helper: bool = False
-    debug: bool = False
-    limits: tuple[tuple[str, int], ...] = ()  # --limit NAME=VALUE, in order
-
-    def __post_init__(self) -> None:
-        if self.netns_type not in ("pid", "path"):
-            raise ConfigError(f"--netns-type must be 'pid' or 'path', got {self.netns_type!r}")
-        if self.netns_type == "pid":
-            _check_pid(self.target)
-        elif not self.target:
-            raise ConfigError("the network namespace path must not be empty")
-        if not is_valid_ifname(self.tapname):
-            raise ConfigError(
-                f"invalid TAP device name {self.tapname!r}: 1 to {IFNAMSIZ - 1} bytes, "
-                "no '/', ':' or whitespace"
-            )
-        if self.userns_path is not None and not self.userns_path:
-            raise ConfigError("--userns-path must not be empty")
-        for name in ("exit_fd", "ready_fd"):
-            fd = getattr(self, name)
-            if fd is not None and (isinstance(fd, bool) or not isinstance(fd, int) or fd < 0):
-                option = "--" + name.replace("_", "-")
-                raise ConfigError(f"{option} must be a non-negative integer, got {fd!r}")
-        if self.api_socket is not None:
-            _check_api_socket(self.api_socket)
-        if self.net.guest_mac is not None and not self.configure:
-            raise ConfigError("--macaddress can only be used with --configure")
-        if self.outbound_addr is not None:
-            parse_outbound_addr(self.outbound_addr)
-        if self.outbound_addr6 is not None:
-            parse_outbound_addr6(self.outbound_addr6)
-        for upstream in self.dns_upstreams:
-            parse_dns_upstream(upstream)
-        if not self.resolv_conf:
-            raise ConfigError("--resolv-conf must not be empty")
-        for name, value in self.limits:
-            parse_limit(f"{name}={value}")
-
-    @property
-    def pid(self) -> int | None:
-        """The target PID with `--netns-type=pid`, else None."""
-        return int(self.target, 10) if self.netns_type == "pid" else None
-
-    @property
-    def dns_upstream_endpoints(self) -> tuple[tuple[IPv4Address | IPv6Address, int], ...]:
-        """`dns_upstreams` decoded as (address, port) pairs; empty means use resolv.conf."""
-        return tuple(parse_dns_upstream(u) for u in self.dns_upstreams)
-
-
-def _check_pid(target: str) -> None:
-    if not (target.isascii() and target.isdigit()) or int(target, 10) <= 0:
-        raise ConfigError(f"PID must be a positive integer: {target!r}")
-
-
-def _check_api_socket(path: str) -> None:
-    if not path:
-        raise ConfigError("--api-socket path must not be empty")
-    size = len(os.fsencode(path))
-    if size >= UNIX_PATH_MAX:
-        raise ConfigError(
-            f"--api-socket path is too long ({size} bytes, the limit is {UNIX_PATH_MAX - 1}): "
-            f"{path!r}"
-        )
-
-
-# ------------------------------------------------------------------- slirpy run
-
-
-@dataclass(frozen=True)
-class PortMapping:
-    """One `slirpy run -p [HOST_ADDR:]HOST_PORT:GUEST_PORT[/PROTO]` forward.
-
-    PROTO ``splice`` is TCP relayed by splice() in the guest's namespace
-    (the guest then sees its own address as the source, not N+2).
-    """
-
-    proto: Literal["tcp", "udp"]
-    host_addr: str
-    host_port: int
-    guest_port: int
-    splice: bool = False
-
-
-def parse_port_mapping(text: str) -> PortMapping:
-    """Parse a `--publish` value (docker-like syntax; IPv6 host address in brackets)."""
-    bad = (
-        f"invalid --publish {text!r}: expected [HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp|splice]"
-    )
-    spec, _, proto = text.partition("/")
-    if not proto:
-        if text.endswith("/"):
-            raise ConfigError(bad)
-        proto = "tcp"
-    if proto not in ("tcp", "udp", "splice"):
-        raise ConfigError(
-            f"invalid --publish {text!r}: protocol must be tcp, udp or splice, got {proto!r}"
-        )
-    host_addr = "0.0.0.0"
-    if spec.startswith("["):
-        end = spec.find("]")
-        if end < 0 or spec[end + 1 : end + 2] != ":":
-            raise ConfigError(bad)
-        try:
-            host_addr = str(IPv6Address(spec[1:end]))
-        except ValueError:
-            raise ConfigError(f"invalid --publish {text!r}: bad IPv6 address") from None
-        spec = spec[end + 2 :]
-        parts = spec.split(":")
-        if len(parts) != 2:
-            raise ConfigError(bad)
-    else:
-        parts = spec.split(":")
-        if len(parts) == 3:
-            try:
-                host_addr = str(IPv4Address(parts[0]))
-            except ValueError:
-                raise ConfigError(
-                    f"invalid --publish {text!r}: bad IPv4 address {parts[0]!r} "
-                    "(write IPv6 addresses in brackets)"
-                ) from None
-            parts = parts[1:]
-        elif len(parts) != 2:
-            raise ConfigError(bad)
-    host_port = _parse_port(parts[0], f"--publish {text!r}: host port")
-    guest_port = _parse_port(parts[1], f"--publish {text!r}: guest port")
-    return PortMapping(
-        proto="udp" if proto == "udp" else "tcp",
-        host_addr=host_addr,
-        host_port=host_port,
-        guest_port=guest_port,
-        splice=proto == "splice",
-    )
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything `slirpy run [OPTIONS] -- CMD...` was asked to do."""
-
-    command: tuple[str, ...]
-    net: NetworkModel = field(default_factory=NetworkModel)
-    publish: tuple[PortMapping, ...] = ()
-    dns_upstreams: tuple[str, ...] = ()
-    outbound_addr: str | None = None
-    resolv_conf: str = DEFAULT_RESOLV_CONF
-    offload: bool = True
-    verbose: int = 0
-    stats: bool = False
-    keep_id: bool = False
-
-    def __post_init__(self) -> None:
-        if not self.command:
-            raise ConfigError("no command given: use slirpy run [OPTIONS] -- COMMAND [ARG]...")
-        if self.outbound_addr is not None:
-            parse_outbound_addr(self.outbound_addr)
-        for upstream in self.dns_upstreams:
-            parse_dns_upstream(upstream)
-        if not self.resolv_conf:
-            raise ConfigError("--resolv-conf must not be empty")
-
-    @property
-    def debug(self) -> bool:
-        return self.verbose > 0
-
-    @property
-    def dns_upstream_endpoints(self) -> tuple[tuple[IPv4Address | IPv6Address, int], ...]:
-        return tuple(parse_dns_upstream(u) for u in self.dns_upstreams)

@@ -4,7 +4,7 @@ It owns the translation between Python values and the engine's C interface:
 the engine configuration, return codes turned into exceptions, buffers passed
 with ``ffi.from_buffer``, punt-queue events turned into `Event` objects and
 counters into a dict. It must not do protocol work or I/O of its own: the
-engine does the data path, `slirpy.app` decides what to do with events.
+engine does the data path, `slirpy.daemon` decides what to do with events.
 """
 
 from __future__ import annotations

@@ -39,8 +39,8 @@ from test_dhcp_dns import fake_dns
 from testhost import make_testhost
 
 from slirpy.config import NetworkModel, parse_cidr
-from slirpy.network import userns_error
-from slirpy.run import guest_resolv_conf, stats_table
+from slirpy.control.report import stats_table
+from slirpy.host.spawn import guest_resolv_conf, userns_error
 
 GUEST = "10.0.2.100"
 GATEWAY = "10.0.2.2"

@@ -18,10 +18,10 @@ from test_portfwd import api_dir
 
 # Never needed to start: argparse (slirp4netns's command line is getopt's),
 # secrets/hashlib/hmac (the DNS query IDs come from os.urandom), ctypes (the
-# helper child packs its route with struct), slirpy.dhcp (made on the first
-# DHCP datagram), and the `slirpy run` / library modules.
-NEVER = {"argparse", "secrets", "hmac", "hashlib", "_hashlib", "ctypes", "slirpy.dhcp",
-         "slirpy.run", "slirpy.network"}
+# helper child packs its route with struct), slirpy.services.dhcp (made on the first
+# DHCP datagram), and the `slirpy run`, namespace-creation and library modules.
+NEVER = {"argparse", "secrets", "hmac", "hashlib", "_hashlib", "ctypes", "slirpy.services.dhcp",
+         "slirpy.frontends.run", "slirpy.host.spawn", "slirpy.frontends.library"}
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
 
 
@@ -33,10 +33,11 @@ def imported(stderr: str) -> set[str]:
     ("args", "present", "absent"),
     [
         # Podman's -c case: DNS on, no API socket.
-        (["--configure", "--mtu=65520"], {"slirpy.dns"}, {"slirpy.api", "slirpy.portfwd", "json"}),
+        (["--configure", "--mtu=65520"], {"slirpy.services.dns"},
+         {"slirpy.control.api", "slirpy.control.portfwd", "json"}),
         # An API socket and no DNS forwarder.
-        (["--configure", "--disable-dns", "--api-socket=@API@"], {"slirpy.api", "slirpy.portfwd"},
-         {"slirpy.dns"}),
+        (["--configure", "--disable-dns", "--api-socket=@API@"],
+         {"slirpy.control.api", "slirpy.control.portfwd"}, {"slirpy.services.dns"}),
     ],
     ids=["dns-no-api", "api-no-dns"],
 )
@@ -54,6 +55,6 @@ def test_modules_not_imported_before_ready(
     _out, err = s.output()
     mods = imported(err)
     # The log is there and covers the daemon: the engine and the event loop.
-    expected = {"slirpy.app", "slirpy.engine", "slirpy.ifconfig", "uvloop", *present}
+    expected = {"slirpy.daemon", "slirpy.engine", "slirpy.host.ifconfig", "uvloop", *present}
     assert expected <= mods, err[-2000:]
     assert mods & (NEVER | absent) == set()

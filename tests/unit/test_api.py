@@ -1,4 +1,4 @@
-"""Tests for slirpy.api: the sans-IO core byte for byte, and ApiServer over a real
+"""Tests for slirpy.control.api: the sans-IO core byte for byte, and ApiServer over a real
 Unix socket with plain asyncio and with uvloop."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slirpy import api
-from slirpy.api import (
+from slirpy.control import api
+from slirpy.control.api import (
     ApiServer,
     ApiSocketError,
     HostFwd,

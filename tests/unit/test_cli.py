@@ -1,6 +1,6 @@
-"""Unit tests for slirpy.cli: the slirp4netns command line, `slirpy`, and their exits.
+"""Unit tests for the command-line front ends: slirp4netns's, `slirpy`, and their exits.
 
-`slirpy.app` is replaced by a fake module wherever a command line parses
+`slirpy.daemon` is replaced by a fake module wherever a command line parses
 successfully, so nothing here needs namespaces, a TAP or the C engine.
 """
 
@@ -19,19 +19,19 @@ from typing import Any
 import pytest
 
 import slirpy
-from slirpy.cli import (
-    ConfigError,
+from slirpy.config import ConfigError, NetworkModel
+from slirpy.frontends.common import UsageError
+from slirpy.frontends.main import main
+from slirpy.frontends.run import parse_run_args
+from slirpy.frontends.slirp4netns import (
     HelpRequested,
-    UsageError,
     VersionRequested,
     help_text,
-    main,
-    parse_run_args,
     parse_slirp4netns_args,
     slirp4netns_main,
     version_text,
 )
-from slirpy.config import NetworkModel, PortMapping, RunConfig, Slirp4netnsConfig
+from slirpy.options import DaemonOptions, JoinPath, JoinPid, NewNamespace, PortMapping
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +52,7 @@ HELP_SUBSTRINGS = (
 )
 
 
-def parse(*argv: str) -> Slirp4netnsConfig:
+def parse(*argv: str) -> DaemonOptions:
     return parse_slirp4netns_args(list(argv))
 
 
@@ -60,7 +60,7 @@ def parse(*argv: str) -> Slirp4netnsConfig:
 
 # (long name, short letter or None, value or None for flags, prerequisite args,
 #  check on the resulting config)
-Check = Callable[[Slirp4netnsConfig], bool]
+Check = Callable[[DaemonOptions], bool]
 OPTIONS: list[tuple[str, str | None, str | None, tuple[str, ...], Check]] = [
     ("configure", "c", None, (), lambda c: c.configure),
     ("exit-fd", "e", "3", (), lambda c: c.exit_fd == 3),
@@ -70,10 +70,16 @@ OPTIONS: list[tuple[str, str | None, str | None, tuple[str, ...], Check]] = [
     ("api-socket", "a", "/tmp/api.sock", (), lambda c: c.api_socket == "/tmp/api.sock"),
     ("cidr", None, "10.0.135.128/25", (), lambda c: c.net.guest == IPv4Address("10.0.135.228")),
     ("disable-host-loopback", None, None, (), lambda c: not c.net.host_loopback),
-    ("netns-type", None, "pid", (), lambda c: c.netns_type == "pid"),
-    ("userns-path", None, "/proc/1/ns/user", (), lambda c: c.userns_path == "/proc/1/ns/user"),
-    ("enable-sandbox", None, None, (), lambda c: c.enable_sandbox),
-    ("enable-seccomp", None, None, (), lambda c: c.enable_seccomp),
+    ("netns-type", None, "pid", (), lambda c: isinstance(c.target, JoinPid)),
+    (
+        "userns-path",
+        None,
+        "/proc/1/ns/user",
+        (),
+        lambda c: c.target == JoinPid(1234, "/proc/1/ns/user"),
+    ),
+    ("enable-sandbox", None, None, (), lambda c: c.sandbox),
+    ("enable-seccomp", None, None, (), lambda c: c.seccomp),
     ("outbound-addr", None, "192.168.1.5", (), lambda c: c.outbound_addr == "192.168.1.5"),
     ("outbound-addr6", None, "2001:db8::5", (), lambda c: c.outbound_addr6 == "2001:db8::5"),
     ("disable-dns", None, None, (), lambda c: not c.net.dns_enabled),
@@ -84,7 +90,7 @@ OPTIONS: list[tuple[str, str | None, str | None, tuple[str, ...], Check]] = [
         ("-c",),
         lambda c: c.net.guest_mac == bytes.fromhex("0242ac110002"),
     ),
-    ("target-type", None, "netns", (), lambda c: c.target == "1234"),
+    ("target-type", None, "netns", (), lambda c: c.target == JoinPid(1234)),
     ("ipv6-prefix", None, "fd12::/64", (), lambda c: c.net.prefix6 == IPv6Network("fd12::/64")),
     ("dns-upstream", None, "192.0.2.53", (), lambda c: c.dns_upstreams == ("192.0.2.53:53",)),
     ("resolv-conf", None, "/tmp/resolv.conf", (), lambda c: c.resolv_conf == "/tmp/resolv.conf"),
@@ -118,15 +124,15 @@ def test_every_option(form: list[str], pre: tuple[str, ...], check: Check, posit
     argv = [*pre, *form, "1234"] if position == "before" else ["1234", *pre, *form]
     cfg = parse(*argv)
     assert check(cfg)
-    assert cfg.target == "1234"
+    assert cfg.target.pid == 1234
 
 
 def test_defaults() -> None:
     cfg = parse("1234")
-    assert cfg == Slirp4netnsConfig(target="1234")
+    assert cfg == DaemonOptions(target=JoinPid(1234))
     assert cfg.net == NetworkModel()
     assert cfg.tapname == "tap0"
-    assert cfg.netns_type == "pid"
+    assert cfg.target == JoinPid(1234, None)
     assert cfg.configure is False
     assert cfg.exit_fd is None and cfg.ready_fd is None
     assert cfg.net.mtu == 1500
@@ -167,11 +173,10 @@ def test_podman_invocation() -> None:
             "-c -e 3 -r 4 --netns-type=path /run/user/1000/netns/netns-abcd tap0"
         )
     )
-    assert cfg.target == "/run/user/1000/netns/netns-abcd"
-    assert cfg.netns_type == "path" and cfg.pid is None
+    assert cfg.target == JoinPath("/run/user/1000/netns/netns-abcd")
     assert cfg.tapname == "tap0"
     assert (cfg.exit_fd, cfg.ready_fd) == (3, 4)
-    assert cfg.configure and cfg.enable_sandbox and cfg.enable_seccomp
+    assert cfg.configure and cfg.sandbox and cfg.seccomp
     assert cfg.net.ipv6 and not cfg.net.host_loopback and cfg.net.mtu == 65520
 
 
@@ -182,7 +187,7 @@ def test_rootlesskit_invocation() -> None:
             "--enable-sandbox --enable-seccomp --enable-ipv6 4242 tap0"
         )
     )
-    assert cfg.pid == 4242 and cfg.tapname == "tap0"
+    assert cfg.target == JoinPid(4242) and cfg.tapname == "tap0"
     assert cfg.ready_fd == 3 and cfg.exit_fd is None
     assert cfg.api_socket == "/tmp/s"
     assert str(cfg.net.guest) == "10.0.3.100"
@@ -202,7 +207,7 @@ def test_combined_short_options() -> None:
 
 def test_double_dash_ends_options() -> None:
     cfg = parse("--netns-type=path", "--", "-weird-path")
-    assert cfg.target == "-weird-path"
+    assert cfg.target == JoinPath("-weird-path")
 
 
 def test_unique_prefix_of_long_option() -> None:
@@ -220,7 +225,7 @@ def test_last_value_wins_and_dns_upstream_repeats() -> None:
 
 def test_tapname_and_path_target() -> None:
     cfg = parse("--netns-type=path", "/var/run/netns/x", "eth7")
-    assert cfg.target == "/var/run/netns/x" and cfg.tapname == "eth7"
+    assert cfg.target == JoinPath("/var/run/netns/x") and cfg.tapname == "eth7"
 
 
 def test_no_host_loopback_alias_warns(capsys: pytest.CaptureFixture[str]) -> None:
@@ -389,45 +394,42 @@ def test_version(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
-# --------------------------------------------------------- delegation to app
+# ------------------------------------------------------ delegation to the daemon
 
 
 @pytest.fixture
-def fake_app(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Install a fake `slirpy.app` recording what it was called with."""
+def fake_daemon(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Install a fake `slirpy.daemon` recording the options each front end built."""
     calls: dict[str, Any] = {"return": 7}
-    module = types.ModuleType("slirpy.app")
+    module = types.ModuleType("slirpy.daemon")
 
-    def run_slirp4netns(cfg: Slirp4netnsConfig) -> int:
-        calls["slirp4netns"] = cfg
-        if isinstance(calls["return"], BaseException):
-            raise calls["return"]
-        return int(calls["return"])
+    class Daemon:
+        def __init__(self, opts: DaemonOptions, **_kw: object) -> None:
+            self.opts = opts
 
-    def run_command(cfg: RunConfig) -> int:
-        calls["run"] = cfg
-        if isinstance(calls["return"], BaseException):
-            raise calls["return"]
-        return int(calls["return"])
+        def run(self) -> int:
+            kind = "run" if isinstance(self.opts.target, NewNamespace) else "slirp4netns"
+            calls[kind] = self.opts
+            if isinstance(calls["return"], BaseException):
+                raise calls["return"]
+            return int(calls["return"])
 
-    module.run_slirp4netns = run_slirp4netns  # type: ignore[attr-defined]
-    module.run_command = run_command  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "slirpy.app", module)
-    monkeypatch.setattr(slirpy, "app", module, raising=False)
+    module.Daemon = Daemon  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "slirpy.daemon", module)
     return calls
 
 
-def test_slirp4netns_main_runs_app(fake_app: dict[str, Any]) -> None:
+def test_slirp4netns_main_runs_daemon(fake_daemon: dict[str, Any]) -> None:
     with pytest.raises(SystemExit) as exc:
         slirp4netns_main(["-c", "1234", "tap0"])
     assert exc.value.code == 7
-    assert fake_app["slirp4netns"] == Slirp4netnsConfig(target="1234", configure=True)
+    assert fake_daemon["slirp4netns"] == DaemonOptions(target=JoinPid(1234), configure=True)
 
 
 def test_slirp4netns_main_runtime_config_error(
-    fake_app: dict[str, Any], capsys: pytest.CaptureFixture[str]
+    fake_daemon: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    fake_app["return"] = ConfigError("no process with PID 1234; is the container running?")
+    fake_daemon["return"] = ConfigError("no process with PID 1234; is the container running?")
     with pytest.raises(SystemExit) as exc:
         slirp4netns_main(["1234"])
     assert exc.value.code == 1
@@ -436,12 +438,12 @@ def test_slirp4netns_main_runtime_config_error(
     )
 
 
-def test_slirpy_slirp4netns_subcommand(fake_app: dict[str, Any]) -> None:
+def test_slirpy_slirp4netns_subcommand(fake_daemon: dict[str, Any]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(["slirp4netns", "-c", "-6", "--mtu", "9000", "99"])
     assert exc.value.code == 7
-    cfg = fake_app["slirp4netns"]
-    assert cfg.pid == 99 and cfg.configure and cfg.net.ipv6 and cfg.net.mtu == 9000
+    cfg = fake_daemon["slirp4netns"]
+    assert cfg.target == JoinPid(99) and cfg.configure and cfg.net.ipv6 and cfg.net.mtu == 9000
 
 
 def test_slirpy_slirp4netns_subcommand_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -463,7 +465,9 @@ def test_slirpy_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_run_defaults() -> None:
     cfg = parse_run_args(["--", "sh", "-c", "echo hi"])
-    assert cfg == RunConfig(command=("sh", "-c", "echo hi"))
+    assert cfg == DaemonOptions(
+        target=NewNamespace(command=("sh", "-c", "echo hi")), configure=True
+    )
 
 
 def test_run_command_without_double_dash() -> None:
@@ -493,7 +497,7 @@ def test_run_all_options() -> None:
         ]
     )  # fmt: skip
     assert cfg.command == ("curl", "-v", "http://10.0.2.2:8080/")
-    assert cfg.publish == (
+    assert cfg.forwards == (
         PortMapping("tcp", "0.0.0.0", 8080, 80),
         PortMapping("udp", "127.0.0.1", 5353, 53),
         PortMapping("tcp", "::1", 8443, 443),
@@ -506,17 +510,19 @@ def test_run_all_options() -> None:
     assert cfg.outbound_addr == "eth0"
     assert cfg.resolv_conf == "/tmp/r"
     assert cfg.offload is False
-    assert cfg.verbose == 2 and cfg.debug
-    assert cfg.stats is True
+    assert cfg.log_flows and cfg.debug
+    assert cfg.print_stats is True
 
 
-def test_main_run_calls_app(fake_app: dict[str, Any]) -> None:
-    fake_app["return"] = 3
+def test_main_run_calls_daemon(fake_daemon: dict[str, Any]) -> None:
+    fake_daemon["return"] = 3
     with pytest.raises(SystemExit) as exc:
         main(["run", "-p", "8080:80", "--", "true"])
     assert exc.value.code == 3
-    assert fake_app["run"] == RunConfig(
-        command=("true",), publish=(PortMapping("tcp", "0.0.0.0", 8080, 80),)
+    assert fake_daemon["run"] == DaemonOptions(
+        target=NewNamespace(command=("true",)),
+        configure=True,
+        forwards=(PortMapping("tcp", "0.0.0.0", 8080, 80),),
     )
 
 
@@ -620,17 +626,17 @@ def test_subprocess_help_into_closed_pipe() -> None:
 
 def test_cli_import_stays_light() -> None:
     heavy = (
-        "pyroute2",
+        "argparse",
         "cffi",
         "_cffi_backend",
         "asyncio",
         "uvloop",
-        "slirpy.app",
+        "slirpy.daemon",
         "slirpy._engine",
     )
     proc = _run(
         code=(
-            "import sys, slirpy.cli, slirpy.config, slirpy.__main__\n"
+            "import sys, slirpy.frontends.slirp4netns, slirpy.options, slirpy.__main__\n"
             f"print(sorted(m for m in {heavy!r} if m in sys.modules))\n"
         )
     )
@@ -638,17 +644,17 @@ def test_cli_import_stays_light() -> None:
     assert proc.stdout.strip() == "[]"
 
 
-def test_help_and_errors_do_not_import_app() -> None:
+def test_help_and_errors_do_not_import_the_daemon() -> None:
     proc = _run(
         code=(
             "import sys\n"
-            "from slirpy.cli import slirp4netns_main\n"
+            "from slirpy.frontends.slirp4netns import slirp4netns_main\n"
             "for argv in (['--help'], ['--mtu=1', '1']):\n"
             "    try:\n"
             "        slirp4netns_main(argv)\n"
             "    except SystemExit:\n"
             "        pass\n"
-            "print('slirpy.app' in sys.modules, 'asyncio' in sys.modules)\n"
+            "print('slirpy.daemon' in sys.modules, 'asyncio' in sys.modules)\n"
         )
     )
     assert proc.stdout.strip().splitlines()[-1] == "False False"

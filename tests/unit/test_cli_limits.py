@@ -11,9 +11,10 @@ import dataclasses
 
 import pytest
 
-from slirpy.cli import parse_slirp4netns_args
-from slirpy.config import LIMITS, ConfigError, Slirp4netnsConfig, parse_limit
+from slirpy.config import LIMITS, ConfigError, parse_limit
 from slirpy.engine import Limits
+from slirpy.frontends.slirp4netns import parse_slirp4netns_args
+from slirpy.options import DaemonOptions, JoinPid
 
 
 def test_limit_names_are_the_engine_limits_fields() -> None:
@@ -64,4 +65,4 @@ def test_command_line_collects_limits_in_order() -> None:
 
 def test_config_validates_limits_given_directly() -> None:
     with pytest.raises(ConfigError, match="--limit max_udp_flows must be an integer"):
-        Slirp4netnsConfig(target="1", limits=(("max_udp_flows", 0),))
+        DaemonOptions(target=JoinPid(1), limits=(("max_udp_flows", 0),))

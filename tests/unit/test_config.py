@@ -13,9 +13,6 @@ import pytest
 from slirpy.config import (
     ConfigError,
     NetworkModel,
-    PortMapping,
-    RunConfig,
-    Slirp4netnsConfig,
     format_mac,
     is_valid_ifname,
     mac_for_ipv4,
@@ -28,9 +25,10 @@ from slirpy.config import (
     parse_mtu,
     parse_outbound_addr,
     parse_outbound_addr6,
-    parse_port_mapping,
     parse_prefix6,
 )
+from slirpy.frontends.run import parse_port_mapping
+from slirpy.options import PortMapping
 
 
 def one_line(err: pytest.ExceptionInfo[BaseException]) -> str:
@@ -433,120 +431,4 @@ def test_parse_port_mapping(text: str, expected: PortMapping) -> None:
 def test_parse_port_mapping_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         parse_port_mapping(text)
-    assert message in one_line(err)
-
-
-# ------------------------------------------------------------ Slirp4netnsConfig
-
-
-def test_slirp4netns_config_defaults() -> None:
-    cfg = Slirp4netnsConfig(target="1234")
-    assert cfg.net == NetworkModel()
-    assert cfg.tapname == "tap0"
-    assert cfg.netns_type == "pid"
-    assert cfg.pid == 1234
-    assert cfg.userns_path is None
-    assert cfg.configure is False
-    assert cfg.exit_fd is None and cfg.ready_fd is None
-    assert cfg.api_socket is None
-    assert cfg.enable_sandbox is False and cfg.enable_seccomp is False
-    assert cfg.outbound_addr is None and cfg.outbound_addr6 is None
-    assert cfg.dns_upstreams == ()
-    assert cfg.dns_upstream_endpoints == ()
-    assert cfg.resolv_conf == "/etc/resolv.conf"
-    assert cfg.offload is True
-    assert cfg.debug is False
-
-
-def test_slirp4netns_config_path_target() -> None:
-    cfg = Slirp4netnsConfig(target="/run/user/1000/netns/x", netns_type="path")
-    assert cfg.pid is None
-
-
-def test_slirp4netns_config_dns_endpoints() -> None:
-    cfg = Slirp4netnsConfig(target="1", dns_upstreams=("192.0.2.53:53", "[::1]:5353"))
-    assert cfg.dns_upstream_endpoints == (
-        (IPv4Address("192.0.2.53"), 53),
-        (IPv6Address("::1"), 5353),
-    )
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"target": "abc"}, "PID must be a positive integer: 'abc'"),
-        ({"target": "0"}, "PID must be a positive integer: '0'"),
-        ({"target": "-5"}, "PID must be a positive integer: '-5'"),
-        ({"target": ""}, "PID must be a positive integer: ''"),
-        ({"target": "", "netns_type": "path"}, "the network namespace path must not be empty"),
-        ({"target": "1", "netns_type": "foo"}, "--netns-type must be 'pid' or 'path', got 'foo'"),
-        (
-            {"target": "1", "tapname": "x" * 16},
-            f"invalid TAP device name {'x' * 16!r}: 1 to 15 bytes, no '/', ':' or whitespace",
-        ),
-        ({"target": "1", "tapname": "a/b"}, "invalid TAP device name 'a/b'"),
-        ({"target": "1", "tapname": "a b"}, "invalid TAP device name 'a b'"),
-        ({"target": "1", "tapname": ""}, "invalid TAP device name ''"),
-        ({"target": "1", "userns_path": ""}, "--userns-path must not be empty"),
-        ({"target": "1", "exit_fd": -1}, "--exit-fd must be a non-negative integer, got -1"),
-        ({"target": "1", "ready_fd": -2}, "--ready-fd must be a non-negative integer, got -2"),
-        ({"target": "1", "api_socket": ""}, "--api-socket path must not be empty"),
-        (
-            {"target": "1", "api_socket": "/" + "a" * 107},
-            "--api-socket path is too long (108 bytes, the limit is 107)",
-        ),
-        (
-            {"target": "1", "net": NetworkModel(guest_mac=bytes.fromhex("020000000001"))},
-            "--macaddress can only be used with --configure",
-        ),
-        ({"target": "1", "outbound_addr": "::1"}, "(use --outbound-addr6 for IPv6)"),
-        ({"target": "1", "outbound_addr6": "192.0.2.4"}, "(use --outbound-addr for IPv4)"),
-        ({"target": "1", "dns_upstreams": ("x",)}, "invalid DNS upstream 'x'"),
-        ({"target": "1", "resolv_conf": ""}, "--resolv-conf must not be empty"),
-    ],
-)
-def test_slirp4netns_config_validation(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        Slirp4netnsConfig(**kwargs)  # type: ignore[arg-type]
-    assert message in one_line(err)
-
-
-def test_api_socket_107_bytes_is_accepted() -> None:
-    path = "/" + "a" * 106
-    assert Slirp4netnsConfig(target="1", api_socket=path).api_socket == path
-
-
-def test_slirp4netns_config_is_frozen() -> None:
-    cfg = Slirp4netnsConfig(target="1")
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        cfg.target = "2"  # type: ignore[misc]
-
-
-# ------------------------------------------------------------------- RunConfig
-
-
-def test_run_config_defaults() -> None:
-    cfg = RunConfig(command=("sh",))
-    assert cfg.net == NetworkModel()
-    assert cfg.publish == ()
-    assert cfg.dns_upstreams == ()
-    assert cfg.outbound_addr is None
-    assert cfg.resolv_conf == "/etc/resolv.conf"
-    assert cfg.offload is True
-    assert cfg.verbose == 0 and cfg.debug is False
-    assert cfg.stats is False
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"command": ()}, "no command given: use slirpy run [OPTIONS] -- COMMAND [ARG]..."),
-        ({"command": ("sh",), "outbound_addr": "::1"}, "(use --outbound-addr6 for IPv6)"),
-        ({"command": ("sh",), "dns_upstreams": ("nope",)}, "invalid DNS upstream 'nope'"),
-        ({"command": ("sh",), "resolv_conf": ""}, "--resolv-conf must not be empty"),
-    ],
-)
-def test_run_config_validation(kwargs: dict[str, object], message: str) -> None:
-    with pytest.raises(ConfigError) as err:
-        RunConfig(**kwargs)  # type: ignore[arg-type]
     assert message in one_line(err)

@@ -1,4 +1,4 @@
-"""Tests for slirpy.dhcp: the sans-IO DHCPv4 server core.
+"""Tests for slirpy.services.dhcp: the sans-IO DHCPv4 server core.
 
 Requests are built and replies parsed with scapy, an implementation independent
 of the one under test, so that both directions are checked against a second
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.all import BOOTP, DHCP
 
-from slirpy.dhcp import DECLINE_HOLD_SECONDS, OFFER_HOLD_SECONDS, DhcpReply, DhcpServer
+from slirpy.services.dhcp import DECLINE_HOLD_SECONDS, OFFER_HOLD_SECONDS, DhcpReply, DhcpServer
 
 BCAST_IP = IPv4Address("255.255.255.255")
 BCAST_MAC = b"\xff" * 6

@@ -1,4 +1,4 @@
-"""Unit tests for slirpy.dns: the sans-IO core and the asyncio proxy.
+"""Unit tests for slirpy.services.dns: the sans-IO core and the asyncio proxy.
 
 Every DNS server used here is a tiny one the test runs on 127.0.0.1; every
 DnsProxy gets explicit upstreams or a resolv.conf written in a tmp dir, so no
@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 
-from slirpy.dns import DnsForwarderCore, DnsProxy, parse_resolv_conf
+from slirpy.services.dns import DnsForwarderCore, DnsProxy, parse_resolv_conf
 
 LOOP_KINDS = ["asyncio", "uvloop"]
 BOUND = 5.0  # seconds, per async test
@@ -755,7 +755,7 @@ def test_proxy_close_is_idempotent_and_ports_need_start() -> None:
 
 
 def test_truncate_for_udp_keeps_small_replies_and_cuts_big_ones() -> None:
-    from slirpy.dns import truncate_for_udp
+    from slirpy.services.dns import truncate_for_udp
 
     q = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + b"\x03Big\x04test\x00\x00\x01\x00\x01"
     answer = struct.pack("!HHHHHH", 9, 0x8180, 1, 200, 0, 0) + q[12:] + b"\xc0\x0c" * 800

@@ -17,13 +17,14 @@ import socket
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
-from conftest import Conn, established
-from frames import GUEST, GUEST6, GW, GW6, tcp_flags, udp4
 from scapy.layers.dhcp import BOOTP, DHCP
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
 from slirpy.engine import EV_DHCP, EV_FLOW_CLOSE, EV_FLOW_OPEN, Event, Limits
+from tests.helpers.frames import GUEST, GUEST6, GW, GW6, tcp_flags, udp4
+from tests.helpers.inbound import accept_inbound, listen_forward
+from tests.helpers.tcp_conn import Conn, established
 
 PUNT_CAP = 128
 PUNT_RESERVE = 16
@@ -132,7 +133,7 @@ def test_udp_open_and_timeout_close_ipv4(make_guest, socks):
 
 
 def test_udp6_open_event_has_ipv6_tuple(make_guest, socks):
-    from frames import ip6
+    from tests.helpers.frames import ip6
 
     g = make_guest(ipv6=True, flow_events=True)
     srv = socks.udp(socket.AF_INET6)
@@ -157,12 +158,10 @@ def test_udp_eviction_gives_close_reason_evicted(make_guest, socks):
 
 
 def test_port_forward_open_event_is_inbound(make_guest, socks):
-    from test_engine_fwd import _accept_inbound, _listen
-
     g = make_guest(flow_events=True)
-    port = _listen(g, socks, socket.SOCK_STREAM)
+    port = listen_forward(g, socks, socket.SOCK_STREAM)
     client = socks.add(socket.create_connection(("127.0.0.1", port), timeout=2))
-    c = _accept_inbound(g, client)
+    c = accept_inbound(g, client)
     (ev,) = _flow_events(g)
     assert ev.type == EV_FLOW_OPEN and ev.flow.inbound
     assert (ev.src, ev.sport) == (IPv4Address(GUEST), 80)
@@ -200,7 +199,7 @@ def _ev(type_, proto=6, src=GUEST, sport=40000, dst=GW, dport=8000, **flow):
 
 
 def test_run_verbose_line_format():
-    from slirpy.run import flow_line
+    from slirpy.control.report import flow_line
 
     assert flow_line(_ev(EV_FLOW_OPEN)) == f"flow open  tcp {GUEST}:40000 -> {GW}:8000"
     assert flow_line(_ev(EV_FLOW_OPEN, sport=80, dport=51000, inbound=True)) == (

@@ -13,7 +13,7 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from slirpy.dns import HEADER_LEN, parse_resolv_conf, truncate_for_udp
+from slirpy.services.dns import HEADER_LEN, parse_resolv_conf, truncate_for_udp
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

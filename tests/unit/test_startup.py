@@ -13,7 +13,7 @@ import sys
 import textwrap
 from ipaddress import IPv4Address
 
-from slirpy import ifconfig
+from slirpy.host import ifconfig
 
 
 def run_py(code: str) -> str:
@@ -25,21 +25,24 @@ def run_py(code: str) -> str:
 
 
 def test_start_path_imports_only_what_it_needs() -> None:
-    """slirpy-slirp4netns's parent (parse, app, preload) and the helper child's
-    modules: no argparse, secrets/hashlib, ctypes, json, DHCP, API or library code."""
+    """slirpy-slirp4netns's parent (parse, daemon, preload) and the helper child's
+    modules: no argparse, secrets/hashlib, ctypes, json, DHCP, API, `slirpy run`,
+    namespace-creation or library code."""
     out = run_py("""
         import sys
-        from slirpy.cli import parse_slirp4netns_args
-        cfg = parse_slirp4netns_args(["--configure", "--mtu=65520", "1", "tap0"])
-        from slirpy import app
-        app._preload(api=bool(cfg.api_socket), dns=cfg.net.dns_enabled)
-        import slirpy.ifconfig  # what the helper child adds
+        from slirpy.frontends.slirp4netns import parse_slirp4netns_args
+        opts = parse_slirp4netns_args(["--configure", "--mtu=65520", "1", "tap0"])
+        from slirpy.daemon import Daemon
+        Daemon(opts).preload()
+        import slirpy.host.ifconfig  # what the helper child adds
         print(*sorted(sys.modules))
     """)
     mods = set(out.split())
-    assert {"slirpy.app", "slirpy.dns", "slirpy.engine", "slirpy.netns", "uvloop"} <= mods
-    never = {"argparse", "secrets", "hmac", "hashlib", "_hashlib", "ctypes", "slirpy.dhcp",
-             "slirpy.api", "slirpy.portfwd", "slirpy.run", "slirpy.network", "json"}
+    assert {"slirpy.daemon", "slirpy.services.dns", "slirpy.engine", "slirpy.host.netns",
+            "uvloop"} <= mods
+    never = {"argparse", "secrets", "hmac", "hashlib", "_hashlib", "ctypes",
+             "slirpy.services.dhcp", "slirpy.control.api", "slirpy.control.portfwd",
+             "slirpy.frontends.run", "slirpy.host.spawn", "slirpy.frontends.library", "json"}
     assert mods & never == set()
 
 

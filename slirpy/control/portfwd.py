@@ -7,7 +7,7 @@ to the engine, which accepts and relays in C, and keeps the table of forwards
 not relay any data itself.
 
 A spliced forward (TCP, ``splice=True``) first makes sure the namespace
-helper runs (`splice_helper`, from slirpy.app.Daemon), then marks the
+helper runs (`splice_helper`, from slirpy.daemon.Daemon), then marks the
 listener so that the engine relays it with splice() (csrc/splice.c).
 
 An add either fully succeeds (bound, listening, in the engine, in the table) or
@@ -20,9 +20,9 @@ import socket
 from collections.abc import Callable
 from ipaddress import ip_address
 
-from slirpy.api import HostFwd, HostFwdError, HostFwdRequest, HostFwdTable
+from slirpy.control.api import HostFwd, HostFwdError, HostFwdRequest, HostFwdTable
 from slirpy.engine import PROTO_TCP, PROTO_UDP, Engine, FdConsumedError
-from slirpy.netns import NamespaceError
+from slirpy.host.netns import NamespaceError
 
 LISTEN_BACKLOG = 1024
 

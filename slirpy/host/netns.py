@@ -6,8 +6,8 @@ network namespace, opens (or attaches to) the TAP, optionally configures it
 (`-c`), and sends the fd back over a Unix socket with SCM_RIGHTS. The parent
 never changes namespace.
 
-It must not start threads or an event loop, and must not import pyroute2 in
-the parent: only the child pays for it, and only with `-c`.
+It must not start threads or an event loop; the child configures the TAP
+(`-c`) with slirpy.host.ifconfig, imported only there.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def _open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
 
 
 def _configure(req: TapRequest) -> None:
-    from slirpy.ifconfig import configure
+    from slirpy.host.ifconfig import configure
 
     configure(
         req.tapname,

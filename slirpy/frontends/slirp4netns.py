@@ -1,20 +1,19 @@
-"""Command lines of `slirpy-slirp4netns` and `slirpy`: parsing only.
+"""slirp4netns's command line (`slirpy-slirp4netns`, `slirpy slirp4netns`): a front end.
 
-This module owns turning argv into a frozen, validated configuration
-(`Slirp4netnsConfig`, `RunConfig` from `slirpy.config`), the `--help` and
-`--version` texts, and the rule that bad input ends in one readable line on
-stderr and a non-zero exit, never a traceback.
+This module owns turning slirp4netns's argv into one `DaemonOptions` (with
+slirp4netns's defaults: join a PID's namespaces, no -c, MTU 1500,
+10.0.2.0/24), its `--help` and `--version` texts, its error wording, and
+the lines slirp4netns prints once the TAP is open (Podman shows them on
+failure). Everything else is `slirpy.daemon.Daemon`'s.
 
-It must not import anything heavy at import time (pyroute2, the cffi engine,
-asyncio/uvloop): Podman and RootlessKit run `--help` before every container,
-so that path must stay fast. `slirpy.app` is imported lazily, only once the
-command line parsed, and does all the work.
+It must not import anything heavy at import time (the cffi engine,
+asyncio/uvloop, argparse): Podman and RootlessKit run `--help` before every
+container, so that path must stay fast.
 """
 
 from __future__ import annotations
 
 import getopt
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NoReturn
@@ -24,8 +23,6 @@ from slirpy.config import (
     DEFAULT_RESOLV_CONF,
     ConfigError,
     NetworkModel,
-    RunConfig,
-    Slirp4netnsConfig,
     normalize_dns_upstream,
     parse_cidr,
     parse_fd,
@@ -34,35 +31,28 @@ from slirpy.config import (
     parse_mtu,
     parse_outbound_addr,
     parse_outbound_addr6,
-    parse_port_mapping,
     parse_prefix6,
 )
+from slirpy.frontends.common import UsageError, fail, run_daemon, write_stdout
+from slirpy.options import DaemonOptions, JoinPath, JoinPid
 
 if TYPE_CHECKING:
-    import argparse
+    from slirpy.host.netns import TapHandle
 
 __all__ = [
     "PROG_SLIRP4NETNS",
-    "ConfigError",
     "HelpRequested",
-    "UsageError",
     "VersionRequested",
+    "banner_lines",
     "help_text",
-    "main",
-    "parse_run_args",
     "parse_slirp4netns_args",
     "slirp4netns_main",
     "version_text",
 ]
 
 PROG_SLIRP4NETNS = "slirpy-slirp4netns"
-PROG_SLIRPY = "slirpy"
 # What slirp4netns 1.2 reports; scripts parse this line to pick API features.
 SLIRP_CONFIG_VERSION_MAX = 4
-
-
-class UsageError(ConfigError):
-    """The command line itself is malformed (unknown option, missing argument...)."""
 
 
 class HelpRequested(Exception):
@@ -186,8 +176,8 @@ def _default_warn(message: str) -> None:
 
 def parse_slirp4netns_args(
     argv: Sequence[str], warn: Callable[[str], None] | None = None
-) -> Slirp4netnsConfig:
-    """Parse slirp4netns's command line (without argv[0]).
+) -> DaemonOptions:
+    """Parse slirp4netns's command line (without argv[0]) into the daemon's options.
 
     Raises `UsageError`/`ConfigError` (one-line messages) on bad input, and
     `HelpRequested`/`VersionRequested` when asked; those win over any later
@@ -213,6 +203,8 @@ def parse_slirp4netns_args(
     dns_upstreams: list[str] = []
     limits: list[tuple[str, int]] = []
     mac_text: str | None = None
+    netns_type = "pid"
+    userns_path: str | None = None
     for name, value in opts:
         match name:
             case "-c" | "--configure":
@@ -237,13 +229,13 @@ def parse_slirp4netns_args(
             case "--netns-type":
                 if value not in ("pid", "path"):
                     raise ConfigError(f"--netns-type must be 'pid' or 'path', got {value!r}")
-                kw["netns_type"] = value
+                netns_type = value
             case "--userns-path":
-                kw["userns_path"] = value
+                userns_path = value
             case "--enable-sandbox":
-                kw["enable_sandbox"] = True
+                kw["sandbox"] = True
             case "--enable-seccomp":
-                kw["enable_seccomp"] = True
+                kw["seccomp"] = True
             case "--outbound-addr":
                 kw["outbound_addr"] = parse_outbound_addr(value)
             case "--outbound-addr6":
@@ -283,10 +275,9 @@ def parse_slirp4netns_args(
         raise UsageError("missing PID|PATH argument (see --help)")
     if len(args) > 2:
         raise UsageError(f"too many arguments: unexpected {args[2]!r}")
-    kw["target"] = args[0]
-    if len(args) == 2:
-        kw["tapname"] = args[1]
-    return Slirp4netnsConfig(
+    return DaemonOptions(
+        target=_target(args[0], netns_type, userns_path),
+        tapname=args[1] if len(args) == 2 else "tap0",
         net=NetworkModel(**net),  # type: ignore[arg-type]
         dns_upstreams=tuple(dns_upstreams),
         limits=tuple(limits),
@@ -294,191 +285,61 @@ def parse_slirp4netns_args(
     )
 
 
-def _write_stdout(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `... --help | head -1`: not an error. Point stdout at /dev/null so
-        # the interpreter's final flush does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
+def _target(text: str, netns_type: str, userns_path: str | None) -> JoinPid | JoinPath:
+    if userns_path is not None and not userns_path:
+        raise ConfigError("--userns-path must not be empty")
+    if netns_type == "path":
+        if not text:
+            raise ConfigError("the network namespace path must not be empty")
+        return JoinPath(text, userns_path)
+    if not (text.isascii() and text.isdigit()) or int(text, 10) <= 0:
+        raise ConfigError(f"PID must be a positive integer: {text!r}")
+    return JoinPid(int(text, 10), userns_path)
 
 
-def _fail(prog: str, message: str, code: int) -> NoReturn:
-    # Exactly one line, whatever the message contains.
-    line = " ".join(str(message).split("\n"))
-    print(f"{prog}: {line}", file=sys.stderr)
-    sys.exit(code)
+def banner_lines(opts: DaemonOptions, tap: TapHandle) -> tuple[list[str], list[str]]:
+    """What slirp4netns prints once the TAP is open: (stderr lines, stdout lines)."""
+    net = opts.net
+    err = [f"sent tapfd={tap.fd} for {opts.tapname}", f"received tapfd={tap.fd}"]
+    out = [
+        "Starting slirp",
+        f"* MTU:             {net.mtu}",
+        f"* Network:         {net.cidr.network_address}",
+        f"* Netmask:         {net.netmask}",
+        f"* Gateway:         {net.gateway}",
+        f"* DNS:             {net.dns}",
+        f"* DHCP begin:      {net.dhcp_start}",
+        f"* DHCP end:        {net.dhcp_end}",
+        f"* Recommended IP:  {net.guest}",
+    ]
+    if opts.api_socket:
+        out.append(f"* API Socket:      {opts.api_socket}")
+    if net.host_loopback:
+        out.append(
+            f"WARNING: 127.0.0.1:* on the host is accessible as {net.gateway} "
+            "(set --disable-host-loopback to prohibit connecting to 127.0.0.1:*)"
+        )
+    return err, out
+
+
+def _print_banner(opts: DaemonOptions, tap: TapHandle) -> None:
+    err, out = banner_lines(opts, tap)
+    for stream, lines in ((sys.stderr, err), (sys.stdout, out)):
+        stream.write("".join(line + "\n" for line in lines))
+        stream.flush()
 
 
 def slirp4netns_main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Entry point of `slirpy-slirp4netns`: parse, then hand over to `slirpy.app`."""
+    """Entry point of `slirpy-slirp4netns`: parse, then run the daemon."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cfg = parse_slirp4netns_args(args)
+        opts = parse_slirp4netns_args(args)
     except HelpRequested:
-        _write_stdout(help_text())
+        write_stdout(help_text())
         sys.exit(0)
     except VersionRequested:
-        _write_stdout(version_text())
+        write_stdout(version_text())
         sys.exit(0)
     except ConfigError as err:
-        _fail(PROG_SLIRP4NETNS, str(err), 1)
-
-    _run_app(PROG_SLIRP4NETNS, "run_slirp4netns", cfg)
-
-
-def _run_app(prog: str, entry: str, cfg: object) -> NoReturn:
-    """Call `slirpy.app.<entry>(cfg)` and exit with its code, errors in one line."""
-    try:
-        # Lazy: the app pulls in asyncio and the cffi engine.
-        from slirpy import app
-    except ImportError as err:
-        _fail(prog, f"slirpy is not installed correctly: {err}", 1)
-    try:
-        code = getattr(app, entry)(cfg)
-    except ConfigError as err:
-        # Bad input found only at run time (no such PID, no such interface...).
-        _fail(prog, str(err), 1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    sys.exit(code)
-
-
-# ---------------------------------------------------------------- slirpy CLI
-
-
-def _build_parser() -> argparse.ArgumentParser:
-    # argparse is imported here, not at the top: slirpy-slirp4netns parses
-    # with getopt and must not pay for it before its ready byte.
-    import argparse
-
-    class _ArgumentParser(argparse.ArgumentParser):
-        """argparse with one-line errors: `slirpy: <message>`, exit 2."""
-
-        def error(self, message: str) -> NoReturn:
-            _fail(self.prog, message, 2)
-
-    parser = _ArgumentParser(
-        prog=PROG_SLIRPY,
-        description="Rootless userspace networking for unprivileged containers.",
-    )
-    parser.add_argument("--version", action="version", version=f"{PROG_SLIRPY} {__version__}")
-    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")
-    sub.add_parser(
-        "slirp4netns",
-        help="run as a slirp4netns drop-in (same as slirpy-slirp4netns)",
-        add_help=False,
-    )
-    run = sub.add_parser(
-        "run",
-        help="run COMMAND in a new user+network namespace with slirpy networking",
-        description="Run COMMAND in a new user, network and mount namespace networked by slirpy.",
-        usage=f"{PROG_SLIRPY} run [OPTIONS] -- COMMAND [ARG]...",
-    )
-    run.add_argument(
-        "-p",
-        "--publish",
-        action="append",
-        default=[],
-        metavar="[HOST_ADDR:]HOST_PORT:GUEST_PORT[/tcp|udp|splice]",
-        help="forward a host port to the guest (repeatable); /splice: TCP relayed by "
-        "splice() in the guest's namespace (faster; the guest sees its own address)",
-    )
-    run.add_argument("--ipv6", action="store_true", help="enable IPv6 (fd00::/64 by default)")
-    run.add_argument("--ipv6-prefix", metavar="PREFIX", help="IPv6 /64 prefix (default fd00::/64)")
-    run.add_argument("--mtu", metavar="MTU", help="MTU of the guest interface (default 1500)")
-    run.add_argument("--cidr", metavar="CIDR", help="IPv4 network (default 10.0.2.0/24)")
-    run.add_argument(
-        "--dns-upstream",
-        action="append",
-        default=[],
-        metavar="ADDR[:PORT]",
-        help="forward DNS here instead of resolv.conf (repeatable)",
-    )
-    run.add_argument(
-        "--resolv-conf",
-        metavar="PATH",
-        default=DEFAULT_RESOLV_CONF,
-        help=f"take DNS servers from PATH (default {DEFAULT_RESOLV_CONF})",
-    )
-    run.add_argument("--outbound-addr", metavar="IPv4|IFNAME", help="source of outbound sockets")
-    run.add_argument(
-        "--no-host-loopback",
-        action="store_true",
-        help="the gateway does not reach the host's 127.0.0.1",
-    )
-    run.add_argument(
-        "--disable-offload",
-        action="store_true",
-        help="do not use TAP checksum/segmentation offloads",
-    )
-    run.add_argument(
-        "--keep-id",
-        action="store_true",
-        help="COMMAND runs as your own uid/gid inside, not as root",
-    )
-    run.add_argument(
-        "-v", "--verbose", action="count", default=0, help="log flows as they open and close"
-    )
-    run.add_argument("--stats", action="store_true", help="print traffic statistics on exit")
-    # REMAINDER: everything from the first positional on belongs to COMMAND,
-    # including its own options.
-    run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    return parser
-
-
-def _run_config_from(ns: argparse.Namespace) -> RunConfig:
-    command = list(ns.command)
-    if command[:1] == ["--"]:
-        command = command[1:]
-    net: dict[str, object] = {"ipv6": ns.ipv6, "host_loopback": not ns.no_host_loopback}
-    if ns.mtu is not None:
-        net["mtu"] = parse_mtu(ns.mtu)
-    if ns.cidr is not None:
-        net["cidr"] = parse_cidr(ns.cidr)
-    if ns.ipv6_prefix is not None:
-        net["prefix6"] = parse_prefix6(ns.ipv6_prefix)
-    return RunConfig(
-        command=tuple(command),
-        net=NetworkModel(**net),  # type: ignore[arg-type]
-        publish=tuple(parse_port_mapping(p) for p in ns.publish),
-        dns_upstreams=tuple(normalize_dns_upstream(d) for d in ns.dns_upstream),
-        outbound_addr=None if ns.outbound_addr is None else parse_outbound_addr(ns.outbound_addr),
-        resolv_conf=ns.resolv_conf,
-        offload=not ns.disable_offload,
-        verbose=ns.verbose,
-        stats=ns.stats,
-        keep_id=ns.keep_id,
-    )
-
-
-def parse_run_args(argv: Sequence[str]) -> RunConfig:
-    """Parse `slirpy run` arguments (after the word `run`); ConfigError on bad values.
-
-    argparse usage errors still exit 2 through the parser's `error()`.
-    """
-    ns = _build_parser().parse_args(["run", *argv])
-    return _run_config_from(ns)
-
-
-def main(argv: Sequence[str] | None = None) -> NoReturn:
-    """Entry point of the `slirpy` command."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    # slirp4netns's arguments are passed through untouched: argparse would
-    # otherwise try to interpret its options (-c, -6, -e 3...).
-    if args[:1] == ["slirp4netns"]:
-        slirp4netns_main(args[1:])
-
-    parser = _build_parser()
-    ns = parser.parse_args(args)
-    if ns.subcommand is None:
-        _fail(PROG_SLIRPY, "a COMMAND is required (slirp4netns or run); see --help", 2)
-    try:
-        cfg = _run_config_from(ns)
-    except ConfigError as err:
-        _fail(PROG_SLIRPY, str(err), 2)
-
-    _run_app(PROG_SLIRPY, "run_command", cfg)
+        fail(PROG_SLIRP4NETNS, str(err), 1)
+    run_daemon(PROG_SLIRP4NETNS, opts, on_tap=lambda tap: _print_banner(opts, tap))

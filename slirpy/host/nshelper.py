@@ -23,7 +23,7 @@ import re
 import signal
 import socket
 
-from slirpy.netns import (
+from slirpy.host.netns import (
     CLONE_NEWNET,
     CLONE_NEWUSER,
     NamespaceError,

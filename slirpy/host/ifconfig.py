@@ -2,9 +2,8 @@
 
 This module owns `-c/--configure`: bring `lo` and the TAP up, set the MTU,
 MAC and transmit queue length, the IPv4 address and the default route. It uses
-the classic SIOCSIF* / SIOCADDRT ioctls (and one rtnetlink message) because
-they cost microseconds, while importing pyroute2 costs ~250 ms, more than
-slirpy's whole start-up budget.
+the classic SIOCSIF* / SIOCADDRT ioctls (and one rtnetlink message), which
+cost microseconds (why not a netlink library: docs/architecture.md).
 It runs only in the namespace helper child and must not touch namespaces.
 """
 
