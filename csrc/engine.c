@@ -24,10 +24,6 @@
 
 #define SL_EPOLL_BATCH 64
 #define SL_SCAN_IDLE_NS (1000 * NSEC_PER_MSEC)
-/* Longest wait of a delayed ACK: long enough for a host on this machine to
- * answer a request (the answer then carries the ACK), far below the
- * guest's 200 ms minimum RTO, short for a Nagle sender waiting on it. */
-#define SL_DELACK_NS (1 * NSEC_PER_MSEC)
 
 static const char *const counter_names[] = {
 #define SL_CTR_NAME(n) #n,
@@ -166,7 +162,6 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	clamp_to_fd_limit(&e->cfg);
 	e->tapfd = -1;
 	e->timerfd = -1;
-	e->tcp_spare[0] = e->tcp_spare[1] = -1;
 	e->mask4 = e->cfg.prefix4 ? ~0u << (32 - e->cfg.prefix4) : 0;
 	mac_from_v4(e->gw_mac, e->cfg.gw4);
 	mac_from_v4(e->dns_mac, e->cfg.dns4);
@@ -185,7 +180,7 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
 	e->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
 	if (!e->rxbuf || !e->txbuf || !e->peekbuf || e->epfd < 0 || e->timerfd < 0 ||
-	    sl_flow_init(e) < 0 || sl_udp_init(e) < 0)
+	    sl_flow_init(e) < 0 || sl_tcp_init(e) < 0 || sl_udp_init(e) < 0)
 		goto fail;
 	ev.data.u64 = 0;	/* tag 0: the timerfd */
 	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->timerfd, &ev) < 0)
@@ -578,49 +573,6 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 	}
 }
 
-/* Send the ACKs queued by sl_flow_mark_ack(), and the lazy ones
- * (sl_flow_mark_delack) that cannot wait any longer: a lazy ACK is dropped
- * once a frame toward the guest has carried it, and waits while less than
- * two guest segments are unacknowledged, the guest has used at most half
- * of the window we gave (it may be waiting for more), and the delay (SL_DELACK_NS from the oldest) is not over.
- * Waiting ones stay in ack_list; every entry's ACK_DUE is cleared as it is
- * seen so that a slot listed twice (freed and reused) is handled once. */
-static void flush_acks(struct sl_engine *e)
-{
-	bool late = e->delack_at && e->now >= e->delack_at;
-	uint32_t i, keep = 0;
-
-	for (i = 0; i < e->nack; i++) {
-		struct sl_flow *f = &e->flows[e->ack_list[i]];
-		uint32_t unacked;
-
-		if (f->kind != SL_FLOW_TCP || !(f->tcp.flags & SL_TF_ACK_DUE))
-			continue;
-		f->tcp.flags &= (uint16_t)~SL_TF_ACK_DUE;
-		if (f->tcp.flags & SL_TF_ACK_LAZY) {
-			unacked = f->tcp.rcv_nxt - f->tcp.ack_sent;
-			if (!unacked) {		/* piggybacked on data */
-				f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
-				continue;
-			}
-			if (!late && unacked < 2u * f->tcp.gmss &&
-			    unacked <= f->tcp.wnd_sent / 2) {
-				e->ack_list[keep++] = f->self;
-				continue;
-			}
-			f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
-		}
-		sl_tcp_send_ack(e, f);
-	}
-	for (i = 0; i < keep; i++)
-		e->flows[e->ack_list[i]].tcp.flags |= SL_TF_ACK_DUE;
-	e->nack = keep;
-	if (!keep)
-		e->delack_at = 0;
-	else if (!e->delack_at || late)
-		e->delack_at = e->now + SL_DELACK_NS;
-}
-
 /* Walk every flow for retransmission and expiry. Runs at most as often as
  * the earliest deadline asks; flows set e->next_scan sooner when they need. */
 static void run_timers(struct sl_engine *e)
@@ -640,12 +592,13 @@ static void run_timers(struct sl_engine *e)
 		live++;
 		idle = e->now - f->last_ns;
 		switch (f->kind) {
-		case SL_FLOW_TCP:
-			sl_tcp_timer(e, f);
-			if (f->kind == SL_FLOW_TCP && f->tcp.rto_at &&
-			    f->tcp.rto_at < soonest)
-				soonest = f->tcp.rto_at;
+		case SL_FLOW_TCP: {
+			uint64_t at = sl_tcp_timer(e, f);
+
+			if (at && at < soonest)
+				soonest = at;
 			break;
+		}
 		case SL_FLOW_UDP:
 			if (idle >= (uint64_t)e->cfg.udp_idle_s * NSEC_PER_SEC) {
 				sl_count(e, SL_C_udp_flows_closed);
@@ -676,12 +629,12 @@ static void run_timers(struct sl_engine *e)
 static void arm_timer(struct sl_engine *e)
 {
 	struct itimerspec its = { 0 };
-	uint64_t at = e->next_scan;
+	uint64_t at = e->next_scan, ack_at = sl_tcp_ack_deadline(e);
 
 	/* next_scan is 0 until the first poll (which scans); a delayed ACK
 	 * queued before it must still get its wake-up. */
-	if (e->delack_at && (!at || e->delack_at < at))
-		at = e->delack_at;
+	if (ack_at && (!at || ack_at < at))
+		at = ack_at;
 	if (e->timer_armed == at)
 		return;
 	/* Armed sooner and still to come: let it fire (a poll with little to
@@ -803,9 +756,9 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 			break;
 		}
 	}
-	flush_acks(e);
+	sl_tcp_flush_acks(e);
 	run_timers(e);
-	flush_acks(e);
+	sl_tcp_flush_acks(e);
 	arm_timer(e);
 	sl_tcp_end_of_poll(e);	/* last: nobody waits for it */
 	return done;
@@ -842,7 +795,7 @@ int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
 	e->now = now_ns;
 	handle_frame(e, frame, len, e->cfg.vnet_hdr_len != 0);
 	sl_udp_flush(e);
-	flush_acks(e);
+	sl_tcp_flush_acks(e);
 	arm_timer(e);	/* a delayed ACK must not wait for the next poll */
 	sl_tcp_end_of_poll(e);
 	return 0;
@@ -852,9 +805,9 @@ int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,
 int sl_engine_flush(struct sl_engine *e, uint64_t now_ns)
 {
 	e->now = now_ns;
-	flush_acks(e);
+	sl_tcp_flush_acks(e);
 	run_timers(e);
-	flush_acks(e);
+	sl_tcp_flush_acks(e);
 	sl_tcp_end_of_poll(e);
 	return 0;
 }

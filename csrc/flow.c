@@ -14,13 +14,8 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <netinet/in.h>
-#include <linux/tcp.h>
 
 #include "internal.h"
-
-/* tcp_info.tcpi_state values (include/net/tcp_states.h, not in uapi) */
-enum { SL_TCPS_TIME_WAIT = 6, SL_TCPS_CLOSE_WAIT = 8, SL_TCPS_LAST_ACK = 9,
-       SL_TCPS_CLOSING = 11 };
 
 static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type);
 
@@ -76,11 +71,10 @@ int sl_flow_init(struct sl_engine *e)
 	pool = mmap(NULL, (size_t)n * sizeof(*e->flows), PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	e->flows = pool == MAP_FAILED ? NULL : pool;
-	e->ack_list = calloc(n, sizeof(*e->ack_list));
 	for (e->nbuckets = 64; e->nbuckets < n * 2; e->nbuckets <<= 1)
 		;
 	e->buckets = malloc(e->nbuckets * sizeof(*e->buckets));
-	if (!e->flows || !e->buckets || !e->ack_list)
+	if (!e->flows || !e->buckets)
 		return -1;
 	for (i = 0; i < e->nbuckets; i++)
 		e->buckets[i] = SL_NIL;
@@ -99,7 +93,6 @@ void sl_flow_fini(struct sl_engine *e)
 		munmap(e->flows, (size_t)e->nflows_max * sizeof(*e->flows));
 	}
 	free(e->buckets);
-	free(e->ack_list);
 }
 
 static bool key_eq(const struct sl_flow *f, int kind, int family,
@@ -244,9 +237,6 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f)
 		flow_event(e, f, SL_EV_FLOW_CLOSE);
 	if (f->fd >= 0 && !(f->evflags & SL_FE_CLOSE_LATER))
 		close(f->fd);
-	if (f->kind == SL_FLOW_TCP && f->tcp.state != SL_TCP_ESTABLISHED &&
-	    e->n_half_open)
-		e->n_half_open--;
 	e->n_by_kind[f->kind]--;
 	f->kind = SL_FLOW_FREE;
 	f->fd = -1;
@@ -273,64 +263,6 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
 	    (f->gen & 0xffffff) != ((tag >> 32) & 0xffffff))
 		return NULL;
 	return f;
-}
-
-/* Queue an ACK for the end of the batch; one per flow however many
- * segments arrived, which is what coalesces ACKs. It leaves then, even if
- * a lazy one (below) was queued before. */
-void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f)
-{
-	f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
-	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
-		return;
-	f->tcp.flags |= SL_TF_ACK_DUE;
-	e->ack_list[e->nack++] = f->self;
-}
-
-/**
- * tcp_bytes() - the data bytes a TCP flow carried each way, from its host
- * socket.
- *
- * The kernel keeps 64-bit counts per socket, so asking once at close costs
- * one getsockopt() per flow and nothing per packet. Its counts are of
- * sequence space: bytes_acked includes our SYN (active or passive, the peer
- * acknowledged one) and the FIN we forwarded for the guest once acked;
- * bytes_received includes the peer's FIN. Those are taken off here. When a
- * reset races a FIN the count can be one byte high.
- *
- * Return: true when @info->bytes_* were filled.
- */
-static bool tcp_bytes(const struct sl_flow *f, struct sl_flow_info *info)
-{
-	struct tcp_info ti;
-	socklen_t len = sizeof(ti);
-	uint64_t acked, rcvd;
-	bool peer_fin;
-
-	if (f->fd < 0)
-		return false;
-	memset(&ti, 0, sizeof(ti));
-	if (getsockopt(f->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
-	    len < offsetof(struct tcp_info, tcpi_notsent_bytes) +
-			  sizeof(ti.tcpi_notsent_bytes))
-		return false;
-	acked = ti.tcpi_bytes_acked;
-	rcvd = ti.tcpi_bytes_received;
-	if (acked)
-		acked--;	/* the SYN */
-	if (acked && (f->tcp.flags & SL_TF_GUEST_FIN) && !ti.tcpi_unacked &&
-	    !ti.tcpi_notsent_bytes)
-		acked--;	/* our FIN, sent and acknowledged */
-	peer_fin = (f->tcp.flags & SL_TF_HOST_EOF) ||
-		   ti.tcpi_state == SL_TCPS_CLOSE_WAIT ||
-		   ti.tcpi_state == SL_TCPS_LAST_ACK ||
-		   ti.tcpi_state == SL_TCPS_CLOSING ||
-		   ti.tcpi_state == SL_TCPS_TIME_WAIT;
-	if (rcvd && peer_fin)
-		rcvd--;
-	info->bytes_to_host = acked;
-	info->bytes_to_guest = rcvd;
-	return true;
 }
 
 /**
@@ -366,7 +298,7 @@ static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type)
 	if (type == SL_EV_FLOW_CLOSE) {
 		info.duration_ns = e->now - f->created_ns;
 		info.reason = f->why;
-		if (f->kind == SL_FLOW_TCP && tcp_bytes(f, &info))
+		if (f->kind == SL_FLOW_TCP && sl_tcp_bytes(f, &info))
 			info.flags |= SL_FI_BYTES;
 	}
 	ev.len = sizeof(info);
@@ -388,15 +320,4 @@ void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound)
 		f->evflags |= SL_FE_INBOUND;
 	f->evflags |= SL_FE_OPENED;
 	flow_event(e, f, SL_EV_FLOW_OPEN);
-}
-
-/* Queue an ACK that may wait (delayed ACK): data toward the guest sent in
- * the meantime carries it, and the end of a batch sends it only if enough
- * is unacknowledged or the delay is over (see flush_acks in engine.c). */
-void sl_flow_mark_delack(struct sl_engine *e, struct sl_flow *f)
-{
-	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
-		return;
-	f->tcp.flags |= SL_TF_ACK_DUE | SL_TF_ACK_LAZY;
-	e->ack_list[e->nack++] = f->self;
 }

@@ -310,9 +310,7 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 void sl_flow_free(struct sl_engine *e, struct sl_flow *f);
 struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag);
 uint64_t sl_flow_tag(const struct sl_flow *f);
-void sl_flow_mark_ack(struct sl_engine *e, struct sl_flow *f);
 void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound);
-void sl_flow_mark_delack(struct sl_engine *e, struct sl_flow *f);
 
 /* addr.c: guest view <-> host sockaddr */
 int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,
@@ -352,11 +350,14 @@ int sl_udp_emit(struct sl_engine *e, int family, const uint8_t *dst_mac,
 		uint16_t dport, const uint8_t *payload, size_t len);
 
 /* tcp.c */
+int sl_tcp_init(struct sl_engine *e);
 void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p);
 void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev);
 void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l);
-void sl_tcp_send_ack(struct sl_engine *e, struct sl_flow *f);
-void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f);
+void sl_tcp_flush_acks(struct sl_engine *e);
+uint64_t sl_tcp_ack_deadline(const struct sl_engine *e);
+uint64_t sl_tcp_timer(struct sl_engine *e, struct sl_flow *f);
+bool sl_tcp_bytes(const struct sl_flow *f, struct sl_flow_info *info);
 void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p);
 void sl_tcp_end_of_poll(struct sl_engine *e);
 void sl_tcp_fini(struct sl_engine *e);

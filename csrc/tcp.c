@@ -23,9 +23,10 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
+#include <linux/tcp.h>	/* struct tcp_info with tcpi_bytes_acked */
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -46,6 +47,14 @@
 #define CLOSING_IDLE_S 60
 #define SYN_WINDOW 65535
 #define PEEK_MAX 65535u			/* one peek, one GSO frame at most */
+/* Longest wait of a delayed ACK: long enough for a host on this machine to
+ * answer a request (the answer then carries the ACK), far below the
+ * guest's 200 ms minimum RTO, short for a Nagle sender waiting on it. */
+#define DELACK_NS (1 * NSEC_PER_MSEC)
+
+/* tcp_info.tcpi_state values (include/net/tcp_states.h, not in uapi) */
+enum { SL_TCPS_TIME_WAIT = 6, SL_TCPS_CLOSE_WAIT = 8, SL_TCPS_LAST_ACK = 9,
+       SL_TCPS_CLOSING = 11 };
 
 static uint16_t mss_cap(const struct sl_engine *e, int family)
 {
@@ -173,6 +182,29 @@ static void arm_rto(struct sl_engine *e, struct sl_flow *f)
 		e->next_scan = f->tcp.rto_at;
 }
 
+/* Queue an ACK for the end of the batch; one per flow however many
+ * segments arrived, which is what coalesces ACKs. It leaves then, even if
+ * a lazy one (below) was queued before. */
+static void mark_ack(struct sl_engine *e, struct sl_flow *f)
+{
+	f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+		return;
+	f->tcp.flags |= SL_TF_ACK_DUE;
+	e->ack_list[e->nack++] = f->self;
+}
+
+/* Queue an ACK that may wait (delayed ACK): data toward the guest sent in
+ * the meantime carries it, and the end of a batch sends it only if enough
+ * is unacknowledged or the delay is over (see sl_tcp_flush_acks()). */
+static void mark_delack(struct sl_engine *e, struct sl_flow *f)
+{
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+		return;
+	f->tcp.flags |= SL_TF_ACK_DUE | SL_TF_ACK_LAZY;
+	e->ack_list[e->nack++] = f->self;
+}
+
 /**
  * emit() - send one TCP segment (or one GSO super-segment) to the guest.
  * @syn_opts: add MSS and window-scale options (SYN and SYN-ACK)
@@ -268,11 +300,64 @@ static void emit_data(struct sl_engine *e, struct sl_flow *f, uint32_t seq,
 	}
 }
 
-void sl_tcp_send_ack(struct sl_engine *e, struct sl_flow *f)
+static void send_ack(struct sl_engine *e, struct sl_flow *f)
 {
 	if (f->tcp.state != SL_TCP_ESTABLISHED)
 		return;
 	emit(e, f, TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
+}
+
+/**
+ * sl_tcp_flush_acks() - the delayed-ACK policy: send the ACKs queued by
+ * mark_ack(), and the lazy ones (mark_delack()) that cannot wait any longer.
+ *
+ * A lazy ACK is dropped once a frame toward the guest has carried it, and
+ * waits while less than two guest segments are unacknowledged, the guest
+ * has used at most half of the window we gave (it may be waiting for
+ * more), and the delay (DELACK_NS from the oldest) is not over. Waiting
+ * ones stay in ack_list; every entry's ACK_DUE is cleared as it is seen so
+ * that a slot listed twice (freed and reused) is handled once.
+ */
+void sl_tcp_flush_acks(struct sl_engine *e)
+{
+	bool late = e->delack_at && e->now >= e->delack_at;
+	uint32_t i, keep = 0;
+
+	for (i = 0; i < e->nack; i++) {
+		struct sl_flow *f = &e->flows[e->ack_list[i]];
+		uint32_t unacked;
+
+		if (f->kind != SL_FLOW_TCP || !(f->tcp.flags & SL_TF_ACK_DUE))
+			continue;
+		f->tcp.flags &= (uint16_t)~SL_TF_ACK_DUE;
+		if (f->tcp.flags & SL_TF_ACK_LAZY) {
+			unacked = f->tcp.rcv_nxt - f->tcp.ack_sent;
+			if (!unacked) {		/* piggybacked on data */
+				f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
+				continue;
+			}
+			if (!late && unacked < 2u * f->tcp.gmss &&
+			    unacked <= f->tcp.wnd_sent / 2) {
+				e->ack_list[keep++] = f->self;
+				continue;
+			}
+			f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
+		}
+		send_ack(e, f);
+	}
+	for (i = 0; i < keep; i++)
+		e->flows[e->ack_list[i]].tcp.flags |= SL_TF_ACK_DUE;
+	e->nack = keep;
+	if (!keep)
+		e->delack_at = 0;
+	else if (!e->delack_at || late)
+		e->delack_at = e->now + DELACK_NS;
+}
+
+/* When the delayed ACKs waiting must leave at the latest; 0: none wait. */
+uint64_t sl_tcp_ack_deadline(const struct sl_engine *e)
+{
+	return e->delack_at;
 }
 
 /*
@@ -331,7 +416,7 @@ static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 {
 	/* An ACK still owed (e.g. for the guest's last FIN) leaves now. */
 	if (!rst_host && (f->tcp.flags & SL_TF_ACK_DUE))
-		sl_tcp_send_ack(e, f);
+		send_ack(e, f);
 	if (rst_host && f->fd >= 0) {
 		struct linger lg = { .l_onoff = 1, .l_linger = 0 };
 
@@ -339,6 +424,8 @@ static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 	}
 	if (!rst_host)
 		close_later(e, f);
+	if (f->tcp.state != SL_TCP_ESTABLISHED && e->n_half_open)
+		e->n_half_open--;
 	sl_count(e, SL_C_tcp_flows_closed);
 	sl_flow_free(e, f);
 }
@@ -602,7 +689,7 @@ static bool handle_ack(struct sl_engine *e, struct sl_flow *f,
 
 	f->tcp.gwnd = (uint32_t)p->win << f->tcp.gws;
 	if (SEQ_GT(ack, f->tcp.snd_max)) {
-		sl_flow_mark_ack(e, f);	/* acks what we never sent */
+		mark_ack(e, f);	/* acks what we never sent */
 		return true;
 	}
 	if (SEQ_GT(ack, f->tcp.snd_una)) {
@@ -671,14 +758,14 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 		 * duplicate ACKs. One off our sequence (a window or keepalive
 		 * probe, or a sign that we lost data) gets the ACK it wants. */
 		if (seq != f->tcp.rcv_nxt)
-			sl_flow_mark_ack(e, f);
+			mark_ack(e, f);
 		return true;
 	}
 	if (SEQ_LT(seq, f->tcp.rcv_nxt)) {	/* trim what we already have */
 		uint32_t old = f->tcp.rcv_nxt - seq;
 
 		if (old >= len + (fin ? 1 : 0)) {
-			sl_flow_mark_ack(e, f);	/* a retransmission: re-ack */
+			mark_ack(e, f);	/* a retransmission: re-ack */
 			return true;
 		}
 		if (old > len)
@@ -690,11 +777,11 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 	if (seq != f->tcp.rcv_nxt) {
 		/* A hole before it: not kept; the duplicate ACK asks again. */
 		sl_count(e, SL_C_drop_tcp_out_of_window);
-		sl_flow_mark_ack(e, f);
+		mark_ack(e, f);
 		return true;
 	}
 	if (f->tcp.flags & SL_TF_GUEST_FIN) {
-		sl_flow_mark_ack(e, f);
+		mark_ack(e, f);
 		return true;
 	}
 	if (len) {
@@ -723,12 +810,12 @@ static bool data_from_guest(struct sl_engine *e, struct sl_flow *f,
 		shutdown_later(e, f);
 	}
 	/* All of it taken: the ACK may wait for the host's answer to carry it
-	 * (engine.c flush_acks() bounds the wait). Anything short of that is
+	 * (sl_tcp_flush_acks() bounds the wait). Anything short of that is
 	 * a window the guest waits on: it leaves at the end of the batch. */
 	if ((size_t)n == len && !(f->tcp.flags & SL_TF_NEED_WUPD))
-		sl_flow_mark_delack(e, f);
+		mark_delack(e, f);
 	else
-		sl_flow_mark_ack(e, f);
+		mark_ack(e, f);
 	return true;
 }
 
@@ -839,16 +926,79 @@ void sl_tcp_end_of_poll(struct sl_engine *e)
 							  &e->tcp_spare_peek_off[i]);
 }
 
+/**
+ * sl_tcp_init() - TCP's engine state, after sl_flow_init(): no spare
+ * sockets yet, and the list of flows owing an ACK, as long as the pool.
+ * Return: 0, or -1 when out of memory.
+ */
+int sl_tcp_init(struct sl_engine *e)
+{
+	e->tcp_spare[0] = e->tcp_spare[1] = -1;
+	e->ack_list = calloc(e->nflows_max, sizeof(*e->ack_list));
+	return e->ack_list ? 0 : -1;
+}
+
 /* Before sl_flow_fini(), while deferred tags still name live flows: the
- * deferred work, then the spares. */
+ * deferred work, then the spares. Nothing to do if sl_tcp_init() never
+ * allocated (an engine that failed to start). */
 void sl_tcp_fini(struct sl_engine *e)
 {
 	int i;
 
+	if (!e->ack_list)
+		return;
 	run_deferred(e);
 	for (i = 0; i < 2; i++)
 		if (e->tcp_spare[i] >= 0)
 			close(e->tcp_spare[i]);
+	free(e->ack_list);
+	e->ack_list = NULL;
+}
+
+/**
+ * sl_tcp_bytes() - the data bytes a TCP flow carried each way, from its host
+ * socket.
+ *
+ * The kernel keeps 64-bit counts per socket, so asking once at close costs
+ * one getsockopt() per flow and nothing per packet. Its counts are of
+ * sequence space: bytes_acked includes our SYN (active or passive, the peer
+ * acknowledged one) and the FIN we forwarded for the guest once acked;
+ * bytes_received includes the peer's FIN. Those are taken off here. When a
+ * reset races a FIN the count can be one byte high.
+ *
+ * Return: true when @info->bytes_* were filled.
+ */
+bool sl_tcp_bytes(const struct sl_flow *f, struct sl_flow_info *info)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	uint64_t acked, rcvd;
+	bool peer_fin;
+
+	if (f->fd < 0)
+		return false;
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(f->fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_notsent_bytes) +
+			  sizeof(ti.tcpi_notsent_bytes))
+		return false;
+	acked = ti.tcpi_bytes_acked;
+	rcvd = ti.tcpi_bytes_received;
+	if (acked)
+		acked--;	/* the SYN */
+	if (acked && (f->tcp.flags & SL_TF_GUEST_FIN) && !ti.tcpi_unacked &&
+	    !ti.tcpi_notsent_bytes)
+		acked--;	/* our FIN, sent and acknowledged */
+	peer_fin = (f->tcp.flags & SL_TF_HOST_EOF) ||
+		   ti.tcpi_state == SL_TCPS_CLOSE_WAIT ||
+		   ti.tcpi_state == SL_TCPS_LAST_ACK ||
+		   ti.tcpi_state == SL_TCPS_CLOSING ||
+		   ti.tcpi_state == SL_TCPS_TIME_WAIT;
+	if (rcvd && peer_fin)
+		rcvd--;
+	info->bytes_to_host = acked;
+	info->bytes_to_guest = rcvd;
+	return true;
 }
 
 static void connected(struct sl_engine *e, struct sl_flow *f)
@@ -1026,7 +1176,7 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 	f->tcp.rto_at = 0;
 	f->tcp.rto_ms = rto_base(f);
 	f->tcp.retries = 0;
-	sl_flow_mark_ack(e, f);
+	mark_ack(e, f);
 	if (f->tcp.flags & SL_TF_PEEK_OFF)	/* as in connected() */
 		f->tcp.flags |= SL_TF_HOST_DRY;
 	update_events(e, f);
@@ -1066,7 +1216,7 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 		if (f->tcp.snd_una == f->tcp.isn && p->seq + 1 == f->tcp.rcv_nxt)
 			emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
 		else
-			sl_flow_mark_ack(e, f);	/* challenge ACK */
+			mark_ack(e, f);	/* challenge ACK */
 		return;
 	}
 	if (!(p->tflags & TCP_ACK))
@@ -1115,7 +1265,7 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 	if (ev & EPOLLOUT && (f->tcp.flags & SL_TF_NEED_WUPD)) {
 		f->tcp.flags &= (uint16_t)~(SL_TF_NEED_WUPD | SL_TF_SPACE_OK);
 		update_events(e, f);
-		sl_flow_mark_ack(e, f);	/* window update, measured afresh */
+		mark_ack(e, f);	/* window update, measured afresh */
 	}
 	if (ev & (EPOLLRDHUP | EPOLLHUP))
 		f->tcp.flags |= SL_TF_HOST_RDHUP;
@@ -1186,10 +1336,8 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 	}
 }
 
-/**
- * sl_tcp_timer() - retransmission and expiry for one flow at e->now.
- */
-void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
+/* Retransmission and expiry for one flow at e->now. */
+static void tcp_timer(struct sl_engine *e, struct sl_flow *f)
 {
 	uint64_t idle = e->now - f->last_ns;
 
@@ -1232,4 +1380,15 @@ void sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
 		return;
 	if (!f->tcp.rto_at && f->tcp.snd_max != f->tcp.snd_una)
 		arm_rto(e, f);
+}
+
+/**
+ * sl_tcp_timer() - retransmission and expiry for one flow at e->now.
+ * Return: when the flow's timer is due next; 0 when it has none or the
+ * flow was closed.
+ */
+uint64_t sl_tcp_timer(struct sl_engine *e, struct sl_flow *f)
+{
+	tcp_timer(e, f);
+	return f->kind == SL_FLOW_TCP ? f->tcp.rto_at : 0;
 }
