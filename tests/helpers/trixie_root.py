@@ -5,8 +5,9 @@ This module owns the root and the ways into it:
 * `build_root()`: debootstrap of Debian 13 (trixie) with the package list of
   TESTBED.md, cached under /var/cache/slirpy-trixie-root/<key>/ where the key
   is a digest of suite, variant and packages (a changed list builds a new
-  root). The mirror is the machine's own, read from its apt sources: no host
-  name is written into the repository. Then the configuration the client
+  root; $SLIRPY_TRIXIE_ROOT_CACHE moves the cache). The mirror is the
+  machine's own, read from its apt sources: no host name is written into
+  the repository. Then the configuration the client
   tests need: the machine's CA bundle, a test user with subuid/subgid ranges,
   containers.conf (runc, cgroupfs, file events), per-user vfs storage, and a
   busybox image imported with `podman import` (no registry).
@@ -52,6 +53,8 @@ PACKAGES: tuple[str, ...] = (
     "libc6-dev", "rootlesskit", "nftables",
 )
 CACHE = pathlib.Path("/var/cache/slirpy-trixie-root")
+# CI may keep the cache elsewhere (e.g. a directory its runner restores).
+CACHE_ENV = "SLIRPY_TRIXIE_ROOT_CACHE"
 # Bump when the configuration written into the root changes: the debootstrap
 # result is kept, the configuration and the image are redone.
 CONFIG_VERSION = 1
@@ -241,8 +244,13 @@ def _import_image(root: pathlib.Path) -> None:
     tar.unlink()
 
 
-def build_root(cache: pathlib.Path = CACHE) -> pathlib.Path:
-    """The configured root with the busybox image, built on first use and cached."""
+def build_root(cache: pathlib.Path | None = None) -> pathlib.Path:
+    """The configured root with the busybox image, built on first use and cached.
+
+    `cache` defaults to $SLIRPY_TRIXIE_ROOT_CACHE, else /var/cache/slirpy-trixie-root.
+    """
+    if cache is None:
+        cache = pathlib.Path(os.environ.get(CACHE_ENV) or CACHE)
     if os.geteuid() != 0:
         raise BedError("building the Debian 13 root needs root")
     entry = cache / cache_key()
