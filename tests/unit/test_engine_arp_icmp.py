@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from frames import (
+from scapy.layers.inet6 import ICMPv6DestUnreach
+
+from tests.helpers.frames import (
     ARP,
     BCAST,
     DNS,
@@ -26,7 +28,6 @@ from frames import (
     raw,
     tcp6,
 )
-from scapy.layers.inet6 import ICMPv6DestUnreach
 
 
 @pytest.mark.parametrize("target,mac", [(GW, GW_MAC), (DNS, DNS_MAC)])

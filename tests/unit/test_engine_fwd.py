@@ -14,51 +14,19 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from ipaddress import IPv4Address
 
 import pytest
-from conftest import Conn
-from frames import GUEST, GUEST_MAC, GW, IP, TCP, UDP, tcp4, tcp_flags, udp4
 
-from slirpy.engine import PROTO_TCP, PROTO_UDP, Limits
-
-
-def _listen(g, socks, kind: int, fwd_id: int = 1, guest_port: int = 80) -> int:
-    s = socket.socket(socket.AF_INET, kind)
-    s.bind(("127.0.0.1", 0))
-    if kind == socket.SOCK_STREAM:
-        s.listen(16)
-    port = s.getsockname()[1]
-    proto = PROTO_TCP if kind == socket.SOCK_STREAM else PROTO_UDP
-    g.engine.set_guest_mac(bytes.fromhex(GUEST_MAC.replace(":", "")))
-    g.engine.add_listener(s.detach(), proto, IPv4Address(GUEST), guest_port, fwd_id)
-    return port
-
-
-def _syns(g, outs):
-    return [o for o in outs if TCP in o.pkt and tcp_flags(o.pkt) == "S"]
-
-
-def _accept_inbound(g, client: socket.socket) -> Conn:
-    """Wait for the engine's SYN for @client; answer as the guest's kernel."""
-    cport = client.getsockname()[1]
-    outs = g.wait(lambda o: bool(_syns(g, o)))
-    (syn,) = _syns(g, outs)
-    assert (syn.pkt[IP].src, syn.pkt[IP].dst) == (GW, GUEST)
-    assert (syn.pkt[TCP].sport, syn.pkt[TCP].dport) == (cport, 80)
-    # The guest is the server here: Conn's "sport" is the guest's port 80.
-    c = Conn(g, cport, sport=80, seq=5000)
-    c.rcv_nxt = (syn.pkt[TCP].seq + 1) & 0xFFFFFFFF
-    g.send(c.seg("SA", options=[("MSS", 1460), ("NOP", None), ("WScale", 7)], window=65535))
-    c.snd_nxt += 1
-    return c
+from slirpy.engine import Limits
+from tests.helpers.frames import GUEST, GW, IP, TCP, UDP, tcp4, udp4
+from tests.helpers.inbound import accept_inbound, listen_forward, syns
 
 
 def test_tcp_forward_loopback_client_is_gateway_and_data_flows(make_guest, socks):
     g = make_guest()
-    port = _listen(g, socks, socket.SOCK_STREAM)
+    port = listen_forward(g, socks, socket.SOCK_STREAM)
     client = socks.add(socket.create_connection(("127.0.0.1", port), timeout=2))
-    c = _accept_inbound(g, client)
+    c = accept_inbound(g, client)
     client.sendall(b"to guest")
     c.pump(8)
     assert bytes(c.received) == b"to guest"
@@ -73,12 +41,12 @@ def test_tcp_forward_loopback_client_is_gateway_and_data_flows(make_guest, socks
 
 def test_tcp_forward_guest_silent_client_reset_after_half_open_timeout(make_guest, socks):
     g = make_guest()
-    port = _listen(g, socks, socket.SOCK_STREAM)
+    port = listen_forward(g, socks, socket.SOCK_STREAM)
     client = socks.add(socket.create_connection(("127.0.0.1", port), timeout=2))
-    first = _syns(g, g.wait(lambda o: bool(_syns(g, o))))
+    first = syns(g, g.wait(lambda o: bool(syns(g, o))))
     assert len(first) == 1
     # No answer: the SYN is retransmitted on the RTO...
-    assert len(_syns(g, g.advance(1.5))) == 1
+    assert len(syns(g, g.advance(1.5))) == 1
     assert g.counters()["tcp_retransmits"] >= 1
     # ...and after the half-open timeout the flow is dropped and the host
     # client learns it (reset or EOF), instead of waiting forever.
@@ -91,9 +59,9 @@ def test_tcp_forward_guest_silent_client_reset_after_half_open_timeout(make_gues
 
 def test_tcp_forward_guest_refuses_client_gets_reset(make_guest, socks):
     g = make_guest()
-    port = _listen(g, socks, socket.SOCK_STREAM)
+    port = listen_forward(g, socks, socket.SOCK_STREAM)
     client = socks.add(socket.create_connection(("127.0.0.1", port), timeout=2))
-    (syn,) = _syns(g, g.wait(lambda o: bool(_syns(g, o))))
+    (syn,) = syns(g, g.wait(lambda o: bool(syns(g, o))))
     cport = client.getsockname()[1]
     g.send(tcp4(cport, sport=80, flags="RA", seq=0, ack=syn.pkt[TCP].seq + 1))
     g.settle(0.1)
@@ -105,9 +73,9 @@ def test_tcp_forward_guest_refuses_client_gets_reset(make_guest, socks):
 
 def test_remove_listener_keeps_established_connection(make_guest, socks):
     g = make_guest()
-    port = _listen(g, socks, socket.SOCK_STREAM)
+    port = listen_forward(g, socks, socket.SOCK_STREAM)
     client = socks.add(socket.create_connection(("127.0.0.1", port), timeout=2))
-    c = _accept_inbound(g, client)
+    c = accept_inbound(g, client)
     g.engine.remove_listener(1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
@@ -120,7 +88,7 @@ def test_remove_listener_keeps_established_connection(make_guest, socks):
 
 def test_udp_forward_per_client_flows_and_idle_timeout(make_guest, socks):
     g = make_guest(limits=Limits(udp_idle_s=30))
-    port = _listen(g, socks, socket.SOCK_DGRAM, guest_port=53)
+    port = listen_forward(g, socks, socket.SOCK_DGRAM, guest_port=53)
     c1, c2 = socks.udp(), socks.udp()
     p1, p2 = c1.getsockname()[1], c2.getsockname()[1]
     c1.sendto(b"from one", ("127.0.0.1", port))

@@ -14,8 +14,14 @@ import struct
 from collections.abc import Callable
 
 import pytest
-from conftest import Conn
-from frames import (
+from scapy.layers.inet6 import (
+    ICMPv6EchoRequest,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
+
+from tests.helpers.frames import (
     ARP,
     DNS_MAC,
     GUEST,
@@ -35,12 +41,7 @@ from frames import (
     arp_request,
     raw,
 )
-from scapy.layers.inet6 import (
-    ICMPv6EchoRequest,
-    IPv6ExtHdrDestOpt,
-    IPv6ExtHdrFragment,
-    IPv6ExtHdrHopByHop,
-)
+from tests.helpers.tcp_conn import Conn
 
 ETH4 = raw(Ether(dst=GW_MAC, src=GUEST_MAC, type=0x0800))
 ETH6 = raw(Ether(dst=GW6_MAC, src=GUEST_MAC, type=0x86DD))
@@ -371,8 +372,8 @@ def test_tcp_cap_refuses_and_never_evicts(make_guest, socks):
 
 _FD_LIMIT_SCRIPT = r"""
 import json, os, resource, socket, sys
-sys.path[:0] = [sys.argv[1], os.path.dirname(os.path.dirname(sys.argv[1]))]
-from frames import GUEST, GUEST_MAC, GW, GW_MAC, IP, UDP, Ether, raw
+sys.path.insert(0, sys.argv[1])  # the repository root: tests.helpers, slirpy
+from tests.helpers.frames import GUEST, GUEST_MAC, GW, GW_MAC, IP, UDP, Ether, raw
 from slirpy.config import NetworkModel
 from slirpy.engine import Engine, Limits
 soft, n, limits = int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
@@ -405,8 +406,8 @@ def _sweep(soft: int, n: int, **limits: int) -> dict[str, int]:
     import subprocess
     import sys
 
-    here = pathlib.Path(__file__).resolve().parent
-    r = subprocess.run([sys.executable, "-c", _FD_LIMIT_SCRIPT, str(here), str(soft), str(n),
+    repo = pathlib.Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", _FD_LIMIT_SCRIPT, str(repo), str(soft), str(n),
                         json.dumps(limits)], capture_output=True, text=True, timeout=120,
                        check=False)
     assert r.returncode == 0, r.stderr[-2000:]

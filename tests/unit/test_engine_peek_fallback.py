@@ -49,9 +49,10 @@ int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 CHILD = textwrap.dedent(
     """
     import hashlib, json, random, socket, sys, time
-    sys.path.insert(0, sys.argv[1])
-    from conftest import Clock, Conn, Guest
-    from frames import TCP, tcp_payload
+    sys.path.insert(0, sys.argv[1])  # the repository root: tests.helpers, slirpy
+    from tests.helpers.engine_guest import Clock, Guest
+    from tests.helpers.tcp_conn import Conn
+    from tests.helpers.frames import TCP, tcp_payload
     from slirpy.config import NetworkModel
     from slirpy.engine import Engine
 
@@ -118,7 +119,7 @@ def test_host_to_guest_without_so_peek_off(tmp_path: pathlib.Path) -> None:
     subprocess.run(["cc", "-shared", "-fPIC", "-o", str(lib), str(src), "-ldl"], check=True,
                    capture_output=True, timeout=60)
     env = {**os.environ, "LD_PRELOAD": str(lib), "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, "-c", CHILD, str(HERE)], capture_output=True,
+    r = subprocess.run([sys.executable, "-c", CHILD, str(REPO)], capture_output=True,
                        text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(r.stdout.strip().splitlines()[-1])

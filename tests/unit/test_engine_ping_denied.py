@@ -23,14 +23,14 @@ import textwrap
 
 import pytest
 
-HERE = pathlib.Path(__file__).resolve().parent
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
     """
     import json, pathlib, sys, time
-    sys.path.insert(0, sys.argv[1])
+    sys.path.insert(0, sys.argv[1])  # the repository root: tests.helpers, slirpy
     pathlib.Path("/proc/sys/net/ipv4/ping_group_range").write_text("1 0\\n")
-    from frames import DNS, GW, ICMP, ip4, raw, split_out
+    from tests.helpers.frames import DNS, GW, ICMP, ip4, raw, split_out
     from slirpy import engine as eng
     from slirpy.config import NetworkModel
 
@@ -57,7 +57,7 @@ CHILD = textwrap.dedent(
                     reason="needs root and unshare(1) for a private netns")
 def test_echo_without_ping_sockets_logs_once_and_gateway_still_answers() -> None:
     r = subprocess.run(
-        ["unshare", "--net", sys.executable, "-c", CHILD, str(HERE)],
+        ["unshare", "--net", sys.executable, "-c", CHILD, str(REPO)],
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 0, r.stderr

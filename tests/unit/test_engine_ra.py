@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ipaddress import IPv6Network
 
-from frames import (
+from tests.helpers.frames import (
     GUEST_MAC,
     Ether,
     ICMPv6ND_RA,

@@ -25,10 +25,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-from conftest import Conn, TapGuest, established, mss_of
-from frames import ICMP, TCP, tcp_flags, tcp_payload
-
 from slirpy.engine import Limits
+from tests.helpers.engine_guest import TapGuest
+from tests.helpers.frames import ICMP, TCP, tcp_flags, tcp_payload
+from tests.helpers.tcp_conn import Conn, established, mss_of
 
 
 def _flags(outs) -> list[str]:

@@ -16,8 +16,8 @@ import select
 import socket
 import time
 
-from conftest import Conn, established
-from frames import TCP, tcp_payload
+from tests.helpers.frames import TCP, tcp_payload
+from tests.helpers.tcp_conn import Conn, established
 
 MS = 1_000_000
 

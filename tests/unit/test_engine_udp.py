@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import socket
 
-from frames import (
+from slirpy.engine import EV_DHCP, Limits
+from tests.helpers.frames import (
     DNS,
     DNS6_MAC,
     DNS_MAC,
@@ -26,8 +27,6 @@ from frames import (
     raw,
     udp4,
 )
-
-from slirpy.engine import EV_DHCP, Limits
 
 
 def udp_outs(outs):

@@ -11,7 +11,9 @@ import socket
 from ipaddress import IPv4Address
 
 import pytest
-from frames import (
+
+from slirpy.engine import PROTO_UDP
+from tests.helpers.frames import (
     GUEST,
     GUEST_MAC,
     GW,
@@ -26,8 +28,6 @@ from frames import (
     raw,
     udp4,
 )
-
-from slirpy.engine import PROTO_UDP
 
 GSO_UDP_L4 = 5
 HDRS4 = 14 + 20 + 8
@@ -176,7 +176,7 @@ def test_malformed_uso_frame_is_dropped_and_counted(make_guest, socks, name, vne
 
 
 def test_uso_on_tcp_and_truncated_uso_are_dropped(make_guest, socks):
-    from frames import TCP
+    from tests.helpers.frames import TCP
 
     g = make_guest(vnet_hdr=True, offload=True)
     srv = socks.udp()

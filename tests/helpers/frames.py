@@ -2,8 +2,8 @@
 
 Builders return scapy packets (or raw bytes for the bulk paths, where scapy is
 too slow); checks take what the engine sent (`Out`) and assert on it. Every
-checksum check recomputes the sum independently with scapy's `checksum`, so a
-test never trusts the engine's own arithmetic.
+checksum check recomputes the sum independently (checksum.py's RFC 1071
+code), so a test never trusts the engine's own arithmetic.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from scapy.layers.inet6 import (  # noqa: F401
     ICMPv6NDOptRDNSS,
     ICMPv6NDOptSrcLLAddr,
 )
-from scapy.utils import checksum
+
+from tests.helpers.checksum import rfc1071
 
 GUEST_MAC = "52:54:00:12:34:56"
 GW_MAC = "52:55:0a:00:02:02"
@@ -124,8 +125,8 @@ def udp4(dport: int, payload: bytes = b"", *, sport: int = 40000, dst: str = GW,
 
 
 def csum16(data: bytes) -> int:
-    """RFC 1071 checksum of @data, as stored in a header (scapy's code)."""
-    return checksum(data)
+    """RFC 1071 checksum of @data, as stored in a header."""
+    return rfc1071(data)
 
 
 def _a4(a: str) -> bytes:
