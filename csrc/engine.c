@@ -7,7 +7,8 @@
  * parsed once (wire.c), checked for addresses the guest may not use, and
  * handed to arp.c, icmp.c, udp.c or tcp.c. Slow-path work (DHCP) is copied
  * into the bounded punt queue for Python. Nothing here blocks or allocates
- * per packet.
+ * per packet. What the engine shares and what each module owns is in
+ * internal.h.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -162,7 +163,6 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	clamp_to_fd_limit(&e->cfg);
 	e->tapfd = -1;
 	e->timerfd = -1;
-	e->mask4 = e->cfg.prefix4 ? ~0u << (32 - e->cfg.prefix4) : 0;
 	mac_from_v4(e->gw_mac, e->cfg.gw4);
 	mac_from_v4(e->dns_mac, e->cfg.dns4);
 	{
@@ -176,10 +176,9 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 	}
 	e->rxbuf = malloc(SL_FRAME_MAX);
 	e->txbuf = malloc(SL_FRAME_MAX);
-	e->peekbuf = malloc(SL_FRAME_MAX);
 	e->epfd = epoll_create1(EPOLL_CLOEXEC);
 	e->timerfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
-	if (!e->rxbuf || !e->txbuf || !e->peekbuf || e->epfd < 0 || e->timerfd < 0 ||
+	if (!e->rxbuf || !e->txbuf || e->epfd < 0 || e->timerfd < 0 ||
 	    sl_flow_init(e) < 0 || sl_tcp_init(e) < 0 || sl_udp_init(e) < 0)
 		goto fail;
 	ev.data.u64 = 0;	/* tag 0: the timerfd */
@@ -204,14 +203,14 @@ void sl_engine_free(struct sl_engine *e)
 	for (i = 0; i < SL_MAX_LISTENERS; i++)
 		if (e->listeners[i].used)
 			close(e->listeners[i].fd);
-	if (e->test_out) {
-		while (e->test_out->count) {
-			free(e->test_out->frame[e->test_out->head]);
-			e->test_out->head = (e->test_out->head + 1) %
+	if (e->test.out) {
+		while (e->test.out->count) {
+			free(e->test.out->frame[e->test.out->head]);
+			e->test.out->head = (e->test.out->head + 1) %
 					    SL_TEST_OUT_CAP;
-			e->test_out->count--;
+			e->test.out->count--;
 		}
-		free(e->test_out);
+		free(e->test.out);
 	}
 	if (e->tapfd >= 0)
 		close(e->tapfd);
@@ -221,7 +220,6 @@ void sl_engine_free(struct sl_engine *e)
 		close(e->epfd);
 	free(e->rxbuf);
 	free(e->txbuf);
-	free(e->peekbuf);
 	free(e);
 }
 
@@ -269,40 +267,40 @@ int sl_epoll_set(struct sl_engine *e, struct sl_flow *f, uint32_t events)
 }
 
 /* Deterministic fault injection for tests: a xorshift PRNG, no clock. */
-bool sl_fault_drop(struct sl_engine *e, uint32_t permille)
+static bool fault_drop(struct sl_engine *e, uint32_t permille)
 {
 	uint32_t x;
 
 	if (!permille)
 		return false;
-	x = e->fault_state;
+	x = e->test.prng;
 	x ^= x << 13;
 	x ^= x >> 17;
 	x ^= x << 5;
-	e->fault_state = x;
+	e->test.prng = x;
 	return x % 1000 < permille;
 }
 
 int sl_engine_set_fault(struct sl_engine *e, uint32_t drop_in_permille,
 			uint32_t drop_out_permille, uint32_t seed)
 {
-	e->fault_in = drop_in_permille;
-	e->fault_out = drop_out_permille;
-	e->fault_state = seed ? seed : 2463534242u;
+	e->test.drop_in = drop_in_permille;
+	e->test.drop_out = drop_out_permille;
+	e->test.prng = seed ? seed : 2463534242u;
 	return 0;
 }
 
 static void test_out_push(struct sl_engine *e, const struct iovec *iov,
 			  int iovcnt, size_t total)
 {
-	struct sl_test_out *q = e->test_out;
+	struct sl_test_out *q = e->test.out;
 	uint8_t *copy;
 	size_t off = 0;
 	uint32_t slot;
 	int i;
 
 	if (!q) {
-		q = e->test_out = calloc(1, sizeof(*q));
+		q = e->test.out = calloc(1, sizeof(*q));
 		if (!q)
 			return;
 	}
@@ -341,7 +339,7 @@ int sl_output(struct sl_engine *e, const struct virtio_net_hdr *vh,
 
 	if (iovcnt > 7)
 		return -1;
-	if (sl_fault_drop(e, e->fault_out)) {
+	if (fault_drop(e, e->test.drop_out)) {
 		sl_count(e, SL_C_drop_fault_out);
 		return -1;
 	}
@@ -370,7 +368,7 @@ int sl_output(struct sl_engine *e, const struct virtio_net_hdr *vh,
 
 int sl_engine_take_output(struct sl_engine *e, uint8_t *buf, size_t cap)
 {
-	struct sl_test_out *q = e->test_out;
+	struct sl_test_out *q = e->test.out;
 	uint32_t len;
 
 	if (!q || !q->count)
@@ -527,7 +525,7 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 
 	e->ctr[SL_C_frames_in]++;
 	e->ctr[SL_C_bytes_in] += len;
-	if (sl_fault_drop(e, e->fault_in)) {
+	if (fault_drop(e, e->test.drop_in)) {
 		sl_count(e, SL_C_drop_fault_in);
 		return;
 	}
@@ -573,57 +571,39 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 	}
 }
 
-/* Walk every flow for retransmission and expiry. Runs at most as often as
- * the earliest deadline asks; flows set e->next_scan sooner when they need. */
+/* Walk every flow for retransmission and expiry, each by the module of its
+ * kind. Runs at most as often as the earliest deadline asks; flows set
+ * e->next_scan sooner when they need. */
 static void run_timers(struct sl_engine *e)
 {
-	uint64_t soonest = e->now + SL_SCAN_IDLE_NS;
-	uint32_t i, live = 0;
+	uint64_t soonest = e->now + SL_SCAN_IDLE_NS, at;
+	uint32_t i;
 
 	if (e->now < e->next_scan)
 		return;
 	sl_count(e, SL_C_timers_fired);
-	for (i = 0; i < e->nflows_used; i++) {
-		struct sl_flow *f = &e->flows[i];
-		uint64_t idle;
+	for (i = 0; i < e->flows.n_used; i++) {
+		struct sl_flow *f = &e->flows.pool[i];
 
-		if (f->kind == SL_FLOW_FREE)
-			continue;
-		live++;
-		idle = e->now - f->last_ns;
 		switch (f->kind) {
-		case SL_FLOW_TCP: {
-			uint64_t at = sl_tcp_timer(e, f);
-
+		case SL_FLOW_TCP:
+			at = sl_tcp_timer(e, f);
 			if (at && at < soonest)
 				soonest = at;
 			break;
-		}
 		case SL_FLOW_UDP:
-			if (idle >= (uint64_t)e->cfg.udp_idle_s * NSEC_PER_SEC) {
-				sl_count(e, SL_C_udp_flows_closed);
-				f->why = SL_FC_TIMEOUT;
-				sl_flow_free(e, f);
-			}
+			sl_udp_timer(e, f);
 			break;
 		case SL_FLOW_ICMP:
-			if (idle >= 60 * NSEC_PER_SEC) {
-				sl_count(e, SL_C_icmp_flows_closed);
-				f->why = SL_FC_TIMEOUT;
-				sl_flow_free(e, f);
-			}
+			sl_icmp_timer(e, f);
 			break;
 		}
 	}
 	sl_splice_timer(e);
-	if (e->cfg.ipv6 && e->guest_mac_known && e->now >= e->next_ra) {
-		sl_ra_send(e, NULL, NULL);
-		e->next_ra = e->now + 600 * NSEC_PER_SEC;
-	}
-	if (e->cfg.ipv6 && e->next_ra && e->next_ra < soonest)
-		soonest = e->next_ra;
+	at = sl_ndp_timer(e);
+	if (at && at < soonest)
+		soonest = at;
 	e->next_scan = soonest;
-	(void)live;
 }
 
 static void arm_timer(struct sl_engine *e)
@@ -853,7 +833,7 @@ int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on)
 {
 	int i;
 
-	if (on && !e->splice)
+	if (on && !e->splice.tab)
 		return -ENOTCONN;
 	for (i = 0; i < SL_MAX_LISTENERS; i++) {
 		struct sl_listener *l = &e->listeners[i];
@@ -876,24 +856,10 @@ int sl_engine_remove_listener(struct sl_engine *e, uint32_t id)
 		struct sl_listener *l = &e->listeners[i];
 
 		if (l->used && l->id == id) {
-			uint32_t k;
-
 			close(l->fd);
 			l->used = false;
-			/* Inbound UDP flows answer through the listener's
-			 * socket, by slot: forget them, or a forward added
-			 * later in this slot would carry their replies from
-			 * its own port. (TCP flows own their accepted fd.) */
-			for (k = 0; l->proto == SL_UDP && k < e->nflows_used;
-			     k++) {
-				struct sl_flow *f = &e->flows[k];
-
-				if (f->kind == SL_FLOW_UDP && f->udp.inbound &&
-				    f->udp.listener == (uint32_t)i) {
-					sl_count(e, SL_C_udp_flows_closed);
-					sl_flow_free(e, f);
-				}
-			}
+			if (l->proto == SL_UDP)
+				sl_udp_listener_gone(e, (uint32_t)i);
 			return 0;
 		}
 	}
@@ -915,8 +881,8 @@ int sl_engine_list_flows(const struct sl_engine *e, char *buf, size_t cap)
 	size_t off = 0;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_used; i++) {
-		const struct sl_flow *f = &e->flows[i];
+	for (i = 0; i < e->flows.n_used; i++) {
+		const struct sl_flow *f = &e->flows.pool[i];
 		char g[48], r[48], line[200];
 		int n;
 

@@ -6,7 +6,8 @@
  *
  * Caps are enforced here (per kind); what a flow does lives in tcp.c, udp.c
  * and icmp.c. The pool is allocated once, so a flood of new flows from the
- * guest costs no memory beyond the configured maximum.
+ * guest costs no memory beyond the configured maximum. The contract, and
+ * the life of a flow from sl_flow_new() to sl_flow_free(), are in flow.h.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,7 @@ static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
 {
 	/* FNV-1a over the key, seeded at start so that a guest cannot aim
 	 * all its flows at one bucket. */
-	uint64_t h = 1469598103934665603ULL ^ e->hash_seed;
+	uint64_t h = 1469598103934665603ULL ^ e->flows.hash_seed;
 	size_t alen = family == 4 ? 4 : 16, i;
 
 #define MIX(b) do { h ^= (uint8_t)(b); h *= 1099511628211ULL; } while (0)
@@ -41,7 +42,7 @@ static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
 	MIX(rport);
 #undef MIX
 	h ^= h >> 29;
-	return (uint32_t)h & (e->nbuckets - 1);
+	return (uint32_t)h & (e->flows.nbuckets - 1);
 }
 
 /**
@@ -49,7 +50,7 @@ static uint32_t flow_hash(const struct sl_engine *e, int kind, int family,
  * in e->cfg.
  *
  * The pool is an anonymous mapping that nothing touches up front: flows are
- * handed out from the free list, then from the never-used tail (nflows_used
+ * handed out from the free list, then from the never-used tail (n_used
  * is the high-water mark), so an idle engine's RSS holds no flow pages and
  * grows only with the flows a guest really opens.
  *
@@ -62,22 +63,22 @@ int sl_flow_init(struct sl_engine *e)
 	uint32_t i;
 	void *pool;
 
-	if (getrandom(&e->hash_seed, sizeof(e->hash_seed), GRND_NONBLOCK) !=
-	    (ssize_t)sizeof(e->hash_seed))
-		e->hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
-	e->nflows_max = n;
-	e->nflows_used = 0;
-	e->free_head = SL_NIL;
-	pool = mmap(NULL, (size_t)n * sizeof(*e->flows), PROT_READ | PROT_WRITE,
+	if (getrandom(&e->flows.hash_seed, sizeof(e->flows.hash_seed), GRND_NONBLOCK) !=
+	    (ssize_t)sizeof(e->flows.hash_seed))
+		e->flows.hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
+	e->flows.n_max = n;
+	e->flows.n_used = 0;
+	e->flows.free_head = SL_NIL;
+	pool = mmap(NULL, (size_t)n * sizeof(*e->flows.pool), PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	e->flows = pool == MAP_FAILED ? NULL : pool;
-	for (e->nbuckets = 64; e->nbuckets < n * 2; e->nbuckets <<= 1)
+	e->flows.pool = pool == MAP_FAILED ? NULL : pool;
+	for (e->flows.nbuckets = 64; e->flows.nbuckets < n * 2; e->flows.nbuckets <<= 1)
 		;
-	e->buckets = malloc(e->nbuckets * sizeof(*e->buckets));
-	if (!e->flows || !e->buckets)
+	e->flows.buckets = malloc(e->flows.nbuckets * sizeof(*e->flows.buckets));
+	if (!e->flows.pool || !e->flows.buckets)
 		return -1;
-	for (i = 0; i < e->nbuckets; i++)
-		e->buckets[i] = SL_NIL;
+	for (i = 0; i < e->flows.nbuckets; i++)
+		e->flows.buckets[i] = SL_NIL;
 	return 0;
 }
 
@@ -85,14 +86,14 @@ void sl_flow_fini(struct sl_engine *e)
 {
 	uint32_t i;
 
-	if (e->flows) {
-		for (i = 0; i < e->nflows_used; i++)
-			if (e->flows[i].kind != SL_FLOW_FREE &&
-			    e->flows[i].fd >= 0)
-				close(e->flows[i].fd);
-		munmap(e->flows, (size_t)e->nflows_max * sizeof(*e->flows));
+	if (e->flows.pool) {
+		for (i = 0; i < e->flows.n_used; i++)
+			if (e->flows.pool[i].kind != SL_FLOW_FREE &&
+			    e->flows.pool[i].fd >= 0)
+				close(e->flows.pool[i].fd);
+		munmap(e->flows.pool, (size_t)e->flows.n_max * sizeof(*e->flows.pool));
 	}
-	free(e->buckets);
+	free(e->flows.buckets);
 }
 
 static bool key_eq(const struct sl_flow *f, int kind, int family,
@@ -110,11 +111,11 @@ struct sl_flow *sl_flow_lookup(struct sl_engine *e, int kind, int family,
 			       const uint8_t *gaddr, uint16_t gport,
 			       const uint8_t *raddr, uint16_t rport)
 {
-	uint32_t i = e->buckets[flow_hash(e, kind, family, gaddr, gport, raddr,
+	uint32_t i = e->flows.buckets[flow_hash(e, kind, family, gaddr, gport, raddr,
 					  rport)];
 
 	while (i != SL_NIL) {
-		struct sl_flow *f = &e->flows[i];
+		struct sl_flow *f = &e->flows.pool[i];
 
 		if (key_eq(f, kind, family, gaddr, gport, raddr, rport))
 			return f;
@@ -153,8 +154,8 @@ static bool evict_lru(struct sl_engine *e, int kind)
 	struct sl_flow *lru = NULL;
 	uint32_t i;
 
-	for (i = 0; i < e->nflows_used; i++) {
-		struct sl_flow *f = &e->flows[i];
+	for (i = 0; i < e->flows.n_used; i++) {
+		struct sl_flow *f = &e->flows.pool[i];
 
 		if (f->kind == kind && (!lru || f->last_ns < lru->last_ns))
 			lru = f;
@@ -184,24 +185,25 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 	uint32_t b, gen;
 
 	/* Spliced connections (splice.c) take TCP slots too. */
-	if (e->n_by_kind[kind] + (kind == SL_FLOW_TCP ? e->n_splice_slots : 0) >=
+	if (e->flows.n_by_kind[kind] +
+		    (kind == SL_FLOW_TCP ? e->flows.n_splice_slots : 0) >=
 		    kind_cap(e, kind) &&
 	    (kind == SL_FLOW_TCP || !evict_lru(e, kind))) {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
-	if (e->free_head != SL_NIL) {
-		f = &e->flows[e->free_head];
-		e->free_head = f->hnext;
-	} else if (e->nflows_used < e->nflows_max) {
-		f = &e->flows[e->nflows_used++];	/* first touch of this slot */
+	if (e->flows.free_head != SL_NIL) {
+		f = &e->flows.pool[e->flows.free_head];
+		e->flows.free_head = f->hnext;
+	} else if (e->flows.n_used < e->flows.n_max) {
+		f = &e->flows.pool[e->flows.n_used++];	/* first touch of this slot */
 	} else {
 		sl_count(e, SL_C_drop_flow_cap);
 		return NULL;
 	}
 	gen = f->gen + 1;
 	memset((uint8_t *)f, 0, sizeof(*f));
-	f->self = (uint32_t)(f - e->flows);
+	f->self = (uint32_t)(f - e->flows.pool);
 	f->gen = gen;
 	f->kind = (uint8_t)kind;
 	f->family = (uint8_t)family;
@@ -213,9 +215,9 @@ struct sl_flow *sl_flow_new(struct sl_engine *e, int kind, int family,
 	f->created_ns = e->now;
 	f->last_ns = e->now;
 	b = flow_hash(e, kind, family, gaddr, gport, raddr, rport);
-	f->hnext = e->buckets[b];
-	e->buckets[b] = f->self;
-	e->n_by_kind[kind]++;
+	f->hnext = e->flows.buckets[b];
+	e->flows.buckets[b] = f->self;
+	e->flows.n_by_kind[kind]++;
 	return f;
 }
 
@@ -227,22 +229,22 @@ void sl_flow_free(struct sl_engine *e, struct sl_flow *f)
 {
 	uint32_t b = flow_hash(e, f->kind, f->family, f->gaddr, f->gport,
 			       f->raddr, f->rport);
-	uint32_t *pp = &e->buckets[b];
+	uint32_t *pp = &e->flows.buckets[b];
 
 	while (*pp != SL_NIL && *pp != f->self)
-		pp = &e->flows[*pp].hnext;
+		pp = &e->flows.pool[*pp].hnext;
 	if (*pp == f->self)
 		*pp = f->hnext;
 	if (f->evflags & SL_FE_OPENED)
 		flow_event(e, f, SL_EV_FLOW_CLOSE);
 	if (f->fd >= 0 && !(f->evflags & SL_FE_CLOSE_LATER))
 		close(f->fd);
-	e->n_by_kind[f->kind]--;
+	e->flows.n_by_kind[f->kind]--;
 	f->kind = SL_FLOW_FREE;
 	f->fd = -1;
 	f->gen++;
-	f->hnext = e->free_head;
-	e->free_head = f->self;
+	f->hnext = e->flows.free_head;
+	e->flows.free_head = f->self;
 }
 
 uint64_t sl_flow_tag(const struct sl_flow *f)
@@ -256,9 +258,9 @@ struct sl_flow *sl_flow_from_tag(struct sl_engine *e, uint64_t tag)
 	uint32_t idx = (uint32_t)tag;
 	struct sl_flow *f;
 
-	if (idx >= e->nflows_used)
+	if (idx >= e->flows.n_used)
 		return NULL;
-	f = &e->flows[idx];
+	f = &e->flows.pool[idx];
 	if (f->kind == SL_FLOW_FREE ||
 	    (f->gen & 0xffffff) != ((tag >> 32) & 0xffffff))
 		return NULL;
@@ -307,10 +309,15 @@ static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type)
 }
 
 /**
- * sl_flow_opened() - the flow is set up (socket connected or accepted):
- * punt SL_EV_FLOW_OPEN when cfg.flow_events asks for it. Flows that fail
- * during set-up never get here and so get no close event either.
+ * sl_flow_opened() - the flow's host side exists: mark it opened and punt
+ * SL_EV_FLOW_OPEN when cfg.flow_events asks for it (else do nothing).
  * @inbound: created by a port forward rather than by the guest.
+ *
+ * For an outbound TCP flow this comes before connect() is issued, not
+ * after it completed: a connection that then fails gets SL_EV_FLOW_CLOSE
+ * with reason SL_FC_REFUSED or SL_FC_TIMEOUT. Flows that fail during
+ * set-up, before this, get no event at all. When each kind calls it is in
+ * flow.h ("The life of a flow").
  */
 void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound)
 {

@@ -7,7 +7,7 @@
  * (guest, echo id, destination); the kernel rewrites the id, so replies get
  * the guest's id back. If ping sockets are not permitted
  * (net.ipv4.ping_group_range), Python is told once and echoes are dropped.
- * No other ICMP type from the guest is forwarded.
+ * No other ICMP type from the guest is forwarded. The contract is in icmp.h.
  */
 #include <errno.h>
 #include <string.h>
@@ -23,6 +23,7 @@
 #define ICMP6_ECHO 128
 #define ICMP6_ECHO_REPLY 129
 #define SL_UNREACH_QUOTE 548
+#define ICMP_IDLE_S 60
 
 static uint16_t icmp_csum(int family, const uint8_t *src, const uint8_t *dst,
 			  const uint8_t *hdr, size_t hlen, const uint8_t *data,
@@ -78,7 +79,7 @@ static bool is_local6(const struct sl_engine *e, const uint8_t *a)
 
 static void ping_warn(struct sl_engine *e, int family)
 {
-	bool *warned = family == 4 ? &e->ping_warned : &e->ping6_warned;
+	bool *warned = family == 4 ? &e->icmp.ping_warned : &e->icmp.ping6_warned;
 
 	if (*warned)
 		return;
@@ -170,6 +171,16 @@ void sl_icmp6_input(struct sl_engine *e, const struct sl_pkt *p)
 		return;
 	}
 	echo_input(e, p, is_local6(e, p->dst));
+}
+
+/* sl_icmp_timer() - idle expiry of one echo flow at e->now. */
+void sl_icmp_timer(struct sl_engine *e, struct sl_flow *f)
+{
+	if (e->now - f->last_ns >= ICMP_IDLE_S * NSEC_PER_SEC) {
+		sl_count(e, SL_C_icmp_flows_closed);
+		f->why = SL_FC_TIMEOUT;
+		sl_flow_free(e, f);
+	}
 }
 
 /**

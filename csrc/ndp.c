@@ -5,7 +5,8 @@
  * by SLAAC from them (RFC 4861, RFC 4862, RDNSS from RFC 8106).
  *
  * Only solicitations are answered; nothing is learned from the guest's
- * adverts, since the guest's MAC is taken from its frames.
+ * adverts, since the guest's MAC is taken from its frames. The contract is
+ * in ndp.h.
  */
 #include <string.h>
 
@@ -18,6 +19,7 @@
 #define RA_ROUTER_LIFETIME 1800
 #define RA_VALID_LIFETIME 86400
 #define RA_PREFERRED_LIFETIME 14400
+#define RA_INTERVAL_S 600	/* unsolicited advertisements */
 
 static void addr6(const struct sl_engine *e, uint8_t out[16], uint8_t last)
 {
@@ -35,17 +37,15 @@ static void router_ll(uint8_t out[16])
 }
 
 /**
- * sl_ra_send() - send a router advertisement from fe80::2.
+ * ra_send() - send a router advertisement from fe80::2.
  * @dst6: the soliciting address, or NULL for all-nodes (ff02::1)
  */
-void sl_ra_send(struct sl_engine *e, const uint8_t *dst_mac,
-		const uint8_t *dst6)
+static void ra_send(struct sl_engine *e, const uint8_t *dst6)
 {
 	static const uint8_t all_nodes[16] = { 0xff, 0x02, [15] = 1 };
 	uint8_t src[16], rest[4], body[8 + 8 + 8 + 32 + 24];
 	uint8_t *o = body + 8;
 
-	(void)dst_mac;
 	router_ll(src);
 	rest[0] = 64;		/* current hop limit */
 	rest[1] = 0;		/* no M/O: SLAAC, DNS from RDNSS */
@@ -138,9 +138,25 @@ void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p)
 			sl_count(e, SL_C_drop_icmp_malformed);
 			return;
 		}
-		sl_ra_send(e, NULL, memcmp(p->src, unspec, 16) ? p->src : NULL);
+		ra_send(e, memcmp(p->src, unspec, 16) ? p->src : NULL);
 		break;
 	default:
 		sl_count(e, SL_C_drop_not_for_us);
 	}
+}
+
+/**
+ * sl_ndp_timer() - the unsolicited router advertisement, when due (with
+ * IPv6, once the guest has shown up).
+ * Return: when the next one is due, or 0 without IPv6.
+ */
+uint64_t sl_ndp_timer(struct sl_engine *e)
+{
+	if (!e->cfg.ipv6)
+		return 0;
+	if (e->guest_mac_known && e->now >= e->ndp.next_ra) {
+		ra_send(e, NULL);
+		e->ndp.next_ra = e->now + RA_INTERVAL_S * NSEC_PER_SEC;
+	}
+	return e->ndp.next_ra;
 }

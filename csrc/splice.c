@@ -28,7 +28,8 @@
  * Python runs per connection or per chunk; nothing here allocates per chunk.
  *
  * Caps: a spliced connection holds 6 fds and takes SL_SPLICE_FDS slots of
- * the TCP flow cap; pending and connecting ones count as half-open.
+ * the TCP flow cap; pending and connecting ones count as half-open. The
+ * contract is in splice.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -118,7 +119,7 @@ static void close_pipe(int p[2])
 
 static void release_slot(struct sl_engine *e)
 {
-	e->n_splice_slots -= SL_SPLICE_FDS;
+	e->flows.n_splice_slots -= SL_SPLICE_FDS;
 }
 
 /**
@@ -127,7 +128,7 @@ static void release_slot(struct sl_engine *e)
  */
 static void conn_close(struct sl_engine *e, struct sl_splice *c, bool rst)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 
 	if (rst) {
 		rst_close(c->hfd);
@@ -139,7 +140,7 @@ static void conn_close(struct sl_engine *e, struct sl_splice *c, bool rst)
 	close_pipe(c->hn);
 	close_pipe(c->nh);
 	if (c->flags & SP_CONNECTING)
-		e->n_half_open--;
+		e->flows.n_half_open--;
 	release_slot(e);
 	c->used = false;
 	c->gen++;
@@ -159,7 +160,7 @@ static void conn_close(struct sl_engine *e, struct sl_splice *c, bool rst)
 int sl_engine_set_ns_helper(struct sl_engine *e, int fd)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	uint32_t i;
 
 	if (t && t->helper >= 0)
@@ -180,7 +181,7 @@ int sl_engine_set_ns_helper(struct sl_engine *e, int fd)
 			t->conn[i].next_free = i + 1 < t->nmax ? i + 1 : SL_NIL;
 		t->free_head = 0;
 		t->helper = -1;
-		e->splice = t;
+		e->splice.tab = t;
 	}
 	ev.data.u64 = (uint64_t)SL_TAG_NS_HELPER << 56;
 	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
@@ -192,7 +193,7 @@ int sl_engine_set_ns_helper(struct sl_engine *e, int fd)
 /* The helper is gone: refuse what waits for it, keep live connections. */
 static void helper_gone(struct sl_engine *e)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 
 	close(t->helper);	/* also leaves the epoll set */
 	t->helper = -1;
@@ -200,7 +201,7 @@ static void helper_gone(struct sl_engine *e)
 		rst_close(t->pend[t->phead].hfd);
 		t->phead = (t->phead + 1) % SL_SPLICE_PENDING;
 		t->pcount--;
-		e->n_half_open--;
+		e->flows.n_half_open--;
 		release_slot(e);
 		sl_count(e, SL_C_drop_splice_no_helper);
 	}
@@ -214,7 +215,7 @@ static void helper_gone(struct sl_engine *e)
  */
 void sl_splice_accept(struct sl_engine *e, struct sl_listener *l)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	int i;
 
 	for (i = 0; i < SL_SPLICE_ACCEPTS; i++) {
@@ -228,13 +229,13 @@ void sl_splice_accept(struct sl_engine *e, struct sl_listener *l)
 			rst_close(fd);
 			continue;
 		}
-		if (e->n_half_open >= e->cfg.max_half_open ||
+		if (e->flows.n_half_open >= e->cfg.max_half_open ||
 		    t->pcount == SL_SPLICE_PENDING) {
 			sl_count(e, SL_C_drop_half_open_cap);
 			rst_close(fd);
 			continue;
 		}
-		if (e->n_by_kind[SL_FLOW_TCP] + e->n_splice_slots +
+		if (e->flows.n_by_kind[SL_FLOW_TCP] + e->flows.n_splice_slots +
 			    SL_SPLICE_FDS > e->cfg.max_tcp_flows ||
 		    t->nused + t->pcount >= t->nmax) {
 			sl_count(e, SL_C_drop_flow_cap);
@@ -253,8 +254,8 @@ void sl_splice_accept(struct sl_engine *e, struct sl_listener *l)
 				.id = l->id,
 			};
 		t->pcount++;
-		e->n_half_open++;
-		e->n_splice_slots += SL_SPLICE_FDS;
+		e->flows.n_half_open++;
+		e->flows.n_splice_slots += SL_SPLICE_FDS;
 	}
 }
 
@@ -324,7 +325,7 @@ static void pump(struct sl_engine *e, struct sl_splice *c);
 static void conn_start(struct sl_engine *e, int hfd, int nfd,
 		       const struct sl_listener *l)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
 	struct sockaddr_in sa4 = { .sin_family = AF_INET };
 	struct sl_splice *c = &t->conn[t->free_head];
@@ -370,7 +371,7 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
 	}
 	if (r == 0) {
 		c->flags &= ~SP_CONNECTING;
-		e->n_half_open--;
+		e->flows.n_half_open--;
 		pump(e, c);
 	}
 }
@@ -382,7 +383,7 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
  */
 static void drop_pending(struct sl_engine *e, int hfd, int nfd)
 {
-	e->n_half_open--;
+	e->flows.n_half_open--;
 	release_slot(e);
 	rst_close(hfd);
 	if (nfd >= 0)
@@ -392,7 +393,7 @@ static void drop_pending(struct sl_engine *e, int hfd, int nfd)
 /* Take one reply from the helper. Return: false when there is none. */
 static bool helper_reply(struct sl_engine *e)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	union {
 		char buf[CMSG_SPACE(2 * sizeof(int))];
 		struct cmsghdr align;
@@ -462,7 +463,7 @@ void sl_splice_helper_event(struct sl_engine *e, uint32_t ev)
 	int i;
 
 	(void)ev;	/* EOF and errors show up as recvmsg() results */
-	for (i = 0; i < SL_SPLICE_ACCEPTS && e->splice->helper >= 0; i++)
+	for (i = 0; i < SL_SPLICE_ACCEPTS && e->splice.tab->helper >= 0; i++)
 		if (!helper_reply(e))
 			break;
 }
@@ -514,7 +515,7 @@ static int move(int src, int dst, int p[2], uint32_t *inpipe, uint32_t *cap,
 /* Move data both ways until nothing moves; pass FINs; close when done. */
 static void pump(struct sl_engine *e, struct sl_splice *c)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	int round;
 
 	for (round = 0; round < SL_SPLICE_ROUNDS; round++) {
@@ -569,7 +570,7 @@ static void pump(struct sl_engine *e, struct sl_splice *c)
  */
 void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	uint32_t idx = (uint32_t)tag;
 	struct sl_splice *c;
 
@@ -595,7 +596,7 @@ void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev)
 			return;
 		}
 		c->flags &= ~SP_CONNECTING;
-		e->n_half_open--;
+		e->flows.n_half_open--;
 	}
 	pump(e, c);
 }
@@ -608,7 +609,7 @@ void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev)
  */
 void sl_splice_timer(struct sl_engine *e)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	uint64_t max_idle = (uint64_t)e->cfg.tcp_idle_s * NSEC_PER_SEC;
 	uint32_t i;
 
@@ -626,7 +627,7 @@ void sl_splice_timer(struct sl_engine *e)
 /* Close everything spliced (engine teardown). */
 void sl_splice_fini(struct sl_engine *e)
 {
-	struct sl_splice_tab *t = e->splice;
+	struct sl_splice_tab *t = e->splice.tab;
 	uint32_t i;
 
 	if (!t)
@@ -643,7 +644,7 @@ void sl_splice_fini(struct sl_engine *e)
 		close(t->helper);
 	free(t->conn);
 	free(t);
-	e->splice = NULL;
+	e->splice.tab = NULL;
 }
 
 /**

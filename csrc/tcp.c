@@ -18,8 +18,7 @@
  * Connection teardown keeps no TIME-WAIT: when both FINs are acknowledged
  * (or on RST), the flow and its socket are gone.
  *
- * This file never touches the TAP directly (sl_output does) and never
- * allocates: the peek buffer is the engine's.
+ * The contract (what this file owns, may call and must not do) is in tcp.h.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -188,10 +187,10 @@ static void arm_rto(struct sl_engine *e, struct sl_flow *f)
 static void mark_ack(struct sl_engine *e, struct sl_flow *f)
 {
 	f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
-	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->tcp.nack >= e->flows.n_max)
 		return;
 	f->tcp.flags |= SL_TF_ACK_DUE;
-	e->ack_list[e->nack++] = f->self;
+	e->tcp.ack_list[e->tcp.nack++] = f->self;
 }
 
 /* Queue an ACK that may wait (delayed ACK): data toward the guest sent in
@@ -199,10 +198,10 @@ static void mark_ack(struct sl_engine *e, struct sl_flow *f)
  * is unacknowledged or the delay is over (see sl_tcp_flush_acks()). */
 static void mark_delack(struct sl_engine *e, struct sl_flow *f)
 {
-	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->nack >= e->nflows_max)
+	if ((f->tcp.flags & SL_TF_ACK_DUE) || e->tcp.nack >= e->flows.n_max)
 		return;
 	f->tcp.flags |= SL_TF_ACK_DUE | SL_TF_ACK_LAZY;
-	e->ack_list[e->nack++] = f->self;
+	e->tcp.ack_list[e->tcp.nack++] = f->self;
 }
 
 /**
@@ -320,11 +319,11 @@ static void send_ack(struct sl_engine *e, struct sl_flow *f)
  */
 void sl_tcp_flush_acks(struct sl_engine *e)
 {
-	bool late = e->delack_at && e->now >= e->delack_at;
+	bool late = e->tcp.delack_at && e->now >= e->tcp.delack_at;
 	uint32_t i, keep = 0;
 
-	for (i = 0; i < e->nack; i++) {
-		struct sl_flow *f = &e->flows[e->ack_list[i]];
+	for (i = 0; i < e->tcp.nack; i++) {
+		struct sl_flow *f = &e->flows.pool[e->tcp.ack_list[i]];
 		uint32_t unacked;
 
 		if (f->kind != SL_FLOW_TCP || !(f->tcp.flags & SL_TF_ACK_DUE))
@@ -338,7 +337,7 @@ void sl_tcp_flush_acks(struct sl_engine *e)
 			}
 			if (!late && unacked < 2u * f->tcp.gmss &&
 			    unacked <= f->tcp.wnd_sent / 2) {
-				e->ack_list[keep++] = f->self;
+				e->tcp.ack_list[keep++] = f->self;
 				continue;
 			}
 			f->tcp.flags &= (uint16_t)~SL_TF_ACK_LAZY;
@@ -346,18 +345,18 @@ void sl_tcp_flush_acks(struct sl_engine *e)
 		send_ack(e, f);
 	}
 	for (i = 0; i < keep; i++)
-		e->flows[e->ack_list[i]].tcp.flags |= SL_TF_ACK_DUE;
-	e->nack = keep;
+		e->flows.pool[e->tcp.ack_list[i]].tcp.flags |= SL_TF_ACK_DUE;
+	e->tcp.nack = keep;
 	if (!keep)
-		e->delack_at = 0;
-	else if (!e->delack_at || late)
-		e->delack_at = e->now + DELACK_NS;
+		e->tcp.delack_at = 0;
+	else if (!e->tcp.delack_at || late)
+		e->tcp.delack_at = e->now + DELACK_NS;
 }
 
 /* When the delayed ACKs waiting must leave at the latest; 0: none wait. */
 uint64_t sl_tcp_ack_deadline(const struct sl_engine *e)
 {
-	return e->delack_at;
+	return e->tcp.delack_at;
 }
 
 /*
@@ -396,19 +395,19 @@ static void update_events(struct sl_engine *e, struct sl_flow *f)
 /* The guest's FIN: shut the host socket for writing at the end of the poll. */
 static void shutdown_later(struct sl_engine *e, struct sl_flow *f)
 {
-	if (e->n_tcp_shut_due == SL_TCP_DEFER_MAX) {
+	if (e->tcp.n_shut_due == SL_TCP_DEFER_MAX) {
 		shutdown(f->fd, SHUT_WR);
 		return;
 	}
-	e->tcp_shut_due[e->n_tcp_shut_due++] = sl_flow_tag(f);
+	e->tcp.shut_due[e->tcp.n_shut_due++] = sl_flow_tag(f);
 }
 
 /* A finished flow's socket: close it at the end of the poll. */
 static void close_later(struct sl_engine *e, struct sl_flow *f)
 {
-	if (f->fd < 0 || e->n_tcp_close_due == SL_TCP_DEFER_MAX)
+	if (f->fd < 0 || e->tcp.n_close_due == SL_TCP_DEFER_MAX)
 		return;		/* sl_flow_free() closes it now */
-	e->tcp_close_due[e->n_tcp_close_due++] = f->fd;
+	e->tcp.close_due[e->tcp.n_close_due++] = f->fd;
 	f->evflags |= SL_FE_CLOSE_LATER;	/* sl_flow_free() leaves it */
 }
 
@@ -424,8 +423,8 @@ static void close_flow(struct sl_engine *e, struct sl_flow *f, bool rst_host)
 	}
 	if (!rst_host)
 		close_later(e, f);
-	if (f->tcp.state != SL_TCP_ESTABLISHED && e->n_half_open)
-		e->n_half_open--;
+	if (f->tcp.state != SL_TCP_ESTABLISHED && e->flows.n_half_open)
+		e->flows.n_half_open--;
 	sl_count(e, SL_C_tcp_flows_closed);
 	sl_flow_free(e, f);
 }
@@ -514,7 +513,7 @@ static bool data_pending(const struct sl_flow *f)
  */
 static bool data_to_guest(struct sl_engine *e, struct sl_flow *f)
 {
-	uint8_t *buf = e->peekbuf;
+	uint8_t *buf = e->tcp.peekbuf;
 	size_t chunk = PEEK_MAX;
 
 	if (f->tcp.state != SL_TCP_ESTABLISHED ||
@@ -844,7 +843,7 @@ static void send_rst_reply(struct sl_engine *e, const struct sl_pkt *p)
 	}
 }
 
-void sl_tcp_rst_for(struct sl_engine *e, const struct sl_pkt *p)
+static void rst_for(struct sl_engine *e, const struct sl_pkt *p)
 {
 	if (!(p->tflags & TCP_RST))
 		send_rst_reply(e, p);
@@ -879,13 +878,13 @@ static int new_host_socket(int fam, bool *peek_off)
  */
 static int host_socket(struct sl_engine *e, int fam, bool *peek_off)
 {
-	int i = fam == AF_INET6, fd = e->tcp_spare[i];
+	int i = fam == AF_INET6, fd = e->tcp.spare[i];
 
-	e->tcp_spare_wanted[i] = true;
+	e->tcp.spare_wanted[i] = true;
 	if (fd < 0)
 		return new_host_socket(fam, peek_off);
-	e->tcp_spare[i] = -1;
-	*peek_off = e->tcp_spare_peek_off[i];
+	e->tcp.spare[i] = -1;
+	*peek_off = e->tcp.spare_peek_off[i];
 	return fd;
 }
 
@@ -894,17 +893,17 @@ static void run_deferred(struct sl_engine *e)
 {
 	uint32_t k;
 
-	for (k = 0; k < e->n_tcp_shut_due; k++) {
-		struct sl_flow *f = sl_flow_from_tag(e, e->tcp_shut_due[k]);
+	for (k = 0; k < e->tcp.n_shut_due; k++) {
+		struct sl_flow *f = sl_flow_from_tag(e, e->tcp.shut_due[k]);
 
 		/* A flow closed since then had its FIN sent by close(). */
 		if (f && f->fd >= 0)
 			shutdown(f->fd, SHUT_WR);
 	}
-	e->n_tcp_shut_due = 0;
-	for (k = 0; k < e->n_tcp_close_due; k++)
-		close(e->tcp_close_due[k]);
-	e->n_tcp_close_due = 0;
+	e->tcp.n_shut_due = 0;
+	for (k = 0; k < e->tcp.n_close_due; k++)
+		close(e->tcp.close_due[k]);
+	e->tcp.n_close_due = 0;
 }
 
 /**
@@ -921,21 +920,23 @@ void sl_tcp_end_of_poll(struct sl_engine *e)
 
 	run_deferred(e);
 	for (i = 0; i < 2; i++)
-		if (e->tcp_spare_wanted[i] && e->tcp_spare[i] < 0)
-			e->tcp_spare[i] = new_host_socket(i ? AF_INET6 : AF_INET,
-							  &e->tcp_spare_peek_off[i]);
+		if (e->tcp.spare_wanted[i] && e->tcp.spare[i] < 0)
+			e->tcp.spare[i] = new_host_socket(i ? AF_INET6 : AF_INET,
+							  &e->tcp.spare_peek_off[i]);
 }
 
 /**
  * sl_tcp_init() - TCP's engine state, after sl_flow_init(): no spare
- * sockets yet, and the list of flows owing an ACK, as long as the pool.
+ * sockets yet, the list of flows owing an ACK (as long as the pool) and
+ * the peek buffer.
  * Return: 0, or -1 when out of memory.
  */
 int sl_tcp_init(struct sl_engine *e)
 {
-	e->tcp_spare[0] = e->tcp_spare[1] = -1;
-	e->ack_list = calloc(e->nflows_max, sizeof(*e->ack_list));
-	return e->ack_list ? 0 : -1;
+	e->tcp.spare[0] = e->tcp.spare[1] = -1;
+	e->tcp.ack_list = calloc(e->flows.n_max, sizeof(*e->tcp.ack_list));
+	e->tcp.peekbuf = malloc(SL_FRAME_MAX);
+	return e->tcp.ack_list && e->tcp.peekbuf ? 0 : -1;
 }
 
 /* Before sl_flow_fini(), while deferred tags still name live flows: the
@@ -945,14 +946,16 @@ void sl_tcp_fini(struct sl_engine *e)
 {
 	int i;
 
-	if (!e->ack_list)
+	free(e->tcp.peekbuf);
+	e->tcp.peekbuf = NULL;
+	if (!e->tcp.ack_list)
 		return;
 	run_deferred(e);
 	for (i = 0; i < 2; i++)
-		if (e->tcp_spare[i] >= 0)
-			close(e->tcp_spare[i]);
-	free(e->ack_list);
-	e->ack_list = NULL;
+		if (e->tcp.spare[i] >= 0)
+			close(e->tcp.spare[i]);
+	free(e->tcp.ack_list);
+	e->tcp.ack_list = NULL;
 }
 
 /**
@@ -1006,8 +1009,8 @@ static void connected(struct sl_engine *e, struct sl_flow *f)
 	bool low;
 
 	f->tcp.state = SL_TCP_ESTABLISHED;
-	if (e->n_half_open)
-		e->n_half_open--;
+	if (e->flows.n_half_open)
+		e->flows.n_half_open--;
 	f->tcp.snd_una = f->tcp.isn;
 	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	emit(e, f, TCP_SYN | TCP_ACK, f->tcp.isn, NULL, 0, true);
@@ -1047,9 +1050,9 @@ static uint32_t new_isn(struct sl_engine *e)
 {
 	/* Not a security boundary (the guest sees only its own flows), but
 	 * avoid predictable reuse across flows on the same 4-tuple. */
-	e->isn_state = e->isn_state * 6364136223846793005ULL +
+	e->tcp.isn_state = e->tcp.isn_state * 6364136223846793005ULL +
 			  1442695040888963407ULL + e->now;
-	return (uint32_t)(e->isn_state >> 32);
+	return (uint32_t)(e->tcp.isn_state >> 32);
 }
 
 static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
@@ -1061,10 +1064,10 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 	bool lo, peek_off = false;
 
 	if (p->tflags & (TCP_ACK | TCP_RST | TCP_FIN)) {
-		sl_tcp_rst_for(e, p);
+		rst_for(e, p);
 		return;
 	}
-	if (e->n_half_open >= e->cfg.max_half_open) {
+	if (e->flows.n_half_open >= e->cfg.max_half_open) {
 		sl_count(e, SL_C_drop_half_open_cap);
 		return;
 	}
@@ -1085,7 +1088,7 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 			p->dport);
 	if (!f)
 		return;
-	e->n_half_open++;
+	e->flows.n_half_open++;
 	f->tcp.state = SL_TCP_CONNECTING;
 	f->tcp.rcv_nxt = p->seq + 1;
 	f->tcp.isn = new_isn(e);
@@ -1157,8 +1160,8 @@ static void synack_from_guest(struct sl_engine *e, struct sl_flow *f,
 	    p->ack != f->tcp.isn + 1)
 		return;
 	f->tcp.state = SL_TCP_ESTABLISHED;
-	if (e->n_half_open)
-		e->n_half_open--;
+	if (e->flows.n_half_open)
+		e->flows.n_half_open--;
 	f->tcp.rcv_nxt = p->seq + 1;
 	f->tcp.snd_una = f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
 	f->tcp.gmss = p->opt_mss ? p->opt_mss : (f->family == 4 ? 536 : 1220);
@@ -1196,7 +1199,7 @@ void sl_tcp_input(struct sl_engine *e, const struct sl_pkt *p)
 		if (p->tflags & TCP_SYN)
 			syn_from_guest(e, p);
 		else
-			sl_tcp_rst_for(e, p);
+			rst_for(e, p);
 		return;
 	}
 	f->last_ns = e->now;
@@ -1298,7 +1301,7 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 		/* Closing at once (rather than leaving it in the backlog)
 		 * keeps the level-triggered listener from spinning; the
 		 * client sees EOF. sl_flow_new counts its own failures. */
-		if (e->n_half_open >= e->cfg.max_half_open) {
+		if (e->flows.n_half_open >= e->cfg.max_half_open) {
 			sl_count(e, SL_C_drop_half_open_cap);
 			close(fd);
 			continue;
@@ -1319,7 +1322,7 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 		if (!setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero,
 				sizeof(zero)))
 			f->tcp.flags |= SL_TF_PEEK_OFF;
-		e->n_half_open++;
+		e->flows.n_half_open++;
 		f->tcp.state = SL_TCP_SYN_TO_GUEST;
 		f->tcp.isn = new_isn(e);
 		f->tcp.recover = f->tcp.isn;

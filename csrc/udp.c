@@ -4,6 +4,7 @@
  * destination), replies relayed back, idle expiry (run_timers in engine.c),
  * ICMP port unreachable when the host reports it; and inbound datagrams on
  * forwarded UDP ports, whose per-client flows share the listener's socket.
+ * The contract is in udp.h.
  *
  * Batching: consecutive guest datagrams for the same flow within one TAP
  * drain are copied into a preallocated batch and leave in one sendmmsg
@@ -102,18 +103,18 @@ static struct sl_udp_batch *batch_new(size_t bytes, size_t slot)
  */
 int sl_udp_init(struct sl_engine *e)
 {
-	e->udp_tx = batch_new(SL_UDP_TX_BYTES, 0);
-	e->udp_rx = batch_new((size_t)SL_UDP_BATCH * e->cfg.mtu, e->cfg.mtu);
-	if (!e->udp_tx || !e->udp_rx)
+	e->udp.tx = batch_new(SL_UDP_TX_BYTES, 0);
+	e->udp.rx = batch_new((size_t)SL_UDP_BATCH * e->cfg.mtu, e->cfg.mtu);
+	if (!e->udp.tx || !e->udp.rx)
 		return -1;
-	e->udp_uso_out = e->cfg.offload && e->cfg.vnet_hdr_len;
-	e->udp_rx->run = malloc(SL_UDP_RUN_MAX);
-	return e->udp_rx->run ? 0 : -1;
+	e->udp.uso_out = e->cfg.offload && e->cfg.vnet_hdr_len;
+	e->udp.rx->run = malloc(SL_UDP_RUN_MAX);
+	return e->udp.rx->run ? 0 : -1;
 }
 
 void sl_udp_fini(struct sl_engine *e)
 {
-	struct sl_udp_batch *b[2] = { e->udp_tx, e->udp_rx };
+	struct sl_udp_batch *b[2] = { e->udp.tx, e->udp.rx };
 	int i;
 
 	for (i = 0; i < 2; i++)
@@ -122,7 +123,7 @@ void sl_udp_fini(struct sl_engine *e)
 			free(b[i]->buf);
 			free(b[i]);
 		}
-	e->udp_tx = e->udp_rx = NULL;
+	e->udp.tx = e->udp.rx = NULL;
 }
 
 /**
@@ -320,8 +321,8 @@ static void send_failed(struct sl_engine *e, struct sl_flow *f, int err)
  */
 void sl_udp_flush(struct sl_engine *e)
 {
-	struct sl_udp_batch *b = e->udp_tx;
-	struct sl_flow *f = &e->flows[b->flow];
+	struct sl_udp_batch *b = e->udp.tx;
+	struct sl_flow *f = &e->flows.pool[b->flow];
 	uint32_t i = 0, n = b->n;
 
 	if (!n)
@@ -358,7 +359,7 @@ void sl_udp_flush(struct sl_engine *e)
 static void queue_tx(struct sl_engine *e, struct sl_flow *f,
 		     const uint8_t *payload, size_t len)
 {
-	struct sl_udp_batch *b = e->udp_tx;
+	struct sl_udp_batch *b = e->udp.tx;
 	struct iovec *v;
 
 	if (b->n == SL_UDP_BATCH || b->used + len > SL_UDP_TX_BYTES)
@@ -437,7 +438,7 @@ void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p)
 			   p->dport);
 	/* Another flow's batch goes first; and before open_flow, whose LRU
 	 * eviction could close the batch's socket. */
-	if (e->udp_tx->n && (!f || f->self != e->udp_tx->flow))
+	if (e->udp.tx->n && (!f || f->self != e->udp.tx->flow))
 		sl_udp_flush(e);
 	if (!f) {
 		f = open_flow(e, p);
@@ -472,7 +473,7 @@ void sl_udp_input(struct sl_engine *e, const struct sl_pkt *p)
 static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
 		    size_t gso)
 {
-	struct sl_udp_batch *b = e->udp_rx;
+	struct sl_udp_batch *b = e->udp.rx;
 	struct virtio_net_hdr vh = { 0 };
 	uint8_t *h = e->txbuf, *u;
 	struct iovec iov[2];
@@ -517,7 +518,7 @@ static int emit_run(struct sl_engine *e, struct sl_flow *f, int i, int j,
 static int run_end(struct sl_engine *e, const struct sl_flow *f, int i,
 		   int n)
 {
-	struct sl_udp_batch *b = e->udp_rx;
+	struct sl_udp_batch *b = e->udp.rx;
 	size_t gso = b->msg[i].msg_len, total = gso;
 	int j = i + 1;
 
@@ -534,7 +535,7 @@ static int run_end(struct sl_engine *e, const struct sl_flow *f, int i,
 
 void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 {
-	struct sl_udp_batch *b = e->udp_rx;
+	struct sl_udp_batch *b = e->udp.rx;
 	int done = 0, fails = 0;
 
 	(void)ev;
@@ -555,7 +556,7 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 		sl_count(e, SL_C_udp_recv_batches);
 		f->last_ns = e->now;
 		for (i = 0; i < n;) {
-			int j = e->udp_uso_out ? run_end(e, f, i, n) : i + 1;
+			int j = e->udp.uso_out ? run_end(e, f, i, n) : i + 1;
 
 			if (j - i > 1) {
 				if (!emit_run(e, f, i, j, b->msg[i].msg_len)) {
@@ -563,7 +564,7 @@ void sl_udp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 					continue;
 				}
 				/* an old kernel: one frame per datagram */
-				e->udp_uso_out = false;
+				e->udp.uso_out = false;
 			}
 			for (; i < j; i++)
 				if (sl_udp_emit(e, f->family, sl_guest_mac(e),
@@ -629,7 +630,7 @@ static void relay_inbound(struct sl_engine *e, struct sl_listener *l,
 
 void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l)
 {
-	struct sl_udp_batch *b = e->udp_rx;
+	struct sl_udp_batch *b = e->udp.rx;
 	struct sockaddr_in6 *name = b->name;
 	int i, n, done = 0;
 
@@ -654,5 +655,37 @@ void sl_udp_listener_event(struct sl_engine *e, struct sl_listener *l)
 	for (i = 0; i < SL_UDP_BATCH; i++) {
 		b->msg[i].msg_hdr.msg_name = NULL;
 		b->msg[i].msg_hdr.msg_namelen = 0;
+	}
+}
+
+/**
+ * sl_udp_listener_gone() - the forward in listener slot @slot was removed.
+ *
+ * Inbound UDP flows answer through the listener's socket, by slot: forget
+ * them, or a forward added later in this slot would carry their replies
+ * from its own port. (TCP flows own their accepted fd.)
+ */
+void sl_udp_listener_gone(struct sl_engine *e, uint32_t slot)
+{
+	uint32_t k;
+
+	for (k = 0; k < e->flows.n_used; k++) {
+		struct sl_flow *f = &e->flows.pool[k];
+
+		if (f->kind == SL_FLOW_UDP && f->udp.inbound &&
+		    f->udp.listener == slot) {
+			sl_count(e, SL_C_udp_flows_closed);
+			sl_flow_free(e, f);
+		}
+	}
+}
+
+/* sl_udp_timer() - idle expiry of one UDP flow at e->now. */
+void sl_udp_timer(struct sl_engine *e, struct sl_flow *f)
+{
+	if (e->now - f->last_ns >= (uint64_t)e->cfg.udp_idle_s * NSEC_PER_SEC) {
+		sl_count(e, SL_C_udp_flows_closed);
+		f->why = SL_FC_TIMEOUT;
+		sl_flow_free(e, f);
 	}
 }
