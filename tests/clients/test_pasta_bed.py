@@ -17,6 +17,7 @@ debootstrap if missing) or edit the root beyond its session's tmpfs.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -37,7 +38,10 @@ SLIRPY_BIN_DIR = "/tmp/slirpy-pasta-bin"
 # Deterministic bytes the container sends with busybox: `seq 1 40000`.
 SEQ_BYTES = "".join(f"{i}\n" for i in range(1, 40001)).encode()
 HTTP_GET = b"GET /index.html HTTP/1.0\r\n\r\n"
-WEB = "mkdir -p /www && echo bed13-published > /www/index.html && exec httpd -f -v -p 80 -h /www"
+# httpd on 80 (in the foreground, -v logs each client's address) and on 81.
+WEB = ("mkdir -p /www && echo bed13-published > /www/index.html && httpd -p 81 -h /www && "
+       "exec httpd -f -v -p 80 -h /www")
+BODY = b"\r\n\r\nbed13-published\n"
 
 
 @dataclass
@@ -62,8 +66,9 @@ class Pasta:
         return self.bed.session.run_user("podman", *args, env=self.env, check=check,
                                          timeout=timeout)
 
-    def run(self, *cmd: str, opts: tuple[str, ...] = (), check: bool = True) -> str:
-        r = self.podman("run", "--rm", "--network", "pasta", *opts, trixie_root.IMAGE, *cmd,
+    def run(self, *cmd: str, opts: tuple[str, ...] = (), network: str = "pasta",
+            check: bool = True) -> str:
+        r = self.podman("run", "--rm", "--network", network, *opts, trixie_root.IMAGE, *cmd,
                         check=check)
         return r.stdout
 
@@ -158,29 +163,101 @@ def test_icmp_echo_to_a_test_host(pasta: Pasta) -> None:
     assert "2 packets received" in out
 
 
-def test_published_port(pasta: Pasta) -> None:
+def test_udp_to_a_test_host(pasta: Pasta) -> None:
+    out = pasta.run("nslookup", f"private.{fakehost.DOMAIN}", fakehost.DNS4)
+    assert f"Address: {fakehost.PRIVATE_HOST4}" in out
+
+
+def test_host_containers_internal_reaches_the_fake_host(pasta: Pasta) -> None:
+    out = pasta.run("sh", "-c", "grep -w host.containers.internal /etc/hosts; echo ---; "
+                    f"nc host.containers.internal {fakehost.PEER_PORT} </dev/null")
+    hosts, peer = out.split("---\n")
+    assert hosts.split()[0] == "169.254.1.2"
+    # The fake host's own service sees the connection come from its own address.
+    assert peer.split()[0] == fakehost.HOST4
+
+
+def test_the_fake_hosts_address_is_the_containers_own(pasta: Pasta) -> None:
+    # The fake host listens on HOST4:PEER_PORT, yet from the container that
+    # address is the container itself, where nothing listens.
+    r = pasta.podman("run", "--rm", "--network", "pasta", trixie_root.IMAGE, "sh", "-c",
+                     f"nc {fakehost.HOST4} {fakehost.PEER_PORT} </dev/null", check=False)
+    assert r.returncode != 0
+    assert "Connection refused" in r.stderr
+
+
+def test_network_options_reach_pasta(pasta: Pasta) -> None:
+    out = pasta.run("sh", "-c", "ip -o -4 addr show dev eth0; ip route; echo ---; "
+                    f"nc {fakehost.TEST_HOST4} {fakehost.PEER_PORT} </dev/null",
+                    network="pasta:-a,10.13.2.15,-n,24,-g,10.13.2.1")
+    config, peer = out.split("---\n")
+    assert "inet 10.13.2.15/24 " in config
+    assert "default via 10.13.2.1 dev eth0" in config
+    assert peer.split()[0] == fakehost.HOST4
+
+
+def test_ipv6_only(pasta: Pasta) -> None:
+    out = pasta.run("sh", "-c", "ip -o addr show dev eth0; echo ---; "
+                    f"nc {fakehost.TEST_HOST6} {fakehost.PEER_PORT} </dev/null",
+                    network="pasta:-6")
+    config, peer = out.split("---\n")
+    assert " inet " not in config
+    assert f"inet6 {fakehost.HOST6}/64 " in config
+    assert peer.split()[0] == fakehost.HOST6
+
+
+def _served(bed: Bed, host: str, port: int, upstream: bool = False) -> bytes:
+    """What the web container answers through host:port (bounded retries while it starts)."""
+    body = b""
+    for _ in range(50):
+        with contextlib.suppress(fakehost.BedError):
+            body = bed.fh.client(host, port, HTTP_GET, upstream=upstream, timeout=5)
+        if body:
+            break
+        time.sleep(0.1)
+    return body
+
+
+def _refused(bed: Bed, host: str, port: int, upstream: bool = False) -> bool:
+    try:
+        bed.fh.client(host, port, HTTP_GET, upstream=upstream, timeout=5)
+    except fakehost.BedError as e:
+        return "Connection refused" in str(e)
+    return False
+
+
+@contextlib.contextmanager
+def _web(pasta: Pasta, *publish: str) -> Iterator[str]:
+    """A detached busybox httpd container publishing `publish` (-p specs); removed after."""
     name = f"bed13-web-{pasta.name}"
-    bed = pasta.bed
     pasta.podman("rm", "-f", "-t", "0", name, check=False)
-    pasta.podman("run", "-d", "--name", name, "--network", "pasta", "-p", "8080:80",
+    ports = [a for spec in publish for a in ("-p", spec)]
+    pasta.podman("run", "-d", "--name", name, "--network", "pasta", *ports,
                  trixie_root.IMAGE, "sh", "-c", WEB)
     try:
+        yield name
+    finally:
+        pasta.podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def test_published_port(pasta: Pasta) -> None:
+    bed = pasta.bed
+    with _web(pasta, "8080:80") as name:
         # pasta's listener is bound when `podman run -d` returns; httpd may
-        # still be starting in the container: a bounded retry.
-        body = b""
-        for _ in range(50):
-            body = bed.fh.client("127.0.0.1", 8080, HTTP_GET, timeout=5)
-            if body:
-                break
-            time.sleep(0.1)
-        assert body.endswith(b"\r\n\r\nbed13-published\n")
-        assert bed.fh.client("::1", 8080, HTTP_GET, timeout=5).endswith(b"bed13-published\n")
-        # A remote client (the upstream) to the fake host's address; the
+        # still be starting in the container.
+        assert _served(bed, "127.0.0.1", 8080).endswith(BODY)
+        assert _served(bed, "::1", 8080).endswith(BODY)
+        # Remote clients (upstream) to the fake host's addresses; the
         # container sees the client's own address.
-        remote = bed.fh.client(fakehost.HOST4, 8080, HTTP_GET, upstream=True, timeout=5)
-        assert remote.endswith(b"bed13-published\n")
+        assert _served(bed, fakehost.HOST4, 8080, upstream=True).endswith(BODY)
+        assert _served(bed, fakehost.HOST6, 8080, upstream=True).endswith(BODY)
         log = pasta.podman("logs", name).stderr
         assert f"[::ffff:{fakehost.GATEWAY4}]:" in log
+        assert f"[{fakehost.GATEWAY6}]:" in log
+        # Loopback clients, as this pasta delivers them: from the host's
+        # address of that family (which the container owns too).
+        assert f"[::ffff:{fakehost.HOST4}]:" in log
+        assert f"[{fakehost.HOST6}]:" in log
         # The port is taken: a second container fails with pasta's message.
         busy = pasta.podman("run", "--rm", "--network", "pasta", "-p", "8080:80",
                             trixie_root.IMAGE, "true", check=False)
@@ -192,5 +269,20 @@ def test_published_port(pasta: Pasta) -> None:
         while _pasta_pids(pasta) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _pasta_pids(pasta) == []
-    finally:
-        pasta.podman("rm", "-f", "-t", "0", name, check=False)
+
+
+@pytest.mark.parametrize("bind,other", [("127.0.0.1", "::1"), ("::1", "127.0.0.1")])
+def test_publish_on_one_loopback(pasta: Pasta, bind: str, other: str) -> None:
+    spec = f"[{bind}]:8081:80" if ":" in bind else f"{bind}:8081:80"
+    with _web(pasta, spec):
+        assert _served(pasta.bed, bind, 8081).endswith(BODY)
+        assert _refused(pasta.bed, other, 8081)
+        remote = fakehost.HOST6 if ":" in bind else fakehost.HOST4
+        assert _refused(pasta.bed, remote, 8081, upstream=True)
+
+
+def test_publish_a_range(pasta: Pasta) -> None:
+    with _web(pasta, "8090-8091:80-81"):
+        assert _served(pasta.bed, "127.0.0.1", 8090).endswith(BODY)
+        assert _served(pasta.bed, "127.0.0.1", 8091).endswith(BODY)
+        assert _served(pasta.bed, fakehost.HOST6, 8091, upstream=True).endswith(BODY)

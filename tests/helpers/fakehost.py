@@ -13,6 +13,9 @@ in instead, and the servers on the far side:
   UDP echo on port 7 (UDP bound per address), a TCP "peer" on port 8 that answers with the client's
   address and port as it sees them, and a DNS server (UDP and TCP) for the
   test domain bed13.test. Python stdlib only.
+  The fake host runs one server of its own: a TCP "peer" on port 8 (on all
+  its addresses), a service of the host that host.containers.internal
+  reaches.
 * "fake host": 198.51.100.2/24 and 2001:db8:1::2/64 on the veth's other end,
   default routes via upstream, ping_group_range of a desktop distribution,
   and a resolv.conf naming the upstream's DNS server, which the caller
@@ -207,9 +210,10 @@ def check_routes(fh: FakeHost) -> None:
             raise BedError(f"fake host route to {dst} is {got}, want via {via} dev eth0")
 
 
-def _start_servers(fh: FakeHost) -> subprocess.Popen[str]:
+def _start_servers(fh: FakeHost, role: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(HERE), "serve", "--role", role, "--events", str(fh.events_path)]
     proc = subprocess.Popen(
-        fh.upstream_argv(sys.executable, str(HERE), "serve", "--events", str(fh.events_path)),
+        fh.upstream_argv(*cmd) if role == "upstream" else fh.argv(*cmd),
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=_set_pdeathsig,
     )
@@ -218,7 +222,7 @@ def _start_servers(fh: FakeHost) -> subprocess.Popen[str]:
     if line.strip() != "ready":
         proc.kill()
         _, err = proc.communicate(timeout=10)
-        raise BedError(f"upstream servers did not start: {line}{err}")
+        raise BedError(f"{role} servers did not start: {line}{err}")
     return proc
 
 
@@ -232,6 +236,9 @@ def _check_servers(fh: FakeHost) -> None:
     got = fh.client(DNS4, 53, query, udp=True, timeout=5)
     if _dns_answers(got) != [TEST_HOST4]:
         raise BedError(f"DNS from the fake host returned {got!r}")
+    got = fh.client(HOST4, PEER_PORT, upstream=True, timeout=5)
+    if got.split()[:1] != [GATEWAY4.encode()]:
+        raise BedError(f"the fake host's own peer server returned {got!r} to upstream")
 
 
 @contextlib.contextmanager
@@ -256,8 +263,8 @@ def fake_host() -> Iterator[FakeHost]:
             stack.callback(_ip, "netns", "del", ns, check=False)
         _build_namespaces(fh)
         check_routes(fh)
-        servers = _start_servers(fh)
-        stack.callback(_stop, servers)
+        for role in ("upstream", "host"):
+            stack.callback(_stop, _start_servers(fh, role))
         _check_servers(fh)
         yield fh
 
@@ -432,9 +439,17 @@ def _udp_serve(sock: socket.socket, events: _Events, dns: bool) -> None:
         sock.sendto(reply, addr)
 
 
-def serve(events_path: str) -> None:
-    """The upstream servers (run inside the upstream namespace); forever, until killed."""
+def serve(role: str, events_path: str) -> None:
+    """The servers of `role` (run inside its namespace); forever, until killed."""
     events = _Events(events_path)
+    if role == "host":
+        # A service of the fake host itself (what host.containers.internal reaches).
+        host = threading.Thread(target=_tcp_serve, daemon=True, args=(
+            _dual_stack(socket.SOCK_STREAM, PEER_PORT), _whoami, events, "host-peer"))
+        host.start()
+        print("ready", flush=True)
+        host.join()
+        return
     tcp = [(_dual_stack(socket.SOCK_STREAM, ECHO_PORT), _echo, "echo"),
            (_dual_stack(socket.SOCK_STREAM, PEER_PORT), _whoami, "peer"),
            (_dual_stack(socket.SOCK_STREAM, 53), _dns_tcp, "dns")]
@@ -481,6 +496,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve")
     sp.add_argument("--events", required=True)
+    sp.add_argument("--role", choices=("upstream", "host"), required=True)
     cp = sub.add_parser("client")
     cp.add_argument("--host", required=True)
     cp.add_argument("--port", type=int, required=True)
@@ -488,7 +504,7 @@ def main() -> None:
     cp.add_argument("--timeout", type=float, default=10)
     args = ap.parse_args()
     if args.cmd == "serve":
-        serve(args.events)
+        serve(args.role, args.events)
     else:
         client(args.host, args.port, args.udp, args.timeout)
 
