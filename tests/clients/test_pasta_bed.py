@@ -286,3 +286,17 @@ def test_publish_a_range(pasta: Pasta) -> None:
         assert _served(pasta.bed, "127.0.0.1", 8090).endswith(BODY)
         assert _served(pasta.bed, "127.0.0.1", 8091).endswith(BODY)
         assert _served(pasta.bed, fakehost.HOST6, 8091, upstream=True).endswith(BODY)
+
+
+def test_restart_on_the_same_port(pasta: Pasta) -> None:
+    with _web(pasta, "8086:80") as name:
+        assert _served(pasta.bed, "127.0.0.1", 8086).endswith(BODY)
+        for _ in range(3):
+            r = pasta.podman("restart", "-t", "0", name, check=False)
+            if r.returncode != 0 and pasta.name == "pasta":
+                # Measured here: restarting a running container fails about
+                # every time, the old pasta still holding the port.
+                assert "Failed to bind port 8086 (Address already in use)" in r.stderr
+                pytest.xfail("the real pasta loses Podman's restart race (podman#23737)")
+            assert r.returncode == 0, r.stderr
+            assert _served(pasta.bed, "127.0.0.1", 8086).endswith(BODY)
