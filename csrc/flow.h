@@ -5,8 +5,8 @@
  *
  * Contract. flow.c owns struct sl_flow_table (e->flows) and the common
  * part of every struct sl_flow (key, fd slot, generation, timestamps, event
- * flags); the per-protocol part (f->tcp, f->udp) belongs to tcp.c and udp.c
- * and flow.c does not write it. It enforces the per-kind caps (evicting the
+ * flags); the per-protocol part (f->tcp, f->udp) belongs to tcp.c and udp.c,
+ * and flow.c only zeroes it when it hands out a slot. It enforces the per-kind caps (evicting the
  * least recently used UDP or ICMP flow at the cap, never a TCP one), punts
  * the flow events, and gives out epoll tags that stay safe after a flow is
  * freed. It must not decide what a flow does, and allocates nothing after

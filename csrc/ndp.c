@@ -43,7 +43,7 @@ static void router_ll(uint8_t out[16])
 static void ra_send(struct sl_engine *e, const uint8_t *dst6)
 {
 	static const uint8_t all_nodes[16] = { 0xff, 0x02, [15] = 1 };
-	uint8_t src[16], rest[4], body[8 + 8 + 8 + 32 + 24];
+	uint8_t src[16], a[16], rest[4], body[8 + 8 + 8 + 32 + 24];
 	uint8_t *o = body + 8;
 
 	router_ll(src);
@@ -51,32 +51,13 @@ static void ra_send(struct sl_engine *e, const uint8_t *dst6)
 	rest[1] = 0;		/* no M/O: SLAAC, DNS from RDNSS */
 	sl_put16(rest + 2, RA_ROUTER_LIFETIME);
 	memset(body, 0, 8);	/* reachable time, retrans timer: unspecified */
-	o[0] = 1;		/* source link-layer address */
-	o[1] = 1;
-	memcpy(o + 2, e->gw6_mac, 6);
-	o += 8;
-	o[0] = 5;		/* MTU */
-	o[1] = 1;
-	o[2] = o[3] = 0;
-	sl_put32(o + 4, e->cfg.mtu);
-	o += 8;
-	o[0] = 3;		/* prefix information */
-	o[1] = 4;
-	o[2] = 64;
-	o[3] = 0xc0;		/* on-link, autonomous */
-	sl_put32(o + 4, RA_VALID_LIFETIME);
-	sl_put32(o + 8, RA_PREFERRED_LIFETIME);
-	memset(o + 12, 0, 4);
-	memcpy(o + 16, e->cfg.prefix6, 8);
-	memset(o + 24, 0, 8);
-	o += 32;
+	o += sl_emit_nd_lladdr(o, SL_ND_OPT_SRC_LLADDR, e->gw6_mac);
+	o += sl_emit_nd_mtu(o, e->cfg.mtu);
+	addr6(e, a, 0);
+	o += sl_emit_nd_prefix(o, a, RA_VALID_LIFETIME, RA_PREFERRED_LIFETIME);
 	if (e->cfg.dns_enabled) {
-		o[0] = 25;	/* RDNSS */
-		o[1] = 3;
-		o[2] = o[3] = 0;
-		sl_put32(o + 4, RA_ROUTER_LIFETIME);
-		addr6(e, o + 8, 3);
-		o += 24;
+		addr6(e, a, 3);
+		o += sl_emit_nd_rdnss(o, RA_ROUTER_LIFETIME, a);
 	}
 	sl_count(e, SL_C_router_adverts);
 	sl_icmp_emit(e, 6, src, dst6 ? dst6 : all_nodes, ND_RA, 0, rest, body,
@@ -117,9 +98,8 @@ static void neighbour_advert(struct sl_engine *e, const struct sl_pkt *p)
 	if (dad)
 		rest[0] = 0xa0;	/* not solicited: answer goes to all nodes */
 	memcpy(body, target, 16);
-	body[16] = 2;		/* target link-layer address */
-	body[17] = 1;
-	memcpy(body + 18, sl_mac_for(e, 6, target), 6);
+	sl_emit_nd_lladdr(body + 16, SL_ND_OPT_TGT_LLADDR,
+			  sl_mac_for(e, 6, target));
 	sl_count(e, SL_C_ndp_adverts);
 	sl_icmp_emit(e, 6, target, dad ? all_nodes : p->src, ND_NA, 0, rest,
 		     body, sizeof(body));

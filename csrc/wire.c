@@ -369,3 +369,64 @@ size_t sl_emit_icmp(uint8_t *buf, uint8_t type, uint8_t code,
 	memcpy(buf + 4, rest, 4);
 	return SL_ICMP_HLEN;
 }
+
+/**
+ * sl_emit_nd_lladdr() - a source (SL_ND_OPT_SRC_LLADDR) or target
+ * (SL_ND_OPT_TGT_LLADDR) link-layer address option.
+ * Return: 8.
+ */
+size_t sl_emit_nd_lladdr(uint8_t *buf, uint8_t type, const uint8_t mac[6])
+{
+	buf[0] = type;
+	buf[1] = 1;		/* length in units of 8 bytes */
+	memcpy(buf + 2, mac, 6);
+	return 8;
+}
+
+/**
+ * sl_emit_nd_mtu() - an MTU option.
+ * Return: 8.
+ */
+size_t sl_emit_nd_mtu(uint8_t *buf, uint32_t mtu)
+{
+	buf[0] = 5;
+	buf[1] = 1;
+	buf[2] = buf[3] = 0;
+	sl_put32(buf + 4, mtu);
+	return 8;
+}
+
+/**
+ * sl_emit_nd_prefix() - a prefix information option for the /64 @prefix
+ * (its last 8 bytes zero), on-link and for autonomous configuration.
+ * Return: 32.
+ */
+size_t sl_emit_nd_prefix(uint8_t *buf, const uint8_t prefix[16],
+			 uint32_t valid_s, uint32_t preferred_s)
+{
+	buf[0] = 3;
+	buf[1] = 4;
+	buf[2] = 64;		/* prefix length */
+	buf[3] = 0xc0;		/* on-link, autonomous */
+	sl_put32(buf + 4, valid_s);
+	sl_put32(buf + 8, preferred_s);
+	memset(buf + 12, 0, 4);
+	memcpy(buf + 16, prefix, 16);
+	return 32;
+}
+
+/**
+ * sl_emit_nd_rdnss() - a recursive DNS server option with one address.
+ * Return: 24.
+ */
+size_t sl_emit_nd_rdnss(uint8_t *buf, uint32_t lifetime_s,
+			const uint8_t addr[16])
+{
+	buf[0] = 25;
+	buf[1] = 3;
+	buf[2] = buf[3] = 0;
+	sl_put32(buf + 4, lifetime_s);
+	memcpy(buf + 8, addr, 16);
+	return 24;
+}
+

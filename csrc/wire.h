@@ -145,6 +145,17 @@ size_t sl_emit_udp(uint8_t *buf, uint16_t sport, uint16_t dport,
 size_t sl_emit_icmp(uint8_t *buf, uint8_t type, uint8_t code,
 		    const uint8_t rest[4]);
 
+/* Neighbour discovery options (RFC 4861 4.6, RFC 8106 5.1), after the
+ * fixed part of an NDP message; each returns its length. */
+#define SL_ND_OPT_SRC_LLADDR 1
+#define SL_ND_OPT_TGT_LLADDR 2
+size_t sl_emit_nd_lladdr(uint8_t *buf, uint8_t type, const uint8_t mac[6]);
+size_t sl_emit_nd_mtu(uint8_t *buf, uint32_t mtu);
+size_t sl_emit_nd_prefix(uint8_t *buf, const uint8_t prefix[16],
+			 uint32_t valid_s, uint32_t preferred_s);
+size_t sl_emit_nd_rdnss(uint8_t *buf, uint32_t lifetime_s,
+			const uint8_t addr[16]);
+
 /* Store a checksum computed by sl_csum_fold() (already in wire order). */
 static inline void sl_put_csum(uint8_t *p, uint16_t csum)
 {
