@@ -11,7 +11,8 @@
  */
 #include <string.h>
 
-#include "internal.h"
+#include "counters.h"
+#include "wire.h"
 
 #define IPV6_MAX_EXT_HEADERS 8
 

@@ -5,7 +5,7 @@
  * back, and the Internet checksum.
  *
  * Contract: wire.c and checksum.c own no state and know no engine, flow or
- * policy. sl_parse() is the single place where guest bytes are
+ * policy (sl_parse() names its verdict with a counter id, counters.h). sl_parse() is the single place where guest bytes are
  * bounds-checked: it fills a struct sl_pkt whose pointers and lengths are
  * all inside the frame, so that nothing downstream ever reads past the
  * buffer; it does not decide what to do with a packet (the protocol files
