@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: MIT
 /*
  * udp.c - UDP flows: one connected host socket per (guest address and port,
- * destination), replies relayed back, idle expiry (run_timers in engine.c),
- * ICMP port unreachable when the host reports it; and inbound datagrams on
- * forwarded UDP ports, whose per-client flows share the listener's socket.
- * The contract is in udp.h.
+ * destination), replies relayed back, idle expiry (sl_udp_timer, from
+ * engine.c's timer walk), ICMP port unreachable when the host reports it;
+ * and inbound datagrams on forwarded UDP ports, whose per-client flows
+ * share the listener's socket. The contract is in udp.h.
  *
  * Batching: consecutive guest datagrams for the same flow within one TAP
  * drain are copied into a preallocated batch and leave in one sendmmsg
