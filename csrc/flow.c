@@ -63,8 +63,8 @@ int sl_flow_init(struct sl_engine *e)
 	uint32_t i;
 	void *pool;
 
-	if (getrandom(&e->flows.hash_seed, sizeof(e->flows.hash_seed), GRND_NONBLOCK) !=
-	    (ssize_t)sizeof(e->flows.hash_seed))
+	if (getrandom(&e->flows.hash_seed, sizeof(e->flows.hash_seed),
+		      GRND_NONBLOCK) != (ssize_t)sizeof(e->flows.hash_seed))
 		e->flows.hash_seed = (uint64_t)getpid() * 0x9e3779b97f4a7c15ULL;
 	e->flows.n_max = n;
 	e->flows.n_used = 0;
@@ -72,7 +72,8 @@ int sl_flow_init(struct sl_engine *e)
 	pool = mmap(NULL, (size_t)n * sizeof(*e->flows.pool), PROT_READ | PROT_WRITE,
 		    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	e->flows.pool = pool == MAP_FAILED ? NULL : pool;
-	for (e->flows.nbuckets = 64; e->flows.nbuckets < n * 2; e->flows.nbuckets <<= 1)
+	for (e->flows.nbuckets = 64; e->flows.nbuckets < n * 2;
+	     e->flows.nbuckets <<= 1)
 		;
 	e->flows.buckets = malloc(e->flows.nbuckets * sizeof(*e->flows.buckets));
 	if (!e->flows.pool || !e->flows.buckets)

@@ -3,15 +3,16 @@
  * flow.h - the flow table (flow.c): one struct sl_flow per translated
  * conversation, in a fixed pool with a seeded hash, and the life of a flow.
  *
- * Contract. flow.c owns struct sl_flow_table (e->flows) and the common
- * part of every struct sl_flow (key, fd slot, generation, timestamps, event
+ * Contract. flow.c owns struct sl_flow_table (e->flows) and the common part
+ * of every struct sl_flow (key, fd slot, generation, timestamps, event
  * flags); the per-protocol part (f->tcp, f->udp) belongs to tcp.c and udp.c,
- * and flow.c only zeroes it when it hands out a slot. It enforces the per-kind caps (evicting the
- * least recently used UDP or ICMP flow at the cap, never a TCP one), punts
- * the flow events, and gives out epoll tags that stay safe after a flow is
- * freed. It must not decide what a flow does, and allocates nothing after
- * sl_flow_init(). The half-open and splice counts live here because the
- * caps are checked here; tcp.c and splice.c keep them.
+ * and flow.c only zeroes it when it hands out a slot. It enforces the
+ * per-kind caps (evicting the least recently used UDP or ICMP flow at the
+ * cap, never a TCP one), punts the flow events, and gives out epoll tags
+ * that stay safe after a flow is freed. It must not decide what a flow does,
+ * and allocates nothing after sl_flow_init(). The half-open and splice
+ * counts live here because the caps are checked here; tcp.c and splice.c
+ * keep them.
  *
  * The life of a flow
  * ------------------

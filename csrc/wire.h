@@ -5,15 +5,16 @@
  * back, and the Internet checksum.
  *
  * Contract: wire.c and checksum.c own no state and know no engine, flow or
- * policy (sl_parse() names its verdict with a counter id, counters.h). sl_parse() is the single place where guest bytes are
- * bounds-checked: it fills a struct sl_pkt whose pointers and lengths are
- * all inside the frame, so that nothing downstream ever reads past the
- * buffer; it does not decide what to do with a packet (the protocol files
- * do). The sl_emit_*() functions write one header each at the start of a
- * buffer the caller owns and sized, and return its length: the protocol
- * files say what goes in a header, never at which byte offset. Transport
- * checksums are left zero for the caller (full or partial, see
- * SL_*_CSUM_OFF), the IPv4 header checksum is filled in.
+ * policy (sl_parse() names its verdict with a counter id, counters.h).
+ * sl_parse() is the single place where guest bytes are bounds-checked: it
+ * fills a struct sl_pkt whose pointers and lengths are all inside the frame,
+ * so that nothing downstream ever reads past the buffer; it does not decide
+ * what to do with a packet (the protocol files do). The sl_emit_*()
+ * functions write one header each at the start of a buffer the caller owns
+ * and sized, and return its length: the protocol files say what goes in a
+ * header, never at which byte offset. Transport checksums are left zero for
+ * the caller (full or partial, see SL_*_CSUM_OFF), the IPv4 header checksum
+ * is filled in.
  */
 #ifndef SLIRPY_WIRE_H
 #define SLIRPY_WIRE_H
