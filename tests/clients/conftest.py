@@ -21,16 +21,20 @@ import shutil
 from collections.abc import Iterator
 
 import pytest
-from clientbed import (
+
+from tests.helpers import fixtures
+from tests.helpers.clientbed import (
     IMAGE,
     SLIRPY_SCRIPT,
     ClientUser,
     LineServer,
     Podman,
     busybox_rootfs_tar,
-    load_testhost,
     make_client_user,
 )
+
+# Shared with tests/integration: defined once in tests/helpers/fixtures.py.
+testhost = fixtures.testhost
 
 CONTAINERS_CONF = """\
 [containers]
@@ -115,9 +119,3 @@ def loopback6_server() -> Iterator[LineServer]:
         yield s
     finally:
         s.close()
-
-
-@pytest.fixture
-def testhost() -> Iterator[object]:
-    with load_testhost().make_testhost() as th:
-        yield th

@@ -15,18 +15,19 @@ import time
 import urllib.request
 
 import pytest
-from clientbed import (
+
+from tests.helpers.clientbed import (
     IMAGE,
     LineServer,
     Podman,
     PodmanContainer,
     api_call,
     line_digest,
-    load_testhost,
     option_value,
     served_blob,
     slirpy_procs,
 )
+from tests.helpers.testhost import TestHost, pattern_digest
 
 pytestmark = pytest.mark.clients
 
@@ -153,7 +154,7 @@ def test_cidr(podman: Podman, loopback_server: LineServer) -> None:
     assert out == f"pong {line_digest(b'hello-cidr')}\n"
 
 
-def test_outbound_addr(podman: Podman, testhost: object) -> None:
+def test_outbound_addr(podman: Podman, testhost: TestHost) -> None:
     th = testhost
     # The secondary address is never the kernel's own choice of source: seeing
     # it on the server proves slirpy bound its socket to it.
@@ -166,7 +167,7 @@ def test_outbound_addr(podman: Podman, testhost: object) -> None:
         ).stdout
     report = srv.next()
     assert report["peer"][0] == src  # type: ignore[index]
-    assert out.split()[0] == load_testhost().pattern_digest(7, 100000)
+    assert out.split()[0] == pattern_digest(7, 100000)
 
 
 def test_container_exit_stops_slirpy(podman: Podman) -> None:

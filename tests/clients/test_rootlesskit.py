@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from clientbed import (
+
+from tests.helpers.clientbed import (
     SLIRPY_SCRIPT,
     ClientUser,
     LineServer,

@@ -20,11 +20,11 @@ import signal
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import UID, Container, Slirpy, free_port, start_slirpy
-from test_portfwd import (
+
+from tests.helpers.daemons import start_slirpy
+from tests.helpers.portfwd import (
     GATEWAY,
     GUEST,
     Forwarding,
@@ -34,6 +34,7 @@ from test_portfwd import (
     recv_line,
     sha,
 )
+from tests.helpers.testbed import UID, Container, free_port
 
 PREFIX = "bad request: "
 
@@ -117,15 +118,6 @@ BAD_REQUESTS: list[tuple[bytes, str]] = [
         "bad request: too large message",
     ),
 ]
-
-
-@pytest.fixture
-def fwd(container: Container, slirpy_factory: Callable[..., Slirpy]) -> Iterator[Forwarding]:
-    with api_dir() as d:
-        path = f"{d}/api.sock"
-        args = ["-c", "--mtu=65520", f"--api-socket={path}", str(container.pid), "tap0"]
-        s = slirpy_factory(args)
-        yield Forwarding(container, s, path)
 
 
 def raw_call(path: str, raw: bytes, *, half_close: bool = True, timeout: float = 10) -> bytes:

@@ -10,7 +10,9 @@ import tempfile
 import time
 
 import pytest
-from conftest import AS_USER, Container, make_container, slirp4netns_cmd, start_slirpy, user_env
+
+from tests.helpers.daemons import start_slirpy
+from tests.helpers.testbed import AS_USER, Container, make_container, slirp4netns_cmd, user_env
 
 
 def addresses(c: Container) -> dict[str, object]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import random
 import socket
 import struct
@@ -27,6 +28,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+
+if __name__ == "__main__":
+    # Run in the container as a program: the repository root, where the
+    # tests.helpers package is, is not on sys.path then.
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tests.helpers.checksum import rfc1071
 
 GW, DNS_IP, GUEST = "10.0.2.2", "10.0.2.3", "10.0.2.100"
 GW6, DNS6, GUEST6 = "fd00::2", "fd00::3", "fd00::100"
@@ -37,15 +44,6 @@ GW6_MAC = bytes.fromhex("525600000002")
 
 # --------------------------------------------------------------------------
 # guest side: raw frames on tap0 (runs inside the container)
-
-
-def _csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def _a4(a: str) -> bytes:
@@ -90,7 +88,7 @@ class RawTap:
         hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, hl + len(l4) if tot is None else tot,
                           random.getrandbits(16), frag, 64, proto, 0, _a4(src), _a4(dst))
         hdr = hdr + options
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
+        hdr = hdr[:10] + struct.pack("!H", rfc1071(hdr)) + hdr[12:]
         return self.eth(0x0800, dst_mac) + hdr + l4
 
     def report(self, **extra: object) -> None:
@@ -103,7 +101,7 @@ def tcp4_seg(sport: int, dport: int, flags: int, seq: int, ack: int, *, src: str
     seg = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, doff << 4, flags, window, 0,
                       0) + options + payload
     ph = _a4(src) + _a4(dst) + struct.pack("!BBH", 0, 6, len(seg))
-    c = _csum(ph + seg)
+    c = rfc1071(ph + seg)
     return seg[:16] + struct.pack("!H", c) + seg[18:]
 
 
@@ -112,7 +110,7 @@ def udp4_dgram(sport: int, dport: int, payload: bytes, *, src: str = GUEST, dst:
     d = struct.pack("!HHHH", sport, dport, 8 + len(payload) if ulen is None else ulen, 0)
     d += payload
     ph = _a4(src) + _a4(dst) + struct.pack("!BBH", 0, 17, len(d))
-    c = _csum(ph + d) or 0xFFFF
+    c = rfc1071(ph + d) or 0xFFFF
     return d[:6] + struct.pack("!H", c) + d[8:]
 
 
@@ -221,7 +219,7 @@ def malformed_frames(t: RawTap, open_port: int, closed_port: int) -> Iterator[by
     for typ in range(256):
         for code in range(256):
             body = struct.pack("!BBHHH", typ, code, 0, 7, code) + b"abcdefgh"
-            body = body[:2] + struct.pack("!H", _csum(body)) + body[4:]
+            body = body[:2] + struct.pack("!H", rfc1071(body)) + body[4:]
             yield t.ip4(1, body)
     # Every ICMPv6 type (a few codes) to fd00::2, hop limit 255 as NDP wants.
     for typ in range(256):
@@ -302,9 +300,11 @@ if __name__ == "__main__":
 import resource  # noqa: E402
 
 import pytest  # noqa: E402
-from conftest import Container, Slirpy, free_port  # noqa: E402
-from test_portfwd import api_call, api_dir  # noqa: E402
-from testhost import Server, guest_cmd, parse_report, pattern_digest, serve_loopback  # noqa: E402
+
+from tests.helpers.daemons import Slirpy  # noqa: E402
+from tests.helpers.portfwd import api_call, api_dir  # noqa: E402
+from tests.helpers.testbed import Container, free_port  # noqa: E402
+from tests.helpers.testhost import Server, guest_cmd, parse_report, pattern_digest  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 HERE = os.path.abspath(__file__)
@@ -353,13 +353,6 @@ def acceptor() -> Iterator[Acceptor]:
     a = Acceptor()
     yield a
     a.close()
-
-
-@pytest.fixture
-def tcp_server() -> Iterator[Server]:
-    s = serve_loopback("serve-tcp")
-    yield s
-    s.stop()
 
 
 class Hostile:
@@ -550,13 +543,6 @@ def test_syn_flood_open_and_closed_ports(hostile: Hostile, acceptor: Acceptor,
     h.alive()
 
 
-@pytest.fixture
-def udp_server() -> Iterator[Server]:
-    s = serve_loopback("serve-udp")
-    yield s
-    s.stop()
-
-
 def test_udp_port_sweep(hostile: Hostile, tcp_server: Server, udp_server: Server) -> None:
     h = hostile
     (rep,), w, lost, eng = attack(h, ("udp-sweep", "20001", "20000"))
@@ -608,7 +594,7 @@ def test_fds_stay_under_4096_with_a_high_fd_limit(container: Container,
     fds; now a 20k-port sweep and a 20k-SYN flood stay under 4096 (sampled
     throughout), and right after a TCP transfer and a DNS lookup through
     slirpy work."""
-    from test_dhcp_dns import RECORDS, fake_dns, nslookup
+    from tests.helpers.fake_dns import RECORDS, fake_dns, nslookup
 
     limit = high_fd_limit()
     if limit < 9000:

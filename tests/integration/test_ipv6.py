@@ -26,9 +26,11 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from conftest import Container, Slirpy, free_port
-from test_dhcp_dns import PORT_PROBE, RECORDS, assert_forwarded, fake_dns
-from testhost import (
+
+from tests.helpers.daemons import Slirpy
+from tests.helpers.fake_dns import PORT_PROBE, RECORDS, assert_forwarded, fake_dns
+from tests.helpers.testbed import Container, free_port
+from tests.helpers.testhost import (
     HERE,
     PY,
     Server,

@@ -13,9 +13,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from conftest import Container, Slirpy
-from test_portfwd import api_call, api_dir
-from testhost import PY, serve_loopback
+from tests.helpers.daemons import Slirpy
+from tests.helpers.portfwd import api_call, api_dir
+from tests.helpers.testbed import Container
+from tests.helpers.testhost import PY, serve_loopback
 
 GW = "10.0.2.2"
 

@@ -17,8 +17,9 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from conftest import Container
-from testhost import Server, guest_cmd, parse_report, pattern_digest, serve_loopback
+
+from tests.helpers.testbed import Container
+from tests.helpers.testhost import Server, guest_cmd, parse_report, pattern_digest
 
 GW = "10.0.2.2"
 SIZE = 64 << 20
@@ -36,13 +37,6 @@ table inet slirpyloss {
     }
 }
 """
-
-
-@pytest.fixture
-def tcp_server() -> Iterator[Server]:
-    s = serve_loopback("serve-tcp")
-    yield s
-    s.stop()
 
 
 # With TAP offloads a dropped frame is a whole GSO super-frame (up to 64 KiB).

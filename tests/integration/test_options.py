@@ -25,16 +25,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-from conftest import AS_USER, Container, make_container, slirp4netns_cmd, user_env
-from conftest import UID as USER_UID
-from testhost import (
+
+from tests.helpers.testbed import AS_USER, Container, make_container, slirp4netns_cmd, user_env
+from tests.helpers.testbed import UID as USER_UID
+from tests.helpers.testhost import (
     TESTNET,
     TestHost,
     guest_cmd,
-    make_testhost,
     parse_report,
     pattern_digest,
     serve_loopback,
@@ -297,12 +296,6 @@ def _free_subnet() -> ipaddress.IPv4Network:
     return random.choice(free)
 
 
-@pytest.fixture
-def testhost() -> Iterator[TestHost]:
-    with make_testhost() as th:
-        yield th
-
-
 def test_outbound_addr_interface_name(
     container: Container, slirpy_factory, testhost: TestHost
 ) -> None:
@@ -446,7 +439,7 @@ def test_debug_logs_to_stderr(container: Container, slirpy_factory) -> None:
         loud.stop()
         _out, loud_err = loud.output()
     assert "slirpy: " not in quiet_err.replace("slirpy-slirp4netns", "")
-    assert re.search(r"(?m)^slirpy: slirpy\.\w+: ", loud_err), loud_err
+    assert re.search(r"(?m)^slirpy: slirpy\.[\w.]+: ", loud_err), loud_err
 
 
 _SHORT_REPLY_CLIENT = """

@@ -23,87 +23,25 @@ import json
 import os
 import random
 import re
-import select
 import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import AS_USER, Container, free_port, user_env
-from test_dhcp_dns import fake_dns
-from testhost import make_testhost
 
 from slirpy.config import NetworkModel, parse_cidr
 from slirpy.control.report import stats_table
 from slirpy.host.spawn import guest_resolv_conf, userns_error
+from tests.helpers.fake_dns import fake_dns
+from tests.helpers.slirpy_run import PY, read_line, run_fg, slirpy_run
+from tests.helpers.testbed import AS_USER, Container, free_port, user_env
+from tests.helpers.testhost import make_testhost
 
 GUEST = "10.0.2.100"
 GATEWAY = "10.0.2.2"
-PY = sys.executable  # the guest runs the venv's Python too (readable by uid 65534)
-
-
-def run_cmd(args: list[str], cmd: list[str]) -> list[str]:
-    return [*AS_USER, PY, "-m", "slirpy", "run", *args, "--", *cmd]
-
-
-@contextlib.contextmanager
-def slirpy_run(args: list[str], cmd: list[str]) -> Iterator[subprocess.Popen[bytes]]:
-    """`slirpy run` in the background as the test user; killed and reaped at the end."""
-    proc = subprocess.Popen(
-        run_cmd(args, cmd),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=user_env(),
-        cwd="/tmp",
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        with contextlib.suppress(Exception):
-            proc.communicate(timeout=10)
-
-
-def run_fg(
-    args: list[str], cmd: list[str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        run_cmd(args, cmd),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=user_env(),
-        cwd="/tmp",
-        timeout=timeout,
-    )
-
-
-def read_line(proc: subprocess.Popen[bytes], timeout: float = 20) -> str:
-    """One line of CMD's stdout (the guest prints READY once it listens)."""
-    assert proc.stdout is not None
-    fd = proc.stdout.fileno()
-    buf = b""
-    deadline = time.monotonic() + timeout
-    while not buf.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        r, _, _ = select.select([fd], [], [], max(left, 0))
-        if not r:
-            raise AssertionError(f"no line from the guest within {timeout}s (got {buf!r})")
-        ch = os.read(fd, 1)
-        if not ch:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise AssertionError(f"the guest's stdout closed (got {buf!r}): {err}")
-        buf += ch
-    return buf.decode().strip()
-
-
 class HostServer:
     """TCP server on loopback: reads to EOF, answers sha256(received) + `payload`."""
 

@@ -11,7 +11,8 @@ import sys
 import threading
 
 import pytest
-from conftest import AS_USER, Container, user_env
+
+from tests.helpers.testbed import AS_USER, Container, user_env
 
 PID_STATUS_FIELDS = ("CapEff", "CapPrm", "CapBnd", "NoNewPrivs", "Seccomp")
 

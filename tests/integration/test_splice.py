@@ -22,24 +22,24 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from conftest import AS_USER, Container, Slirpy, free_port, user_env
-from test_portfwd import (
+
+from tests.helpers.portfwd import (
     GATEWAY,
     GUEST,
     Forwarding,
     add_fwd,
     api_call,
-    api_dir,
     echo_roundtrip,
     recv_all,
     recv_line,
     remove_fwd,
     sha,
 )
-from test_run import PY, read_line, slirpy_run
+from tests.helpers.slirpy_run import PY, read_line, slirpy_run
+from tests.helpers.testbed import AS_USER, free_port, user_env
 
 # A guest server mode the shared GUEST_SERVER lacks: read to EOF, then answer
 # with the sha256 of what came, then close (needs the half-close passed on).
@@ -58,28 +58,6 @@ while True:
     c.sendall(h.hexdigest().encode() + b"\n")
     c.close()
 """
-
-
-@pytest.fixture
-def spl_factory(
-    container: Container, slirpy_factory: Callable[..., Slirpy]
-) -> Iterator[Callable[..., Forwarding]]:
-    """slirpy-slirp4netns with an API socket (test_portfwd's fwd_factory)."""
-    with api_dir() as d:
-
-        def make(*extra: str) -> Forwarding:
-            path = f"{d}/api.sock"
-            s = slirpy_factory(
-                ["-c", "--mtu=65520", f"--api-socket={path}", *extra, str(container.pid), "tap0"]
-            )
-            return Forwarding(container, s, path)
-
-        yield make
-
-
-@pytest.fixture
-def fwd(spl_factory: Callable[..., Forwarding]) -> Forwarding:
-    return spl_factory()
 
 
 def counters(f: Forwarding) -> dict[str, int]:
@@ -213,8 +191,8 @@ def test_splice_bad_requests_get_one_error_line(fwd: Forwarding) -> None:
     fwd.alive()
 
 
-def test_splice_under_sandbox_and_seccomp(spl_factory: Callable[..., Forwarding]) -> None:
-    f = spl_factory("--enable-sandbox", "--enable-seccomp", "--splice-helper")
+def test_splice_under_sandbox_and_seccomp(fwd_factory: Callable[..., Forwarding]) -> None:
+    f = fwd_factory("--enable-sandbox", "--enable-seccomp", "--splice-helper")
     port = free_port()
     add_splice(f, port, 85)
     f.guest_server("echo", 85)
@@ -228,10 +206,10 @@ def test_splice_under_sandbox_and_seccomp(spl_factory: Callable[..., Forwarding]
 
 
 def test_confined_without_splice_helper_forks_nothing_and_refuses_splice(
-    spl_factory: Callable[..., Forwarding],
+    fwd_factory: Callable[..., Forwarding],
 ) -> None:
     # Podman's command line: no helper process for a feature its clients never use.
-    f = spl_factory("--enable-sandbox", "--enable-seccomp")
+    f = fwd_factory("--enable-sandbox", "--enable-seccomp")
     assert children(f.slirpy.proc.pid) == []
     args = {"proto": "tcp", "host_addr": "127.0.0.1", "host_port": free_port(),
             "guest_port": 87, "splice": True}

@@ -13,8 +13,9 @@ import re
 import signal
 
 import pytest
-from conftest import Container
-from test_portfwd import api_dir
+
+from tests.helpers.portfwd import api_dir
+from tests.helpers.testbed import Container
 
 # Never needed to start: argparse (slirp4netns's command line is getopt's),
 # secrets/hashlib/hmac (the DNS query IDs come from os.urandom), ctypes (the

@@ -17,33 +17,20 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import AnyNet, Container, Slirpy, free_port
-from testhost import (
+
+from tests.helpers.daemons import AnyNet, Slirpy
+from tests.helpers.testbed import Container, free_port
+from tests.helpers.testhost import (
     Server,
     TestHost,
     guest_cmd,
-    make_testhost,
     parse_report,
     pattern_digest,
-    serve_loopback,
 )
 
 GW = "10.0.2.2"
 BULK = 256 << 20
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def tcp_server() -> Iterator[Server]:
-    s = serve_loopback("serve-tcp")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def testhost() -> Iterator[TestHost]:
-    with make_testhost() as th:
-        yield th
 
 
 @pytest.fixture(params=[("cli", 65520), ("cli", 1500), ("library", 65520)],

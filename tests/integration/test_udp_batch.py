@@ -22,8 +22,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from conftest import Container
-from test_portfwd import api_call, api_dir
+
+from tests.helpers.portfwd import api_call, api_dir
+from tests.helpers.testbed import Container
 
 GW = "10.0.2.2"
 pytestmark = pytest.mark.timeout(300)

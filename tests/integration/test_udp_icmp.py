@@ -13,28 +13,20 @@ import hashlib
 import random
 import re
 import sys
-from collections.abc import Iterator
 
 import pytest
-from conftest import AnyNet, Container, free_port
-from test_dhcp_dns import PORT_PROBE
-from testhost import Server, TestHost, guest_cmd, make_testhost, parse_report, serve_loopback
+
+from tests.helpers.daemons import AnyNet
+from tests.helpers.fake_dns import PORT_PROBE
+from tests.helpers.testbed import Container, free_port
+from tests.helpers.testhost import (
+    TestHost,
+    guest_cmd,
+    parse_report,
+)
 
 GW = "10.0.2.2"
 pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture
-def udp_server() -> Iterator[Server]:
-    s = serve_loopback("serve-udp")
-    yield s
-    s.stop()
-
-
-@pytest.fixture
-def testhost() -> Iterator[TestHost]:
-    with make_testhost() as th:
-        yield th
 
 
 def guest(c: Container, *args: str, timeout: float = 120) -> dict[str, object]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,7 +37,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from types import ModuleType
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # The console script pip made next to the interpreter running the tests: the
@@ -48,21 +46,6 @@ SLIRPY_SCRIPT = pathlib.Path(sys.executable).parent / "slirpy-slirp4netns"
 # suite at the same time on one machine must not remove each other's user.
 USER_PREFIX = "slirpy-c"
 IMAGE = "localhost/slirpy-busybox:latest"
-
-
-def load_testhost() -> ModuleType:
-    """tests/integration/testhost.py (test hosts behind a veth), loaded by path."""
-    mod = sys.modules.get("testhost")
-    if mod is not None:
-        return mod
-    spec = importlib.util.spec_from_file_location(
-        "testhost", REPO / "tests" / "integration" / "testhost.py"
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["testhost"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 # ------------------------------------------------------------------ the user

@@ -1,0 +1,117 @@
+"""The integration test bed's building blocks: the unprivileged test user and
+its user+net namespace (the "container").
+
+Owns `UID`/`AS_USER` (who slirpy and the container run as), `user_env()`,
+`Container`/`make_container()` and `free_port()`. Root is used only to start
+the container as the test user; the fixtures that use these live in
+tests/integration/conftest.py. Nothing here sends traffic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from tests.helpers.wait import wait_until
+
+UID = int(os.environ.get("SLIRPY_TEST_UID", "65534"))
+REPO = pathlib.Path(__file__).resolve().parents[2]
+AS_USER = ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups"]
+
+
+def _slirpy_pythonpath() -> str:
+    import slirpy
+
+    return str(pathlib.Path(slirpy.__file__).resolve().parents[1])
+
+
+def user_env() -> dict[str, str]:
+    env = {
+        "PATH": f"{pathlib.Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+        "PYTHONPATH": _slirpy_pythonpath(),
+        "HOME": "/tmp",
+        "LANG": "C.UTF-8",
+    }
+    return env
+
+
+def slirp4netns_cmd() -> list[str]:
+    return [sys.executable, "-m", "slirpy", "slirp4netns"]
+
+
+@dataclass
+class Container:
+    """An unprivileged user+net namespace held open by a sleeping process."""
+
+    proc: subprocess.Popen[bytes]
+    extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def nsenter(self) -> list[str]:
+        return ["nsenter", "-t", str(self.pid), "-U", "-n"]
+
+    def run(
+        self, *cmd: str, timeout: float = 30, check: bool = True, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[bytes]:
+        r = subprocess.run(
+            [*self.nsenter(), *cmd], capture_output=True, timeout=timeout, input=input
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(
+                f"{cmd} exited {r.returncode}: {r.stdout.decode()} {r.stderr.decode()}"
+            )
+        return r
+
+    def sh(self, script: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+        return self.run("busybox", "sh", "-c", script, **kw)  # type: ignore[arg-type]
+
+    def popen(self, *cmd: str, **kw: object) -> subprocess.Popen[bytes]:
+        p = subprocess.Popen([*self.nsenter(), *cmd], **kw)  # type: ignore[call-overload]
+        self.extra.append(p)
+        return p
+
+
+def _in_own_netns(pid: int, own: str) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") != own
+    except OSError:
+        return False
+
+
+def _wait_for_netns(pid: int, timeout: float = 5.0) -> None:
+    own = os.readlink("/proc/self/ns/net")
+    wait_until(lambda: _in_own_netns(pid, own), timeout,
+               what="the container namespace appears")
+
+
+@contextlib.contextmanager
+def make_container() -> Iterator[Container]:
+    proc = subprocess.Popen(
+        [*AS_USER, "unshare", "--user", "--map-root-user", "--net", "sleep", "3600"],
+        stdin=subprocess.DEVNULL,
+    )
+    c = Container(proc)
+    try:
+        _wait_for_netns(proc.pid)
+        yield c
+    finally:
+        for p in [*c.extra, proc]:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+
+
+def free_port(family: int = socket.AF_INET) -> int:
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
+        return s.getsockname()[1]
