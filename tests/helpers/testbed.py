@@ -10,11 +10,14 @@ tests/integration/conftest.py. Nothing here sends traffic.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pathlib
 import socket
+import struct
 import subprocess
 import sys
+import termios
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -115,3 +118,9 @@ def free_port(family: int = socket.AF_INET) -> int:
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.bind(("::1" if family == socket.AF_INET6 else "127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def pipe_bytes(fd: int) -> int:
+    """Bytes waiting in the pipe @fd belongs to (FIONREAD works on either
+    end): 0 once the reader (slirpy's exit fd, say) has read everything."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]

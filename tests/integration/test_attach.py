@@ -12,7 +12,15 @@ import time
 import pytest
 
 from tests.helpers.daemons import start_slirpy
-from tests.helpers.testbed import AS_USER, Container, make_container, slirp4netns_cmd, user_env
+from tests.helpers.testbed import (
+    AS_USER,
+    Container,
+    make_container,
+    pipe_bytes,
+    slirp4netns_cmd,
+    user_env,
+)
+from tests.helpers.wait import wait_until
 
 
 def addresses(c: Container) -> dict[str, object]:
@@ -88,7 +96,8 @@ def test_exit_fd_hangup_exits_zero_and_removes_api_socket(container: Container) 
     os.close(efd_r)
     assert os.path.exists(sock)
     os.write(efd_w, b"ignored data")  # data is ignored
-    time.sleep(0.3)
+    # slirpy has read it (the pipe is empty again) and still runs.
+    wait_until(lambda: pipe_bytes(efd_w) == 0, 5, what="slirpy read the exit fd's data")
     assert s.proc.poll() is None
     os.close(efd_w)  # hang-up
     assert s.proc.wait(timeout=10) == 0

@@ -305,6 +305,7 @@ from tests.helpers.daemons import Slirpy  # noqa: E402
 from tests.helpers.portfwd import api_call, api_dir  # noqa: E402
 from tests.helpers.testbed import Container, free_port  # noqa: E402
 from tests.helpers.testhost import Server, guest_cmd, parse_report, pattern_digest  # noqa: E402
+from tests.helpers.wait import wait_until  # noqa: E402
 
 pytestmark = pytest.mark.timeout(300)
 HERE = os.path.abspath(__file__)
@@ -383,6 +384,14 @@ class Hostile:
         queue yet (a busy machine): they never reached slirpy."""
         r = self.c.run("ip", "-j", "-s", "link", "show", "tap0")
         return int(json.loads(r.stdout)[0]["stats64"]["tx"]["dropped"])
+
+    def drained(self, frames0: int, lost0: int, sent: int, timeout: float = 60) -> None:
+        """Until every frame the guest sent since (frames_in @frames0, TAP drops
+        @lost0) was read by slirpy or dropped at the TAP: the TAP queue is
+        empty of the attack (the guest kernel's own frames only add)."""
+        wait_until(lambda: (self.engine()["frames_in"] - frames0
+                            + self.tap_tx_dropped() - lost0) >= sent,
+                   timeout, interval=0.1, what=f"slirpy read the {sent} frames sent")
 
     def alive(self) -> None:
         assert self.s.proc.poll() is None, f"slirpy exited {self.s.proc.returncode}"
@@ -471,13 +480,15 @@ class Watch:
 def attack(h: Hostile, *runs: tuple[str, ...]
            ) -> tuple[list[dict[str, object]], Watch, int, dict[str, int]]:
     """Run guest attack commands one after another while a Watch samples
-    slirpy, give it a second, check it is alive. Returns the reports, the
-    watch, the frames lost at the TAP and the engine's counters."""
+    slirpy, wait until slirpy has read what they sent, check it is alive.
+    Returns the reports, the watch, the frames lost at the TAP and the
+    engine's counters."""
     lost0 = h.tap_tx_dropped()
+    frames0 = h.engine()["frames_in"]
     w = Watch(h)
     try:
         reps = [h.guest(*r) for r in runs]
-        time.sleep(1.0)
+        h.drained(frames0, lost0, sum(int(r.get("sent", 0)) for r in reps))  # type: ignore[call-overload]
     finally:
         w.stop()
     h.alive()
@@ -489,9 +500,10 @@ def test_malformed_traffic_is_dropped_by_reason(hostile: Hostile, acceptor: Acce
     h = hostile
     closed = free_port()
     before = h.engine()
+    lost0 = h.tap_tx_dropped()
     rep = h.guest("malformed", str(acceptor.port), str(closed))
     assert rep["sent"] > 67000, rep
-    time.sleep(1.0)  # let slirpy drain the TAP queue
+    h.drained(before["frames_in"], lost0, int(rep["sent"]))  # type: ignore[call-overload]
     h.alive()
     st = h.stats()
     eng: dict[str, int] = st["engine"]  # type: ignore[assignment]
@@ -535,10 +547,8 @@ def test_syn_flood_open_and_closed_ports(hostile: Hostile, acceptor: Acceptor,
     assert w.peak_fds < 4096, w.peak_fds
     # What the flood left behind drains: the guest kernel resets the
     # SYN-ACKs it never asked for, and the refused ones never stay.
-    deadline = time.monotonic() + 60
-    while len(h.flows()) > 64 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(h.flows()) <= 64
+    wait_until(lambda: len(h.flows()) <= 64, 60, interval=0.5,
+               what="the SYN flood's flows drained to 64 or fewer")
     h.transfer(tcp_server, 4 * MiB, 82)
     h.alive()
 
@@ -633,7 +643,9 @@ def test_connect_close_cycles_return_to_baseline(hostile: Hostile, acceptor: Acc
     h = hostile
     # Warm up (first connections allocate what the process keeps anyway).
     assert h.guest("cycles", GW, str(acceptor.port), "200")["ok"] == 200
-    time.sleep(0.5)
+    # The baseline is taken once the warm-up's flows are gone.
+    wait_until(lambda: not [f for f in h.flows() if f["proto"] == "tcp"], 30, interval=0.1,
+               what="the warm-up's TCP flows closed")
     base_rss, base_fds = h.rss_kib(), h.nfds()
     rep = h.guest("cycles", GW, str(acceptor.port), "10000", timeout=280)
     assert rep["ok"] == 10000, rep

@@ -28,7 +28,14 @@ import time
 
 import pytest
 
-from tests.helpers.testbed import AS_USER, Container, make_container, slirp4netns_cmd, user_env
+from tests.helpers.testbed import (
+    AS_USER,
+    Container,
+    make_container,
+    pipe_bytes,
+    slirp4netns_cmd,
+    user_env,
+)
 from tests.helpers.testbed import UID as USER_UID
 from tests.helpers.testhost import (
     TESTNET,
@@ -38,6 +45,7 @@ from tests.helpers.testhost import (
     pattern_digest,
     serve_loopback,
 )
+from tests.helpers.wait import wait_until
 
 REAL = shutil.which("slirp4netns")
 needs_real = pytest.mark.skipif(REAL is None, reason="slirp4netns is not installed")
@@ -242,7 +250,7 @@ def test_exit_fd_data_is_ignored_hangup_exits_zero(container: Container, slirpy_
         os.close(er)
     try:
         os.write(ew, b"data is not a request to exit\n")
-        time.sleep(0.5)
+        wait_until(lambda: pipe_bytes(ew) == 0, 5, what="slirpy read the exit fd's data")
         assert s.proc.poll() is None
         r = container.run("busybox", "ping", "-c", "1", "-W", "5", "10.0.2.2")
         assert "1 packets received" in r.stdout.decode()

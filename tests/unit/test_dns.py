@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -611,20 +612,28 @@ def test_proxy_follows_resolv_conf_symlink_and_checks_rarely(tmp_path: Path) -> 
         b.write_text("nameserver 127.0.0.22\n")
         link = tmp_path / "resolv.conf"
         os.symlink(a, link)
+        interval = 1.0
         proxy = DnsProxy(
-            resolv_conf=str(link), resolv_conf_check_interval=0.3, resolv_conf_port=s1.port
+            resolv_conf=str(link), resolv_conf_check_interval=interval, resolv_conf_port=s1.port
         )
         try:
             await proxy.start()
             assert DNS(await udp_ask(proxy.udp_port, query())).an[0].rdata == "192.0.2.1"
+            changed = time.monotonic()
             tmp = tmp_path / "link.new"
             os.symlink(b, tmp)
             os.replace(tmp, link)  # the symlink now points elsewhere
-            # Checked at most once per interval: the very next query may
-            # still use the old server, a query after the interval does not.
-            await udp_ask(proxy.udp_port, query())
-            await asyncio.sleep(0.35)
-            assert DNS(await udp_ask(proxy.udp_port, query())).an[0].rdata == "192.0.2.2"
+            # Checked at most once per interval: well inside it, the next
+            # query still goes to the old server (a proxy that re-read the
+            # file on every query would already use the new one) ...
+            assert DNS(await udp_ask(proxy.udp_port, query())).an[0].rdata == "192.0.2.1"
+            assert time.monotonic() - changed < interval / 2, "too slow to tell"
+            # ... and once the interval has passed, a query uses the new one.
+            deadline = time.monotonic() + 10 * interval
+            while (rdata := DNS(await udp_ask(proxy.udp_port, query())).an[0].rdata) \
+                    != "192.0.2.2" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert rdata == "192.0.2.2"
         finally:
             await proxy.close()
             await s1.close()

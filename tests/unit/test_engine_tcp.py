@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import os
 import random
+import select
 import socket
 import struct
 import subprocess
@@ -29,11 +30,19 @@ from slirpy.engine import Limits
 from tests.helpers.engine_guest import TapGuest
 from tests.helpers.frames import ICMP, TCP, tcp_flags, tcp_payload
 from tests.helpers.tcp_conn import Conn, established, mss_of
+from tests.helpers.wait import wait_until
 
 
 def _flags(outs) -> list[str]:
     return [tcp_flags(o.pkt) for o in outs]
 
+
+
+def _connected(s: socket.socket) -> bool:
+    """A non-blocking connect() has completed: the listener's accept queue
+    holds this connection (the queue is full once one of them is there)."""
+    _, w, _ = select.select([], [s], [], 0)
+    return bool(w) and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
 
 def test_synack_only_after_host_connect_and_mss_from_mtu(make_guest, socks):
     g = make_guest(mtu=1500)
@@ -62,7 +71,7 @@ def test_no_synack_while_host_connect_is_pending_then_half_open_timeout(make_gue
         with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
         fillers.append(s)
-    time.sleep(0.1)
+    wait_until(lambda: any(_connected(f) for f in fillers), 2, what="the accept queue is full")
     c = Conn(g, port)
     c.syn()
     outs = g.settle(0.3)
@@ -261,12 +270,14 @@ def test_half_open_cap_from_limits(make_guest, socks):
     lst.bind(("127.0.0.1", 0))
     lst.listen(0)
     port = lst.getsockname()[1]
+    fillers = []
     for _ in range(2):
         s = socks.add(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
         s.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
-    time.sleep(0.1)
+        fillers.append(s)
+    wait_until(lambda: any(_connected(f) for f in fillers), 2, what="the accept queue is full")
     conns = [Conn(g, port, sport=41000 + i) for i in range(3)]
     for c in conns:  # no poll in between: all three connects are pending
         c.syn()
