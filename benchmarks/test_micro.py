@@ -4,7 +4,7 @@ This file owns the per-operation figures in docs/benchmarks.md: the RFC 1071
 checksum, frame parsing and the flow-table lookup (through micro_build.py's
 private build, each timed call repeating the operation LOOPS times in C), and
 the public engine entry points through slirpy.engine, the way the unit tests
-drive it (tests/unit/conftest.py): no TAP, frames fed with input_frame and
+drive it (tests/helpers/engine_guest.py): no TAP, frames fed with input_frame and
 what the engine sends taken back with take_output. Hosts are on 127.0.0.1
 only. It is not part of `pytest tests`; run it as
 

@@ -7,7 +7,7 @@ failure; users left by killed runs are removed at the next start). Root
 is used only to build that bed: chmod /dev/net/tun, make the user, write its
 Podman configuration. Podman and RootlessKit themselves, and so slirpy, run as
 the user. Traffic goes only to the host's loopback or test-host namespaces
-(../shared/TESTBED.md). The helpers live in clientbed.py.
+(nothing leaves the machine). The helpers live in tests/helpers/clientbed.py.
 
 This file must not install anything: .ci/run installs podman, runc, uidmap,
 rootlesskit and busybox-static; without them the tests are skipped.

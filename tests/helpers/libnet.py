@@ -1,6 +1,6 @@
 """A slirpy served through the library API, for the integration fixtures.
 
-This file owns the process behind conftest.py's `LibSlirpy`: run as the
+This file owns the process behind daemons.py's `LibSlirpy`: run as the
 unprivileged test user, it attaches `slirpy.Network` to a container (a PID,
 given with the keyword arguments of `Network` as one JSON argument), prints
 one JSON line once the network serves ({"ready": true} or {"error": "..."}),

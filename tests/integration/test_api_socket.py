@@ -1,7 +1,7 @@
 """The API socket of the real daemon, as Podman and RootlessKit use it.
 
 What this file owns: every reply and error text of the slirp4netns API contract
-(../shared/COMPAT-slirp4netns.md, "API socket") checked byte for byte against a
+(the replies and texts slirp4netns itself gives) checked byte for byte against a
 running slirpy-slirp4netns (unprivileged, ``--api-socket``): add/list/remove,
 ids, each ``bad request: ...`` text, ports in use, the daemon surviving a batch
 of bad requests, and the ``get_stats`` / ``list_flows`` observability calls.

@@ -8,7 +8,7 @@ garbage that must not disturb later good exchanges). The loopback DNS server
 
 DNS never leaves the machine: every slirpy started here names its upstream
 explicitly (`--dns-upstream` or a resolv.conf file written by the test), and
-the upstream is a `FakeDns` on a 127/8 address (TESTBED.md).
+the upstream is a `FakeDns` on a 127/8 address: no query leaves the machine.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ Ethernet frames on tap0 through an AF_PACKET socket, bypassing the guest
 kernel, so that slirpy sees exactly the bytes a malicious guest would send.
 Every frame is addressed to slirpy's own addresses (gateway N+2, which is the
 host's loopback, DNS N+3, fd00::2/::3) or to addresses slirpy must refuse:
-nothing can leave the machine (TESTBED.md). Every send loop is bounded.
+nothing can leave the machine. Every send loop is bounded.
 
 After each attack the test checks outcomes: slirpy is alive, its API
 `get_stats` shows the drops by reason, its RSS and fd count stayed bounded,

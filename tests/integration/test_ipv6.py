@@ -2,12 +2,12 @@
 
 This file owns the integration tests of slirpy's IPv6 side: SLAAC from the
 router advertisements (prefix fd00::/64, default route via fe80::2, RDNSS
-fd00::3, lifetimes from COMPAT-slirp4netns.md), neighbour discovery that
+fd00::3, the lifetimes slirp4netns uses), neighbour discovery that
 leaves the guest's duplicate address detection alone, echo to fd00::2 and
 fd00::3, TCP to the host's ::1 through fd00::2 (64 MiB byte-exact both ways),
 UDP echo over IPv6 and DNS through fd00::3.
 
-Traffic goes only to the host's ::1 / 127.0.0.1 (TESTBED.md).
+Traffic goes only to the host's ::1 / 127.0.0.1: nothing leaves the machine.
 """
 
 from __future__ import annotations

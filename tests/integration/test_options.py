@@ -8,7 +8,8 @@ package, run the same way as slirpy): startup lines on stdout, exit codes,
 API socket clean-up, and that every option slirp4netns lists is accepted.
 Error *texts* are in tests/unit/test_cli.py.
 
-Traffic goes only to loopback and test hosts made here (../shared/TESTBED.md).
+Traffic goes only to loopback and test hosts made here: nothing leaves the
+machine.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ host's resolv.conf untouched), `-v` and `--stats`, one-line errors for
 disabled user namespaces and an unusable /dev/net/tun, and `Network` /
 `AsyncNetwork` creating a namespace or attaching to a container's.
 
-Traffic goes only to the host's loopback (TESTBED.md); DNS only to a
+Traffic goes only to the host's loopback, never off the machine; DNS only to a
 `FakeDns` on 127.0.0.1. Every slirpy started here is killed and reaped even
 when a test fails; its namespaces die with it.
 """
