@@ -22,8 +22,15 @@ from tests.helpers.testbed import AS_USER, user_env
 PY = sys.executable  # the guest runs the venv's Python too (readable by uid 65534)
 
 
-def run_cmd(args: list[str], cmd: list[str]) -> list[str]:
-    return [*AS_USER, PY, "-m", "slirpy", "run", *args, "--", *cmd]
+def as_uid(uid: int) -> list[str]:
+    """setpriv to @uid (group @uid, no supplementary groups)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+
+
+def run_cmd(args: list[str], cmd: list[str], uid: int | None = None) -> list[str]:
+    """`slirpy run` as the test user, or as @uid."""
+    user = AS_USER if uid is None else as_uid(uid)
+    return [*user, PY, "-m", "slirpy", "run", *args, "--", *cmd]
 
 
 @contextlib.contextmanager
@@ -47,10 +54,10 @@ def slirpy_run(args: list[str], cmd: list[str]) -> Iterator[subprocess.Popen[byt
 
 
 def run_fg(
-    args: list[str], cmd: list[str], timeout: float = 60
+    args: list[str], cmd: list[str], timeout: float = 60, uid: int | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        run_cmd(args, cmd),
+        run_cmd(args, cmd, uid),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

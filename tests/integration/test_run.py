@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pathlib
 import random
 import re
 import shlex
@@ -37,7 +38,7 @@ from slirpy.control.report import stats_table
 from slirpy.host.spawn import guest_resolv_conf, userns_error
 from tests.helpers.fake_dns import fake_dns
 from tests.helpers.slirpy_run import PY, read_line, run_fg, slirpy_run
-from tests.helpers.testbed import AS_USER, Container, free_port, user_env
+from tests.helpers.testbed import AS_USER, UID, Container, free_port, user_env
 from tests.helpers.testhost import make_testhost
 
 GUEST = "10.0.2.100"
@@ -162,9 +163,16 @@ def test_guest_sees_its_network() -> None:
 
 
 def test_keep_id_runs_as_the_caller() -> None:
-    r = run_fg(["--keep-id"], ["id", "-u"])
+    # A caller uid that is neither the test user (65534 by default) nor the
+    # kernel's overflow uid, which `id -u` shows for an unmapped uid: only
+    # --keep-id's mapping can make CMD see this one.
+    overflow = int(pathlib.Path("/proc/sys/kernel/overflowuid").read_text())
+    uid = next(u for u in (54321, 54322) if u not in (overflow, UID))
+    r = run_fg(["--keep-id"], ["id", "-u"], uid=uid)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "65534"
+    assert r.stdout.strip() == str(uid)
+    r = run_fg([], ["id", "-u"], uid=uid)  # without it the caller is root inside
+    assert r.stdout.strip() == "0", r.stderr
 
 
 @pytest.mark.parametrize(
