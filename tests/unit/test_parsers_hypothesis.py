@@ -28,7 +28,9 @@ LINES = st.one_of(
 @FUZZ
 @given(st.lists(LINES, max_size=12))
 def test_resolv_conf_never_raises_and_yields_addresses(lines: list[str]) -> None:
-    out = parse_resolv_conf("\n".join(lines))
+    # A known good line after the generated ones: whatever came before, it counts.
+    out = parse_resolv_conf("\n".join([*lines, "nameserver 192.0.2.53"]))
+    assert ("192.0.2.53", 53) in out
     assert len(out) == len(set(out))
     for host, port in out:
         assert port == 53
@@ -38,10 +40,53 @@ def test_resolv_conf_never_raises_and_yields_addresses(lines: list[str]) -> None
             assert isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local
 
 
+def _expected_host(addr: str) -> str:
+    """How a resolv.conf address is reported: compressed, an IPv4-mapped
+    IPv6 address as the IPv4 address it maps, a link-local scope kept."""
+    text, pct, scope = addr.partition("%")
+    ip = ipaddress.ip_address(text)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return ip.compressed + pct + scope
+
+
+NOT_A_NAMESERVER = st.sampled_from([
+    "# nameserver 192.0.2.1", "; nameserver 192.0.2.1", "search example.test",
+    "options ndots:2", "nameserver", "nameserver not-an-address", "nameserver 192.0.2.1%eth0",
+    "domain example.test", "",
+])
+
+
+@FUZZ
+@given(st.lists(st.tuples(
+    st.one_of(st.none(), st.ip_addresses().map(str), st.sampled_from(["fe80::1%eth0"])),
+    st.sampled_from(["", " # c", " extra", "\t;x", "  "]),
+    NOT_A_NAMESERVER,
+), max_size=12))
+def test_resolv_conf_keeps_every_nameserver_in_order(
+    entries: list[tuple[str | None, str, str]],
+) -> None:
+    """Against a model: each valid `nameserver` line gives its address (first
+    occurrence only, in file order), every other line gives nothing. A parser
+    that returned nothing, dropped, reordered or mangled entries fails."""
+    lines, expected = [], []
+    for addr, tail, other in entries:
+        if addr is None:
+            lines.append(other)
+            continue
+        lines.append(f"nameserver {addr}{tail}")
+        entry = (_expected_host(addr), 53)
+        if entry not in expected:
+            expected.append(entry)
+    assert parse_resolv_conf("\n".join(lines)) == expected
+
+
 @FUZZ
 @given(st.text(max_size=400))
 def test_resolv_conf_arbitrary_text(text: str) -> None:
-    for host, port in parse_resolv_conf(text):
+    out = parse_resolv_conf(text + "\nnameserver 192.0.2.53\n")
+    assert ("192.0.2.53", 53) in out  # garbage before a good line does not hide it
+    for host, port in out:
         assert port == 53
         ipaddress.ip_address(host.partition("%")[0])
 
