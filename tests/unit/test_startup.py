@@ -13,6 +13,8 @@ import sys
 import textwrap
 from ipaddress import IPv4Address
 
+import pytest
+
 from slirpy.host import ifconfig
 
 
@@ -52,8 +54,14 @@ def test_flow_pool_is_not_resident_until_used() -> None:
     out = run_py("""
         import resource
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        # Room for the default caps, or the engine scales them down.
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        # Room for the default caps, or the engine scales them down (raising
+        # the hard limit needs CAP_SYS_RESOURCE: root has it).
+        try:
+            hard = max(hard, 16384)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         from slirpy.config import NetworkModel
         from slirpy.engine import Engine
         def rss_kb():
@@ -68,8 +76,9 @@ def test_flow_pool_is_not_resident_until_used() -> None:
     delta_kb, hard = map(int, out.split())
     # 4096 TCP + 4096 UDP + 256 ICMP + 1024 listener flows of 160 bytes each
     # would be 1480 KiB if touched; the hash table (128 KiB) is.
-    if hard >= 9500:
-        assert delta_kb < 800, delta_kb
+    if hard < 9500:  # never a silent pass: say why nothing was checked
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} < 9500: the default caps do not apply")
+    assert delta_kb < 800, delta_kb
 
 
 def test_rtentry_is_packed_like_struct_rtentry() -> None:
