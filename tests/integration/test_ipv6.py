@@ -462,14 +462,21 @@ def test_disable_host_loopback_v6(container: Container, slirpy_factory, scripts:
     def never(conn: socket.socket, _stop: threading.Event) -> None:
         results.append("accepted")
 
-    with host_server(socket.AF_INET6, socket.SOCK_STREAM, never) as (port, results):
+    with host_server(socket.AF_INET6, socket.SOCK_STREAM, never) as (port, results), \
+            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+        # The UDP half has a listener too, on the same port: without the
+        # option the probe's datagram would reach it.
+        udp.bind(("::1", port))
+        udp.setblocking(False)
         r = container.run(GUEST_PY, guest_script(scripts, "probe.py", PORT_PROBE), "fd00::2",
                           str(port), timeout=30)
+        with contextlib.suppress(BlockingIOError):
+            results.append(f"udp datagram {udp.recv(100)!r}")
     # ICMPv6 "no route" (code 0): TCP sees ENETUNREACH. ICMPv6 has no fatal
     # "network unreachable", so a connected UDP socket without IPV6_RECVERR
     # sees nothing and times out (the kernel's rule, not slirpy's choice).
+    assert results == []  # neither the TCP nor the UDP listener on ::1 was reached
     assert r.stdout.decode().split() == ["TimeoutError", "ENETUNREACH"]
-    assert results == []
     p = container.run("busybox", "ping", "-6", "-c", "1", "-W", "2", "fd00::2")
     assert "1 packets received" in p.stdout.decode()
     assert s.proc.poll() is None
