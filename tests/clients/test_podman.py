@@ -116,7 +116,15 @@ def test_publish_port(podman: Podman, handler: str) -> None:
             assert stats["return"]["forwards"] == 1  # type: ignore[index]
             assert stats["return"]["engine"]["tcp_flows_inbound"] >= 1  # type: ignore[index]
         else:
+            # rootlessport carries the published port itself (its child dials
+            # the container inside the namespace): no forward in slirpy ...
             assert api is None
+            # ... yet the container's network is slirpy's: tap0 configured by
+            # it, and the gateway's ARP answered by slirpy's engine (a connect
+            # attempt to port 9 makes the guest ask; nothing leaves loopback).
+            out = c.sh("ip -4 -o addr show tap0; nc -w 2 10.0.2.2 9 </dev/null; "
+                       "ip neigh show 10.0.2.2", check=False).stdout
+            assert "10.0.2.100/24" in out and "52:55:0a:00:02:02" in out, out
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(served_blob()).hexdigest()
 
 
