@@ -123,6 +123,17 @@ class TestHost:
     def run(self, *cmd: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         return _run(*self.exec_prefix(), *cmd, check=check)
 
+    def add_ipv6(self, net: str) -> tuple[str, str, str]:
+        """IPv6 on the veth too: the /64 @net ("fd5e:1:2:3", say) with ::1
+        (primary) and ::3 (secondary) on the root side, ::2 inside, all
+        without duplicate address detection. Returns (inside, root, root2);
+        the addresses go with the veth."""
+        root, inside, root2 = f"{net}::1", f"{net}::2", f"{net}::3"
+        _run("ip", "addr", "add", f"{root}/64", "dev", self.veth, "nodad")
+        _run("ip", "addr", "add", f"{root2}/64", "dev", self.veth, "nodad")
+        self.run("ip", "addr", "add", f"{inside}/64", "dev", f"{self.veth}p", "nodad")
+        return inside, root, root2
+
     def serve(self, *args: str) -> Server:
         s = Server.start([*self.exec_prefix(), PY, HERE, *args, "--bind", self.addr])
         self.procs.append(s.proc)

@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
 import time
@@ -539,14 +538,7 @@ def testhost6() -> Iterator[tuple[TestHost, str, str, str]]:
     with make_testhost() as th:
         r = random.Random()
         net = "fd5e:" + ":".join(f"{r.randrange(1 << 16):x}" for _ in range(3))
-        root, inside, root2 = f"{net}::1", f"{net}::2", f"{net}::3"
-        for cmd in (
-            ["ip", "addr", "add", f"{root}/64", "dev", th.veth, "nodad"],
-            ["ip", "addr", "add", f"{root2}/64", "dev", th.veth, "nodad"],
-            [*th.exec_prefix(), "ip", "addr", "add", f"{inside}/64", "dev", f"{th.veth}p",
-             "nodad"],
-        ):
-            subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+        inside, root, root2 = th.add_ipv6(net)
         yield th, inside, root, root2
 
 

@@ -357,13 +357,7 @@ def test_outbound_addr6(container: Container, slirpy_factory, testhost: TestHost
     """
     tag = random.randrange(1, 0xFFFF)
     net = f"2001:db8:5117:{tag:x}"
-    root1, root2, host = f"{net}::1", f"{net}::3", f"{net}::2"
-    subprocess.run(["ip", "addr", "add", f"{root1}/64", "dev", testhost.veth, "nodad"],
-                   check=True)
-    subprocess.run(["ip", "addr", "add", f"{root2}/64", "dev", testhost.veth, "nodad"],
-                   check=True)
-    peer_dev = testhost.veth + "p"
-    testhost.run("ip", "addr", "add", f"{host}/64", "dev", peer_dev, "nodad")
+    host, root1, root2 = testhost.add_ipv6(net)
     dev = f"sdm6{os.getpid() % 100000}"
     if form == "address":
         option, expected = f"--outbound-addr6={root2}", root2
