@@ -179,8 +179,6 @@ def options_from_args(ns: argparse.Namespace) -> DaemonOptions:
         net["cidr"] = parse_cidr(ns.cidr)
     if ns.ipv6_prefix is not None:
         net["prefix6"] = parse_prefix6(ns.ipv6_prefix)
-    if not ns.resolv_conf:
-        raise ConfigError("--resolv-conf must not be empty")
     return DaemonOptions(
         target=NewNamespace(command=tuple(command), keep_id=ns.keep_id),
         net=NetworkModel(**net),  # type: ignore[arg-type]

@@ -286,12 +286,10 @@ def parse_slirp4netns_args(
 
 
 def _target(text: str, netns_type: str, userns_path: str | None) -> JoinPid | JoinPath:
-    if userns_path is not None and not userns_path:
-        raise ConfigError("--userns-path must not be empty")
+    """The target's own checks (empty paths) are JoinPid's and JoinPath's."""
     if netns_type == "path":
-        if not text:
-            raise ConfigError("the network namespace path must not be empty")
         return JoinPath(text, userns_path)
+    # Checked on the text: the message quotes what the user typed.
     if not (text.isascii() and text.isdigit()) or int(text, 10) <= 0:
         raise ConfigError(f"PID must be a positive integer: {text!r}")
     return JoinPid(int(text, 10), userns_path)
