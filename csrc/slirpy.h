@@ -146,6 +146,7 @@ int sl_engine_set_fault(struct sl_engine *e, uint32_t drop_in_permille,
 
 /* System helpers that Python 3.11 lacks. */
 int sl_setns(int fd, int nstype);
+int sl_inotify_watch(const char *path, uint32_t mask);
 int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
 		size_t errlen);
 int sl_sandbox_apply(const char *const *extra, int nextra, char *err,

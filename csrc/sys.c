@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: MIT
 /*
- * sys.c - the system calls Python 3.11 does not wrap: setns(2) and opening
- * a TAP with TUNSETIFF / TUNSETOFFLOAD. Called from the forked namespace
- * helper; nothing here touches the engine.
+ * sys.c - the system calls Python 3.11 does not wrap: setns(2), opening
+ * a TAP with TUNSETIFF / TUNSETOFFLOAD (both called from the forked
+ * namespace helper) and an inotify watch (the daemon's netns-gone watch).
+ * Nothing here touches the engine.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>
+#include <sys/inotify.h>
 #include <sys/ioctl.h>
 
 #include "slirpy.h"
@@ -29,6 +31,25 @@
 int sl_setns(int fd, int nstype)
 {
 	return setns(fd, nstype) < 0 ? -errno : 0;
+}
+
+/**
+ * sl_inotify_watch() - a non-blocking inotify fd watching @path for @mask.
+ *
+ * Return: the fd, or -errno (from inotify_init1 or inotify_add_watch).
+ */
+int sl_inotify_watch(const char *path, uint32_t mask)
+{
+	int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC), e;
+
+	if (fd < 0)
+		return -errno;
+	if (inotify_add_watch(fd, path, mask) < 0) {
+		e = errno;
+		close(fd);
+		return -e;
+	}
+	return fd;
 }
 
 /**

@@ -352,6 +352,14 @@ def setns(fd: int, nstype: int = 0) -> None:
         raise OSError(-rc, os.strerror(-rc))
 
 
+def inotify_watch(path: str, mask: int) -> int:
+    """A non-blocking inotify fd with one watch on `path` (IN_* `mask`); OSError."""
+    fd = lib.sl_inotify_watch(os.fsencode(path), mask)
+    if fd < 0:
+        raise OSError(-fd, os.strerror(-fd), path)
+    return int(fd)
+
+
 def ns_helper_serve(sock: int, pidfd: int = -1) -> int:
     """The namespace helper's loop (csrc/splice.c); returns when told to stop."""
     return int(lib.sl_ns_helper_serve(sock, pidfd))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Literal
 
 from slirpy.config import (
@@ -35,13 +35,23 @@ from slirpy.config import (
 )
 
 __all__ = [
+    "PASTA_MAC",
+    "AutoForward",
     "DaemonOptions",
+    "HostLoopbackForward",
     "JoinPath",
     "JoinPid",
     "NewNamespace",
     "PortMapping",
+    "SharedAddressing",
     "Target",
 ]
+
+# pasta's own MAC address (its -M default): what the guest sees for every
+# address behind the TAP in the shared-address model.
+PASTA_MAC = bytes.fromhex("9a559a559a55")
+# pasta's default MTU for the namespace's interface (not copied from the host).
+SHARED_DEFAULT_MTU = 65520
 
 
 @dataclass(frozen=True)
@@ -91,6 +101,110 @@ Target = JoinPid | JoinPath | NewNamespace
 
 
 @dataclass(frozen=True)
+class HostLoopbackForward:
+    """pasta's -T/-U: a port on the namespace's loopback relayed to the same
+    family's host loopback (`ns_port` there → `host_port` on 127.0.0.1/::1)."""
+
+    proto: Literal["tcp", "udp"]
+    ns_port: int
+    host_port: int
+    option: str | None = None
+
+
+@dataclass(frozen=True)
+class AutoForward:
+    """pasta's `auto`: mirror the ports bound on the other side, rescanned
+    every second. `direction` "in" (-t/-u auto: ports bound in the namespace
+    are published on the host) or "out" (-T/-U auto: host loopback ports
+    appear on the namespace's loopback). `excluded` are ports never mirrored."""
+
+    proto: Literal["tcp", "udp"]
+    direction: Literal["in", "out"]
+    excluded: frozenset[int] = frozenset()
+    host_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class SharedAddressing:
+    """pasta's network model: the guest takes the host's addresses and routes.
+
+    The daemon reads the host's template interface at start-up (the first
+    default route per family; `template_if4/6` override it) and, with
+    `config_net`, copies its addresses and routes into the namespace. The
+    overrides (`address4`, `prefixlen4`, `gateway4`, ...) are pasta's -a, -n,
+    -g. A family with no template uses local mode (169.254.2.1 via
+    169.254.2.2; IPv6: only a route via fe80::1). Every address behind the TAP
+    answers with `our_mac`; flows leave as host sockets from the host's
+    address. `dns_forward` (one per family) is redirected to `dns_host`
+    (None: the first nameserver of the host's resolv.conf, re-read when it
+    changes); `map_guest_addr` reaches the host's own address;
+    `map_host_loopback` reaches the host's loopback (the gateway too unless
+    `no_map_gw`). `follow_host`: host address and route changes are copied.
+    """
+
+    ipv4: bool = True
+    ipv6: bool = True
+    config_net: bool = False
+    template_if4: str | None = None
+    template_if6: str | None = None
+    # -o / --outbound-if4/6 are DaemonOptions.outbound_addr/6.
+    address4: IPv4Address | None = None
+    prefixlen4: int | None = None
+    gateway4: IPv4Address | None = None
+    address6: IPv6Address | None = None
+    gateway6: IPv6Address | None = None
+    ifname: str | None = None
+    mtu: int = SHARED_DEFAULT_MTU
+    ns_mac: bytes | None = None
+    our_mac: bytes = PASTA_MAC
+    dns_forward: tuple[IPv4Address | IPv6Address, ...] = ()
+    dns_host: tuple[IPv4Address | IPv6Address, ...] = ()
+    map_guest_addr: tuple[IPv4Address | IPv6Address, ...] = ()
+    map_host_loopback: tuple[IPv4Address | IPv6Address, ...] = ()
+    no_map_gw: bool = False
+    follow_host: bool = True
+    # What DHCP/NDP would advertise (-D/-S); pasta mode only with --dhcp-dns.
+    dns_servers: tuple[IPv4Address | IPv6Address, ...] = ()
+    search_domains: tuple[str, ...] = ()
+    no_dhcp: bool = False
+    no_ndp: bool = False
+    no_ra: bool = False
+    no_dhcpv6: bool = False
+    tcp: bool = True
+    udp: bool = True
+    icmp: bool = True
+
+    def __post_init__(self) -> None:
+        if not (self.ipv4 or self.ipv6):
+            raise ConfigError("cannot disable both IPv4 and IPv6")
+        if self.prefixlen4 is not None and not 0 <= self.prefixlen4 <= 32:
+            raise ConfigError(f"invalid IPv4 prefix length {self.prefixlen4}")
+        if self.ifname is not None and not is_valid_ifname(self.ifname):
+            raise ConfigError(f"invalid interface name {self.ifname!r}")
+        if self.mtu and not 68 <= self.mtu <= 65520:
+            raise ConfigError(f"MTU must be between 68 and 65520 (0: don't set), got {self.mtu}")
+        for group in ("dns_forward", "dns_host", "map_guest_addr", "map_host_loopback"):
+            fams = [a.version for a in getattr(self, group)]
+            if len(fams) != len(set(fams)):
+                raise ConfigError(f"{group.replace('_', '-')}: at most one address per family")
+
+    @property
+    def address4_interface(self) -> IPv4Interface | None:
+        """-a/-n as an interface (the prefix from the address class without -n)."""
+        if self.address4 is None:
+            return None
+        if self.prefixlen4 is not None:
+            return IPv4Interface(f"{self.address4}/{self.prefixlen4}")
+        first = self.address4.packed[0]
+        plen = 8 if first < 128 else 16 if first < 192 else 24
+        return IPv4Interface(f"{self.address4}/{plen}")
+
+    @property
+    def address6_interface(self) -> IPv6Interface | None:
+        return None if self.address6 is None else IPv6Interface(f"{self.address6}/64")
+
+
+@dataclass(frozen=True)
 class PortMapping:
     """One forward from a host port to the guest.
 
@@ -105,6 +219,16 @@ class PortMapping:
     guest_port: int
     splice: bool = False
     guest_addr: str | None = None
+    # pasta's -t/-u: bound to this interface (SO_BINDTODEVICE, `ADDR%IF/`).
+    bind_device: str | None = None
+    # pasta's `all`: a port that cannot be bound is skipped, not fatal.
+    optional: bool = False
+    # Shared-address model: loopback clients of a TCP port take the spliced
+    # path (a socket in the guest's namespace to the guest's own address, as
+    # pasta does); other clients keep their address on the TAP path.
+    splice_loopback: bool = False
+    # For error messages: the option as the user wrote it (`-t 8080-8080:80-80`).
+    option: str | None = None
 
     def describe(self) -> str:
         """`ADDR:PORT -> guest PORT/PROTO`, as messages show it."""
@@ -138,6 +262,12 @@ class DaemonOptions:
     # (name, value) pairs of slirpy.engine.Limits, in the order given.
     limits: tuple[tuple[str, int], ...] = ()
     forwards: tuple[PortMapping, ...] = ()
+    # pasta's -T/-U and `auto` port mirroring (shared-address model only).
+    loopback_forwards: tuple[HostLoopbackForward, ...] = ()
+    auto_forwards: tuple[AutoForward, ...] = ()
+    # None: slirp4netns's model (`net`); else pasta's (the guest shares the
+    # host's addresses; `net` then only gives limits such as the MTU default).
+    shared: SharedAddressing | None = None
     api_socket: str | None = None
     # slirp4netns's readiness and exit channels: write "1" when ready; stop
     # when the exit fd hangs up.
@@ -156,6 +286,17 @@ class DaemonOptions:
     debug: bool = False
     log_flows: bool = False
     print_stats: bool = False
+    # pasta's life cycle: once ready, fork; the parent writes `pid_file` (the
+    # daemon's PID) and exits 0, the daemon setsid()s with /dev/null on 0/1/2.
+    daemonize: bool = False
+    pid_file: str | None = None
+    # Messages after start-up go to this file instead of stderr (-l).
+    log_file: str | None = None
+    # Only warnings and errors (-q).
+    quiet: bool = False
+    # A JoinPath target: stop when the namespace's path is removed (inotify on
+    # its directory; a 1 s poll for /proc paths), closing listeners first.
+    netns_quit: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, JoinPid | JoinPath | NewNamespace):
@@ -184,6 +325,10 @@ class DaemonOptions:
             raise ConfigError("--resolv-conf must not be empty")
         for name, value in self.limits:
             parse_limit(f"{name}={value}")
+        if (self.loopback_forwards or self.auto_forwards) and self.shared is None:
+            raise ConfigError("-T/-U and auto port forwarding need the shared-address model")
+        if self.pid_file is not None and not self.pid_file:
+            raise ConfigError("--pid must not be empty")
 
     @property
     def dns_upstream_endpoints(self) -> tuple[tuple[IPv4Address | IPv6Address, int], ...]:
