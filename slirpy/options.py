@@ -162,6 +162,9 @@ class SharedAddressing:
     map_guest_addr: tuple[IPv4Address | IPv6Address, ...] = ()
     map_host_loopback: tuple[IPv4Address | IPv6Address, ...] = ()
     no_map_gw: bool = False
+    # slirpy's opt-in (not pasta's): `map_guest_addr` reaches the host's
+    # loopback services (what host.containers.internal users expect).
+    guest_addr_reaches_loopback: bool = False
     follow_host: bool = True
     # What DHCP/NDP would advertise (-D/-S); pasta mode only with --dhcp-dns.
     dns_servers: tuple[IPv4Address | IPv6Address, ...] = ()
