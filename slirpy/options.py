@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from slirpy.config import (
     DEFAULT_RESOLV_CONF,
@@ -33,6 +33,9 @@ from slirpy.config import (
     parse_outbound_addr,
     parse_outbound_addr6,
 )
+
+if TYPE_CHECKING:  # only a type: importing it would cost the front ends' start-up
+    from slirpy.control.policy import Policy
 
 __all__ = [
     "PASTA_MAC",
@@ -300,6 +303,9 @@ class DaemonOptions:
     # A JoinPath target: stop when the namespace's path is removed (inotify on
     # its directory; a 1 s poll for /proc paths), closing listeners first.
     netns_quit: bool = False
+    # The egress policy (slirpy.control.policy.Policy), already parsed and
+    # validated by the front end (--policy); None: everything allowed.
+    policy: Policy | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.target, JoinPid | JoinPath | NewNamespace):

@@ -39,7 +39,14 @@ Compatibility notes (slirp4netns 1.2 api.c is the reference):
   ``add_hostfwd`` takes an optional ``"splice": true|false`` (TCP only: relay
   by splice() in the guest's namespace, see docs/architecture.md), checked
   last, listed by ``list_hostfwd`` only when true so that slirp4netns
-  clients see exactly what they always saw.
+  clients see exactly what they always saw;
+* beyond slirp4netns, the egress policy (slirpy/control/policy.py):
+  ``set_policy`` takes exactly one of ``arguments.preset`` (a preset's
+  name), ``arguments.policy`` (the TOML file's structure as JSON) or
+  ``arguments.toml`` (the file's text), validated here; a bad policy is an
+  error reply and changes nothing. ``get_policy`` answers ``{"name": ...,
+  "policy": {"default": ..., "rule": [...]}}``. Both go to a
+  `PolicyHandler`, separate from the forwards' `ApiHandler`.
 """
 
 from __future__ import annotations
@@ -57,6 +64,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, Final, Protocol, TypeAlias, cast
 
+from slirpy.config import ConfigError
+from slirpy.control.policy import PRESETS, Policy, parse_policy_text, policy_from_dict
+
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
     "DEFAULT_TIMEOUT",
@@ -69,6 +79,7 @@ __all__ = [
     "ApiRequest",
     "ApiServer",
     "ApiSocketError",
+    "GetPolicy",
     "GetStats",
     "HostFwd",
     "HostFwdError",
@@ -76,10 +87,13 @@ __all__ = [
     "HostFwdTable",
     "ListFlows",
     "ListHostFwd",
+    "PolicyHandler",
     "RemoveHostFwd",
+    "SetPolicy",
     "encode_add_reply",
     "encode_error",
     "encode_list_reply",
+    "encode_policy_reply",
     "encode_remove_reply",
     "encode_return",
     "handle_request",
@@ -121,6 +135,12 @@ ERR_REMOVE_ID: Final = "bad request: remove_hostfwd: bad arguments.id"
 ERR_REMOVE_FAILED: Final = "bad request: remove_hostfwd: slirp_remove_hostfwd failed"
 # slirpy's own (no slirp4netns equivalent).
 ERR_BUSY: Final = "busy: too many concurrent API connections"
+ERR_SET_POLICY: Final = "bad request: set_policy"
+ERR_POLICY_ARGS: Final = (
+    "bad request: set_policy: give exactly one of arguments.preset, arguments.policy, "
+    "arguments.toml"
+)
+ERR_NO_POLICY: Final = "bad request: this slirpy cannot change its policy"
 
 
 # --------------------------------------------------------------------------- data
@@ -260,6 +280,20 @@ class ApiHandler(Protocol):
     def list_flows(self) -> list[dict[str, object]]: ...
 
 
+class PolicyHandler(Protocol):
+    """The egress policy's side of the API (the daemon). Called on the event
+    loop; must return quickly."""
+
+    def set_policy(self, policy: Policy) -> None:
+        """Replace the policy atomically (flows it denies are closed); OSError
+        when the engine refuses it (then nothing changed)."""
+        ...
+
+    def get_policy(self) -> Policy | None:
+        """The policy in force; None when none was ever set (all allowed)."""
+        ...
+
+
 # ----------------------------------------------------------------------- requests
 
 
@@ -290,7 +324,20 @@ class ListFlows:
     execute: ClassVar[str] = "list_flows"
 
 
-ApiRequest: TypeAlias = AddHostFwd | ListHostFwd | RemoveHostFwd | GetStats | ListFlows
+@dataclass(frozen=True, slots=True)
+class SetPolicy:
+    execute: ClassVar[str] = "set_policy"
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class GetPolicy:
+    execute: ClassVar[str] = "get_policy"
+
+
+ApiRequest: TypeAlias = (
+    AddHostFwd | ListHostFwd | RemoveHostFwd | GetStats | ListFlows | SetPolicy | GetPolicy
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +444,26 @@ def _parse_add(args: dict[str, object], default_guest_addr: str) -> AddHostFwd |
     )
 
 
+def _parse_set_policy(args: dict[str, object]) -> SetPolicy | ApiError:
+    given = [k for k in ("preset", "policy", "toml") if k in args]
+    if len(given) != 1:
+        return ApiError(ERR_POLICY_ARGS)
+    value = args[given[0]]
+    try:
+        if given[0] == "preset":
+            if not isinstance(value, str) or value not in PRESETS:
+                names = ", ".join(PRESETS)
+                raise ConfigError(f"unknown preset {value!r} (presets: {names})")
+            return SetPolicy(PRESETS[value])
+        if given[0] == "policy":
+            return SetPolicy(policy_from_dict(value, "<api>"))
+        if not isinstance(value, str):
+            raise ConfigError("arguments.toml must be a string (the policy file's text)")
+        return SetPolicy(parse_policy_text(value, "<api>"))
+    except ConfigError as e:
+        return ApiError(f"{ERR_SET_POLICY}: {e}")
+
+
 def parse_request(data: bytes, *, default_guest_addr: str) -> ApiRequest | ApiError:
     """Validate the bytes of one request (everything the client sent).
 
@@ -429,6 +496,10 @@ def parse_request(data: bytes, *, default_guest_addr: str) -> ApiRequest | ApiEr
         return GetStats()
     if execute == "list_flows":
         return ListFlows()
+    if execute == "set_policy":
+        return _parse_set_policy(args)
+    if execute == "get_policy":
+        return GetPolicy()
     return ApiError(ERR_UNKNOWN_EXECUTE)
 
 
@@ -469,7 +540,28 @@ def _checked_id(value: object) -> int:
     return value
 
 
-def _dispatch(req: ApiRequest, handler: ApiHandler) -> bytes:
+def encode_policy_reply(policy: Policy | None) -> bytes:
+    if policy is None:  # never set: everything is allowed
+        return encode_return({"name": None, "policy": {"default": "allow", "rule": []}})
+    return encode_return({"name": policy.name or None, "policy": policy.to_json()})
+
+
+def _dispatch_policy(req: SetPolicy | GetPolicy, policy: PolicyHandler | None) -> bytes:
+    if policy is None:
+        return encode_error(ERR_NO_POLICY)
+    if isinstance(req, GetPolicy):
+        return encode_policy_reply(policy.get_policy())
+    try:
+        policy.set_policy(req.policy)
+    except OSError as exc:
+        logger.info("api: set_policy failed: %s", exc)
+        return encode_error(f"{ERR_SET_POLICY}: {exc.strerror or exc}")
+    return encode_return({})
+
+
+def _dispatch(req: ApiRequest, handler: ApiHandler, policy: PolicyHandler | None) -> bytes:
+    if isinstance(req, SetPolicy | GetPolicy):
+        return _dispatch_policy(req, policy)
     if isinstance(req, AddHostFwd):
         try:
             fwd_id = handler.add_hostfwd(req.fwd)
@@ -497,14 +589,21 @@ def _dispatch(req: ApiRequest, handler: ApiHandler) -> bytes:
     return encode_return({"flows": list(handler.list_flows())})
 
 
-def handle_request(data: bytes, handler: ApiHandler, *, default_guest_addr: str) -> bytes:
+def handle_request(
+    data: bytes,
+    handler: ApiHandler,
+    *,
+    default_guest_addr: str,
+    policy: PolicyHandler | None = None,
+) -> bytes:
     """Answer one request: bytes in, reply bytes out. Never raises (but
-    BaseExceptions such as KeyboardInterrupt go through)."""
+    BaseExceptions such as KeyboardInterrupt go through). Without `policy`,
+    set_policy and get_policy are answered with an error."""
     req = parse_request(data, default_guest_addr=default_guest_addr)
     if isinstance(req, ApiError):
         return req.encode()
     try:
-        return _dispatch(req, handler)
+        return _dispatch(req, handler, policy)
     except Exception:
         # A handler bug (or an unserialisable result) must cost one reply, not the
         # daemon.
@@ -595,11 +694,13 @@ class ApiServer:
         timeout: float = DEFAULT_TIMEOUT,
         linger: float = DEFAULT_LINGER,
         backlog: int = 64,
+        policy: PolicyHandler | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError("max_connections must be >= 1")
         self.path = path
         self.handler = handler
+        self.policy = policy
         self.default_guest_addr = default_guest_addr
         self.max_connections = max_connections
         self.timeout = timeout
@@ -707,7 +808,9 @@ class ApiServer:
         self._rejected.discard(conn)
 
     def _respond(self, data: bytes) -> bytes:
-        return handle_request(data, self.handler, default_guest_addr=self.default_guest_addr)
+        return handle_request(
+            data, self.handler, default_guest_addr=self.default_guest_addr, policy=self.policy
+        )
 
 
 _READING: Final = 0
