@@ -78,8 +78,13 @@ class JoinPath:
 
     netns_path: str
     userns_path: str | None = None
+    # pasta's --netns without --userns (--netns-only): join the netns only,
+    # never a user namespace (not even the one that owns it).
+    netns_only: bool = False
 
     def __post_init__(self) -> None:
+        if self.netns_only and self.userns_path is not None:
+            raise ConfigError("--netns-only and a user namespace path are exclusive")
         if not self.netns_path:
             raise ConfigError("the network namespace path must not be empty")
         _check_userns_path(self.userns_path)
@@ -112,6 +117,9 @@ class HostLoopbackForward:
     ns_port: int
     host_port: int
     option: str | None = None
+    # pasta's `all` / exclusion-only specs: a port that cannot be bound in
+    # the namespace is skipped, not fatal.
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -179,6 +187,17 @@ class SharedAddressing:
     tcp: bool = True
     udp: bool = True
     icmp: bool = True
+    # pasta's --host-lo-to-ns-lo: host-loopback clients of -t/-u forwards
+    # (the spliced path) appear from the namespace's loopback, not from its
+    # public address.
+    host_lo_to_ns_lo: bool = False
+    # pasta's --no-splice: host-loopback clients take the TAP path too (also
+    # for `auto` forwards).
+    no_splice: bool = False
+    # pasta's --dhcp-dns / --dhcp-search: advertise `dns_servers` /
+    # `search_domains` via DHCP, DHCPv6 and NDP (off by default in pasta mode).
+    dhcp_dns: bool = False
+    dhcp_search: bool = False
 
     def __post_init__(self) -> None:
         if not (self.ipv4 or self.ipv6):
