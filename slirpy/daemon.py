@@ -27,6 +27,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -47,9 +48,12 @@ from slirpy.host.netns import (
 from slirpy.options import DaemonOptions, JoinPath, JoinPid, NewNamespace
 
 if TYPE_CHECKING:
+    from slirpy.control.policy import DenialLog, Policy
     from slirpy.control.portfwd import PortForwarder
+    from slirpy.control.sharedports import SharedPorts
     from slirpy.engine import Engine
     from slirpy.host.spawn import CommandSpawn, Holder
+    from slirpy.host.template import HostTemplate
     from slirpy.services.dhcp import DhcpServer
     from slirpy.services.dns import DnsProxy
 
@@ -118,6 +122,16 @@ class Daemon:
         # Taken just before the engine closes, for print_stats.
         self._final_counters: dict[str, int] = {}
         self._final_services: dict[str, Any] = {}
+        # The egress policy in force (set_policy), and its denial log's limiter.
+        self.policy: Policy | None = None
+        self._denial_log: DenialLog | None = None
+        # pasta's life cycle and model (DaemonOptions.shared, .daemonize).
+        self._detach_fd: int | None = None
+        self._template: HostTemplate | None = None
+        self._shared_ports: SharedPorts | None = None
+        self._nl: socket.socket | None = None  # NETLINK_ROUTE in the namespace
+        self._diag: socket.socket | None = None  # NETLINK_SOCK_DIAG in the namespace
+        self._auto_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ the whole life
 
@@ -134,6 +148,11 @@ class Daemon:
             format="slirpy: %(name)s: %(message)s",
         )
         try:
+            if opts.daemonize:
+                from slirpy.host.daemonize import fork_until_ready
+
+                # Only the child returns; the parent exits once it is ready.
+                self._detach_fd = fork_until_ready("slirpy", opts.pid_file)
             pending = self.start_tap()
             self.preload()  # overlaps with the helper child's work
             self.attach_tap(self.wait_tap(pending))
@@ -190,15 +209,33 @@ class Daemon:
         try:
             target = self._namespace_target()
             self._ns_target = target  # for the helper of spliced forwards
-            return start_open_tap(
-                target,
-                TapRequest.for_net(
+            if opts.shared is not None:
+                request = self._shared_tap_request()
+            else:
+                request = TapRequest.for_net(
                     self.net, opts.tapname, offload=opts.offload, configure=opts.configure
-                ),
-            )
+                )
+            return start_open_tap(target, request)
         except NamespaceError as e:
             self.release()
             raise ConfigError(str(e)) from None
+
+    def _shared_tap_request(self) -> TapRequest:
+        """pasta's model: the host's template decides the TAP's name; the
+        namespace is configured later through a netlink socket made there."""
+        from slirpy.host.template import read_host_template
+
+        shared = self.opts.shared
+        assert shared is not None
+        self._template = read_host_template(shared)
+        return TapRequest(
+            tapname=self._template.ifname,
+            vnet_hdr=True,
+            offload=self.opts.offload,
+            configure=False,
+            mtu=shared.mtu,
+            netlink=True,
+        )
 
     def _namespace_target(self) -> NamespaceTarget:
         target = self.opts.target
@@ -268,7 +305,9 @@ class Daemon:
         async with AsyncExitStack() as stack:
             self._stack = stack
             dns_udp = dns_tcp = 0
-            if net.dns_enabled:
+            if opts.shared is not None:
+                dns_udp = dns_tcp = await self._start_shared_dns(stack)
+            elif net.dns_enabled:
                 from slirpy.services.dns import DnsProxy
 
                 self.dns = DnsProxy(
@@ -291,15 +330,26 @@ class Daemon:
                 outbound6=outbound6,
                 limits=Limits(**dict(opts.limits)),
                 flow_events=opts.log_flows,
+                **self._shared_engine_args(),
             )
             self.engine = engine
             stack.callback(engine.close)
+            if opts.policy is not None:
+                try:
+                    self.set_policy(opts.policy)
+                except OSError as e:
+                    raise ConfigError(
+                        f"cannot apply the policy {opts.policy.name}: {e.strerror or e}"
+                    ) from None
             # Runs just before the close: the reader holds the raw engine.
             stack.callback(setattr, self, "_engine_ready", None)
             if opts.print_stats:
                 stack.callback(self._snapshot)
             engine.set_tap(self.tap.fd)
             engine.set_guest_mac(self.tap.mac)
+            if opts.shared is not None:
+                self._configure_namespace(stack)
+                self._set_addr_maps(dns_udp)
             efd = engine.fileno()
             self._engine_ready = engine.reader(self._on_events, POLL_BUDGET)
             loop.add_reader(efd, self._engine_ready)
@@ -323,9 +373,124 @@ class Daemon:
                     os.write(opts.ready_fd, b"1")
                 finally:
                     os.close(opts.ready_fd)
+            self._announce_ready()
             if on_ready is not None:
                 on_ready()
             return await self._stop
+
+    def _announce_ready(self) -> None:
+        """pasta's readiness: the PID file (foreground), or the parent let go."""
+        opts = self.opts
+        if self._detach_fd is not None:
+            from slirpy.host.daemonize import detach_stdio, signal_ready
+
+            detach_stdio(opts.log_file)
+            fd, self._detach_fd = self._detach_fd, None
+            signal_ready(fd)
+            return
+        if opts.pid_file:
+            from slirpy.host.daemonize import write_pid_file
+
+            try:
+                write_pid_file(opts.pid_file, os.getpid())
+            except OSError as e:
+                raise ConfigError(f"cannot write PID file {opts.pid_file}: {e.strerror}") from None
+        if opts.log_file:
+            from slirpy.host.daemonize import detach_stdio
+
+            detach_stdio(opts.log_file)
+
+    # ------------------------------------------------ pasta's shared model
+
+    async def _start_shared_dns(self, stack: AsyncExitStack) -> int:
+        """The forwarder behind --dns-forward (TCP and UDP on one port); 0 if none."""
+        shared = self.opts.shared
+        assert shared is not None
+        if not any(a.version == 4 for a in shared.dns_forward):
+            return 0
+        from slirpy.services.dns import DnsProxy
+
+        upstreams = [(str(a), 53) for a in shared.dns_host] or [
+            (str(a), p) for a, p in self.opts.dns_upstream_endpoints
+        ]
+        last: OSError | None = None
+        for _ in range(16):
+            dns = DnsProxy(
+                resolv_conf=self.opts.resolv_conf,
+                upstreams=upstreams or None,
+                max_udp_reply=(shared.mtu or 65520) - 48,
+                same_port=True,
+            )
+            try:
+                await dns.start()
+            except OSError as e:
+                last = e
+                continue
+            self.dns = dns
+            stack.push_async_callback(dns.close)
+            return dns.udp_port
+        raise ConfigError(f"cannot start the DNS forwarder: {last}")
+
+    def _shared_engine_args(self) -> dict[str, Any]:
+        """The engine's shared-address keywords (empty for slirp4netns's model)."""
+        shared, template = self.opts.shared, self._template
+        if shared is None:
+            return {}
+        assert template is not None
+        from slirpy.control.sharednet import guest_addresses, peer_substitutes
+
+        g4, g6 = guest_addresses(template)
+        s4, s6 = peer_substitutes(shared, template)
+        gw4 = template.v4.gateway if template.v4 is not None else None
+        gw6 = template.v6.gateway if template.v6 is not None else None
+        dns4 = next((a for a in shared.dns_forward if a.version == 4), None)
+        return {
+            "shared": True,
+            "our_mac": shared.our_mac,
+            "guest4": g4,
+            "guest6": g6,
+            "gateway4": gw4,
+            "gateway6": gw6,
+            "dns4": dns4,
+            "peer_sub4": s4,
+            "peer_sub6": s6,
+            "mtu": shared.mtu or 65520,
+            "ipv4": template.v4 is not None,
+            "ipv6": template.v6 is not None,
+            "no_ra": True,
+        }
+
+    def _configure_namespace(self, stack: AsyncExitStack) -> None:
+        """--config-net: addresses, routes, MTU, name, MAC and lo, through the
+        netlink socket the TAP helper made in the namespace."""
+        import socket as socketmod
+
+        shared, template, tap = self.opts.shared, self._template, self.tap
+        assert shared is not None and template is not None and tap is not None
+        if tap.nl_fd is None:
+            return
+        nl = socketmod.socket(fileno=tap.nl_fd)
+        stack.callback(nl.close)
+        self._nl = nl
+        if not shared.config_net:
+            return
+        from slirpy.host.netconf import configure_namespace
+        from slirpy.host.netns import TAP_TXQUEUELEN
+
+        try:
+            configure_namespace(nl, template.ifname, template, mtu=shared.mtu,
+                                ns_mac=shared.ns_mac, txqueuelen=TAP_TXQUEUELEN)
+        except OSError as e:
+            raise ConfigError(f"cannot configure {template.ifname}: {e.strerror or e}") from None
+
+    def _set_addr_maps(self, dns_port: int) -> None:
+        from slirpy.control.sharednet import address_maps
+
+        shared, template, engine = self.opts.shared, self._template, self.engine
+        assert shared is not None and template is not None and engine is not None
+        for m in address_maps(shared, template, dns_port):
+            engine.set_addr_map(m.slot, m.family, m.match, m.target,
+                                dns_only=m.dns_only, target_port=m.target_port)
 
     def stop(self, code: int = 0) -> None:
         if self._stop is not None and not self._stop.done():
@@ -346,7 +511,8 @@ class Daemon:
         from slirpy.control.api import ApiServer
 
         api = ApiServer(
-            self.opts.api_socket, self.forwarder, default_guest_addr=str(self.net.guest)
+            self.opts.api_socket, self.forwarder, default_guest_addr=str(self.net.guest),
+            policy=self,
         )
         try:
             await api.start()
@@ -361,6 +527,13 @@ class Daemon:
             os.set_blocking(opts.exit_fd, False)
             loop.add_reader(opts.exit_fd, self._on_exit_fd)
             stack.callback(loop.remove_reader, opts.exit_fd)
+        target = opts.target
+        if opts.netns_quit and isinstance(target, JoinPath):
+            from slirpy.host.nswatch import NetnsGoneWatch
+
+            gone = NetnsGoneWatch(target.netns_path, self._netns_gone)
+            gone.start(loop)
+            stack.callback(gone.close)
         watched = self.pid if self._holder is None else None
         if watched is not None:
             with contextlib.suppress(OSError):
@@ -376,6 +549,15 @@ class Daemon:
             else:
                 loop.add_signal_handler(sig, self.stop, 0)
             stack.callback(loop.remove_signal_handler, sig)
+
+    def _netns_gone(self) -> None:
+        """The namespace's path was removed: free the host ports first (a
+        container restarted at once binds them again), then stop."""
+        if not self.opts.quiet:
+            _say("the network namespace is gone, exiting")
+        if self._shared_ports is not None:
+            self._shared_ports.close_all()
+        self.stop(0)
 
     def _forward_signal(self, sig: int) -> None:
         """A command runs: signals are its to handle (slirpy stops when it exits)."""
@@ -423,6 +605,9 @@ class Daemon:
         return self._forwarder
 
     def _publish(self) -> None:
+        if self.opts.shared is not None:
+            self._publish_shared()
+            return
         if not self.opts.forwards:
             return
         from slirpy.control.api import HostFwdError, HostFwdRequest
@@ -436,6 +621,60 @@ class Daemon:
                 raise ConfigError(f"cannot publish {m.describe()}: {e}") from None
             if self.opts.log_flows:
                 _say(f"published {m.describe()}")
+
+    def _publish_shared(self) -> None:
+        """pasta's -t/-u (split TCP listeners: loopback clients spliced)."""
+        from slirpy.control.sharednet import guest_addresses
+        from slirpy.control.sharedports import SharedPorts
+
+        assert self.engine is not None and self._template is not None
+        g4, g6 = guest_addresses(self._template)
+
+        def splice_ready() -> None:
+            try:
+                self.start_ns_helper()
+            except NamespaceError as e:
+                raise OSError(str(e)) from None
+
+        ports = SharedPorts(self.engine, guest4=g4, guest6=g6, splice_ready=splice_ready)
+        self._shared_ports = ports
+        for m in self.opts.forwards:
+            ports.publish(m)  # ConfigError: pasta's "Failed to bind port ..."
+            if self.opts.log_flows:
+                _say(f"published {m.describe()}")
+        if any(a.direction == "in" for a in self.opts.auto_forwards):
+            self._auto_tick()
+
+    def _auto_tick(self) -> None:
+        """pasta's `-t/-u auto`: mirror what the guest listens on, every second."""
+        from slirpy.host.portscan import listening_ports
+
+        ports, tap = self._shared_ports, self.tap
+        if ports is None or tap is None or tap.diag_fd is None or self._stop is None:
+            return
+        if self._diag is None:
+            self._diag = socket.socket(fileno=tap.diag_fd)
+            assert self._stack is not None
+            self._stack.callback(self._diag.close)
+            self._stack.callback(self._cancel_auto)
+        for auto in self.opts.auto_forwards:
+            if auto.direction != "in":
+                continue
+            try:
+                bound = {port for port, _addr in listening_ports(self._diag, auto.proto)}
+            except OSError:
+                continue
+            ports.mirror(auto, bound, own=self._ns_own_ports(auto.proto))
+        self._auto_timer = asyncio.get_running_loop().call_later(1.0, self._auto_tick)
+
+    def _cancel_auto(self) -> None:
+        if self._auto_timer is not None:
+            self._auto_timer.cancel()
+            self._auto_timer = None
+
+    def _ns_own_ports(self, proto: str) -> set[int]:
+        """Namespace ports that are ours (-T/-U listeners): never mirrored back."""
+        return {f.ns_port for f in self.opts.loopback_forwards if f.proto == proto}
 
     def _confine(self) -> None:
         from slirpy.host.confine import confine
@@ -503,9 +742,38 @@ class Daemon:
             )
         return self.dhcp
 
+    # ------------------------------------------------------------ egress policy
+
+    def set_policy(self, policy: Policy) -> None:
+        """Replace the policy (the API's PolicyHandler, the library): atomic in
+        the engine, which resets the open flows the new one denies. OSError
+        when the engine refuses it; then nothing changed."""
+        from slirpy.control.policy import apply_policy
+
+        assert self.engine is not None, "the engine is not running"
+        apply_policy(self.engine, policy)
+        self.policy = policy
+
+    def get_policy(self) -> Policy | None:
+        return self.policy
+
+    def _log_denial(self, ev: Any) -> None:
+        """One line per denied destination per 10 s (the engine limits too)."""
+        from slirpy.control.policy import DenialLog, format_denial
+
+        if self._denial_log is None:
+            self._denial_log = DenialLog()
+        if self._denial_log.should_log(ev.dst, time.monotonic()):
+            _say(format_denial(ev, self.policy))
+
     def stats(self) -> dict[str, object]:
         """The services' statistics (DHCP, DNS), for get_stats and --stats."""
         out: dict[str, object] = {}
+        if self.policy is not None and self.engine is not None:
+            from slirpy.control.policy import policy_stats
+
+            hits = self.engine.policy_hits(len(self.policy.rules))
+            out["policy"] = policy_stats(self.policy, hits)
         if self.engine is not None:
             out["dhcp"] = dict(self._dhcp_server().stats)
         if self.dns is not None:
@@ -534,6 +802,8 @@ class Daemon:
                 from slirpy.control.report import flow_line
 
                 _say(flow_line(ev))
+        elif ev.type == getattr(eng, "EV_POLICY_DENY", None):  # TEMP until the C side lands
+            self._log_denial(ev)
         elif ev.type == eng.EV_TAP_DOWN:
             _say("the TAP device went away (the container's network namespace is gone)")
             self.stop(0)

@@ -672,7 +672,9 @@ class DnsProxy:
     if it disappears later, the last known list is kept. ``resolv_conf_port``
     is the port used for the file's nameservers (53 unless testing).
     ``max_udp_reply`` is the largest UDP answer the guest can receive unfragmented;
-    larger ones are sent truncated (TC set).
+    larger ones are sent truncated (TC set). ``same_port``: TCP listens on the
+    port UDP got (one address-map entry then serves both; start() raises
+    EADDRINUSE when that TCP port is taken, and the caller tries again).
     """
 
     def __init__(
@@ -691,6 +693,7 @@ class DnsProxy:
         resolv_conf_check_interval: float = 1.0,
         resolv_conf_port: int = DNS_PORT,
         max_udp_reply: int = 65535,
+        same_port: bool = False,
     ) -> None:
         if upstreams is None and resolv_conf is None:
             raise ValueError("DnsProxy needs upstreams or a resolv.conf path")
@@ -704,6 +707,7 @@ class DnsProxy:
         self.max_tcp_clients = max_tcp_clients
         self._want_udp_port = udp_port
         self._want_tcp_port = tcp_port
+        self._same_port = same_port
         self._explicit = [(str(h), int(p)) for h, p in upstreams] if upstreams is not None else None
         # Absolute now: the daemon may chdir (or pivot into a sandbox) later.
         self._resolv_path = (
@@ -794,7 +798,12 @@ class DnsProxy:
             self._udp_port = transport.get_extra_info("sockname")[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind((self.listen_host, self._want_tcp_port))
+            try:
+                tcp.bind((self.listen_host,
+                          self._udp_port if self._same_port else self._want_tcp_port))
+            except OSError:
+                tcp.close()
+                raise
             self._server = await asyncio.start_server(self._on_tcp_client, sock=tcp)
             self._tcp_port = self._server.sockets[0].getsockname()[1]
             # After binding: the self-loop filter needs our own ports.
