@@ -10,8 +10,8 @@ path, and following the host: when the template changes, the namespace's
 copy and the mappings move with it.
 
 The decisions are pure functions of their inputs (`address_maps`,
-`guest_addresses`, `peer_substitutes`); the I/O is the netlink socket
-given to `ShareFollower` and the engine's `set_addr_map`. It must not read
+`guest_addresses`, `peer_substitutes`); the daemon does the I/O (the
+namespace's netlink socket, the engine's `set_addr_map`). It must not read
 the host's configuration itself (slirpy.host.template does) nor parse
 options (slirpy.frontends.pasta does).
 """
@@ -87,7 +87,11 @@ def address_maps(shared: SharedAddressing, template: HostTemplate,
         put("dns", fam, dns, LOOPBACK[4] if fam == 4 and dns_port else None,
             dns_only=True, target_port=dns_port)
         guest = next((a for a in shared.map_guest_addr if a.version == fam), None)
-        target = LOOPBACK[fam] if shared.guest_addr_reaches_loopback else own[fam]
+        ftpl = template.v4 if fam == 4 else template.v6
+        # Local mode (offline): the guest's address is not the host's, so the
+        # host is only reachable on its loopback.
+        local = ftpl is None or ftpl.local_mode or own[fam] is None
+        target = LOOPBACK[fam] if shared.guest_addr_reaches_loopback or local else own[fam]
         put("guest", fam, guest, target)
         lo = next((a for a in shared.map_host_loopback if a.version == fam), None)
         put("loopback", fam, lo, LOOPBACK[fam])
