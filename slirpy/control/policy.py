@@ -136,8 +136,10 @@ class Rule:
             return False  # ports only ever apply to TCP and UDP
         if self.ports and not any(lo <= dest.port <= hi for lo, hi in self.ports):
             return False
-        if dest.host:
-            return HOST in self.to
+        # A flow to the host is still a flow to the address the guest used:
+        # `host` names it, and so does a CIDR holding that address.
+        if dest.host and HOST in self.to:
+            return True
         return any(dest.addr in n for n in self.networks())
 
     def to_json(self) -> dict[str, object]:
@@ -160,9 +162,10 @@ class Rule:
 
 @dataclass(frozen=True)
 class Destination:
-    """What a new flow asks for: `addr` (ignored when `host`: the
-    host-loopback mapping), `proto` (tcp, udp or icmp) and `port` (0 for
-    ICMP)."""
+    """What a new flow asks for: `addr` (the destination as the guest sent
+    it), `proto` (tcp, udp or icmp), `port` (0 for ICMP) and `host`: the
+    engine's address map sends it to the host itself (the host-loopback
+    mapping, `--map-guest-addr`)."""
 
     addr: Address
     proto: str
@@ -323,10 +326,11 @@ def _parse_port(text: str, item: object) -> int:
 def _parse_ports(item: object) -> tuple[int, int]:
     """`22`, `"22"` or `"1000-2000"`; ValueError with the reason."""
     if isinstance(item, int) and not isinstance(item, bool):
-        item = str(item)
-    if not isinstance(item, str):
+        text = str(item)
+    elif isinstance(item, str):
+        text = item.strip()
+    else:
         raise ValueError(f'bad port {_quote(item)}: expected "PORT" or "LOW-HIGH"')
-    text = item.strip()
     if not text:
         raise ValueError('empty port range "": expected "PORT" or "LOW-HIGH"')
     lo_text, dash, hi_text = text.partition("-")
@@ -484,11 +488,15 @@ class CompiledRule:
         """The engine's comparison, in Python: used by tests against the model."""
         if self.proto_mask and not self.proto_mask & PROTO_BITS[dest.proto]:
             return False
-        if dest.proto != "icmp" and not self.port_lo <= dest.port <= self.port_hi:
+        if dest.proto == "icmp":
+            # ICMP has no port: only an entry for every port covers it.
+            if (self.port_lo, self.port_hi) != PORTS_ANY:
+                return False
+        elif not self.port_lo <= dest.port <= self.port_hi:
             return False
         if self.match == MATCH_HOST:
             return dest.host
-        if dest.host or dest.addr.version != self.family:
+        if dest.addr.version != self.family:
             return False
         size = 4 if self.family == 4 else 16
         net = ipaddress.ip_network((self.addr[:size], self.prefix_len))
@@ -548,7 +556,8 @@ def engine_rules(table: Iterable[CompiledRule]) -> list[Any]:
         PolicyRule(
             rule_id=e.rule_id, match=e.match, family=e.family, prefix_len=e.prefix_len,
             action=e.action, proto_mask=e.proto_mask, port_lo=e.port_lo, port_hi=e.port_hi,
-            addr=e.addr,
+            # The engine takes the network's packed bytes (4 or 16).
+            addr=e.addr[:4] if e.family == 4 else e.addr,
         )
         for e in table
     ]

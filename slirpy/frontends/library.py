@@ -6,8 +6,8 @@ keyword arguments into one `DaemonOptions` and drives the same
 (`AsyncNetwork`) or in a thread of its own (`Network`). The target is a PID
 (its network namespace, joined through its user namespace), a network
 namespace path, or None to create a new user+net namespace held by a
-sleeping child. Both classes offer `publish()`, `stats()`, `flows()` and
-`close()` and are context managers.
+sleeping child. Both classes offer `publish()`, `stats()`, `flows()`,
+`set_policy()`, `get_policy()` and `close()` and are context managers.
 
 It must not know the daemon's start-up order beyond its two phases (the TAP,
 then `serve()`), nor print anything: errors are exceptions with one readable
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +31,7 @@ from slirpy.config import (
     parse_cidr,
     parse_prefix6,
 )
+from slirpy.control.policy import Policy, load_policy
 from slirpy.daemon import Daemon, event_loop_factory
 from slirpy.options import DaemonOptions, JoinPath, JoinPid, NewNamespace, Target
 
@@ -47,6 +49,20 @@ def _network_model(
     if prefix6 is not None:
         kw["prefix6"] = parse_prefix6(prefix6)
     return NetworkModel(**kw)
+
+
+PolicySpec = str | os.PathLike[str] | Policy
+"""A preset's name (public-only, host-only, none, allow-all), the path of a
+policy file, or a `slirpy.control.policy.Policy`."""
+
+
+def _policy(spec: PolicySpec) -> Policy:
+    """ConfigError (one line) for a bad file; TypeError for anything else."""
+    if isinstance(spec, Policy):
+        return spec
+    if isinstance(spec, str | os.PathLike):
+        return load_policy(os.fspath(spec))
+    raise TypeError(f"policy must be a preset name, a path or a Policy, not {type(spec).__name__}")
 
 
 def _target(target: int | str | None, userns_path: str | None) -> Target:
@@ -85,6 +101,7 @@ class AsyncNetwork:
         outbound_addr: str | None = None,
         configure: bool = True,
         offload: bool = True,
+        policy: PolicySpec | None = None,
     ) -> None:
         self.net = _network_model(cidr, mtu, ipv6, ipv6_prefix, host_loopback)
         self.options = DaemonOptions(
@@ -99,6 +116,7 @@ class AsyncNetwork:
             # The library may run outside the main thread, where signal
             # handlers cannot be installed: signals are the caller's.
             handle_signals=False,
+            policy=None if policy is None else _policy(policy),
         )
         self._daemon: Daemon | None = None
         self._task: asyncio.Task[int] | None = None
@@ -198,6 +216,15 @@ class AsyncNetwork:
         """The engine's open flows (proto, guest and remote endpoints, state)."""
         return self._running().forwarder.list_flows()
 
+    def set_policy(self, policy: PolicySpec) -> None:
+        """Replace the egress policy now: new flows follow it, open flows it
+        denies are reset. ConfigError for a bad policy (nothing changes)."""
+        self._running().set_policy(_policy(policy))
+
+    def get_policy(self) -> Policy | None:
+        """The egress policy in force (None: none was set, all allowed)."""
+        return self._running().get_policy()
+
     async def close(self) -> None:
         """Stop slirpy (engine, listeners, services) and a namespace created here."""
         task, self._task = self._task, None
@@ -280,6 +307,14 @@ class Network:
 
     def flows(self) -> list[dict[str, object]]:
         return self._call(self._anet.flows)
+
+    def set_policy(self, policy: PolicySpec) -> None:
+        """See AsyncNetwork.set_policy."""
+        resolved = _policy(policy)  # read a file here, not in the loop's thread
+        self._call(lambda: self._anet.set_policy(resolved))
+
+    def get_policy(self) -> Policy | None:
+        return self._call(self._anet.get_policy)
 
     def _stop_loop(self) -> None:
         loop, thread = self._loop, self._thread

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from slirpy.config import (
     DEFAULT_RESOLV_CONF,
@@ -34,6 +34,9 @@ from slirpy.config import (
 )
 from slirpy.frontends.common import fail
 from slirpy.options import DaemonOptions, NewNamespace, PortMapping
+
+if TYPE_CHECKING:
+    from slirpy.control.policy import Policy
 
 __all__ = [
     "PROG_RUN",
@@ -160,9 +163,21 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="log flows as they open and close (-vv: debug logging too)",
     )
     run.add_argument("--stats", action="store_true", help="print traffic statistics on exit")
+    run.add_argument(
+        "--policy",
+        metavar="SPEC",
+        help="egress policy: public-only, host-only, none, allow-all or a TOML file "
+        "(denied flows are logged on stderr)",
+    )
     # REMAINDER: everything from the first positional on belongs to COMMAND,
     # including its own options.
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _load_policy(spec: str) -> Policy:
+    from slirpy.control.policy import load_policy  # lazy: tomllib only when asked
+
+    return load_policy(spec)
 
 
 def options_from_args(ns: argparse.Namespace) -> DaemonOptions:
@@ -192,6 +207,7 @@ def options_from_args(ns: argparse.Namespace) -> DaemonOptions:
         debug=ns.verbose > 1,
         log_flows=ns.verbose > 0,
         print_stats=ns.stats,
+        policy=None if ns.policy is None else _load_policy(ns.policy),
     )
 
 

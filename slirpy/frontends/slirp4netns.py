@@ -95,6 +95,10 @@ _HELP_OPTIONS = (
     ("--disable-offload", "slirpy: do not use TAP checksum/segmentation offloads"),
     ("--limit=NAME=VALUE", "slirpy: engine cap or timeout, e.g. udp_idle_s=60 (repeatable)"),
     ("--splice-helper", "slirpy: allow spliced forwards (API) under --enable-sandbox/seccomp"),
+    (
+        "--policy=SPEC",
+        "slirpy: egress policy: public-only, host-only, none, allow-all or a TOML file",
+    ),
     ("--debug", "slirpy: verbose logging to stderr"),
     ("-h, --help", "show this help and exit"),
     ("-v, --version", "show version and exit"),
@@ -130,6 +134,7 @@ _LONG_OPTS = [
     "limit=",
     "splice-helper",
     "debug",
+    "policy=",
 ]
 
 
@@ -261,6 +266,11 @@ def parse_slirp4netns_args(
                 kw["splice_helper"] = True
             case "--debug":
                 kw["debug"] = True
+            case "--policy":
+                # Lazy: tomllib and the policy model only when asked for.
+                from slirpy.control.policy import load_policy
+
+                kw["policy"] = load_policy(value)
             case _:  # pragma: no cover - getopt only returns the options listed above
                 raise UsageError(f"unrecognized option '{name}'")
 
