@@ -287,3 +287,52 @@ def test_input_frame_tcp_data(benchmark, engine: Engine) -> None:
         if sink.poll() is None:
             sink.kill()
         sink.wait(5)
+
+
+# ---------------------------------------------------------------- egress policy
+POLICY_DST = socket.inet_aton("198.18.0.5")  # never reached: the SYN is denied
+
+
+def _policy_rules(case: str) -> list:
+    """`case` rules that do not match POLICY_DST, then one that denies it."""
+    from slirpy.engine import PM_CIDR, POLICY_ALLOW, POLICY_DENY, PP_TCP, PolicyRule
+
+    def rule(i: int, action: int, addr: bytes, plen: int) -> PolicyRule:
+        return PolicyRule(rule_id=i, action=action, match=PM_CIDR, family=4, prefix_len=plen,
+                          addr=addr, proto_mask=PP_TCP)
+
+    rules = []
+    if case == "1000-spread":  # /24s all over 10/8, 172.16/12, 100.64/10
+        for i in range(1000):
+            low = (i * 40961) & 0xFFFF if i % 3 == 0 else i
+            top = (10 << 24, 172 << 24 | 16 << 16, 100 << 24 | 64 << 16)[i % 3]
+            rules.append(rule(i, POLICY_ALLOW, struct.pack("!I", top | low << 8), 24))
+    elif case == "1000-same-16":  # the worst case: every rule in the destination's /16
+        for i in range(1000):
+            rules.append(rule(i, POLICY_ALLOW, bytes([198, 18, 1 + i // 256, i % 256]), 32))
+    rules.append(rule(len(rules), POLICY_DENY, POLICY_DST, 32))
+    return rules
+
+
+@pytest.mark.parametrize("case", ["0", "1000-spread", "1000-same-16"])
+def test_policy_denied_syn(benchmark, engine: Engine, case: str) -> None:
+    """A guest SYN that the egress policy denies: parse, the rule lookup at flow
+    creation, the RST back (no socket). "0": no rule but the one that matches;
+    "1000-*": it comes after 1 000 rules that do not match, in other /16s or
+    (the lookup's worst case) all in the destination's own /16."""
+    rules = _policy_rules(case)
+    engine.set_policy(rules, default_allow=True, nids=len(rules))
+    hdr = struct.pack("!HHIIBBHHH", 40000, 443, 1000, 0, 5 << 4, 0x02, 65535, 0, 0)
+    pseudo = GUEST + POLICY_DST + struct.pack("!BBH", 0, 6, len(hdr))
+    hdr = hdr[:16] + struct.pack("!H", rfc1071(pseudo + hdr)) + hdr[18:]
+    frame = eth(0x0800, ip4(6, hdr, dst=POLICY_DST))
+
+    def once() -> list[bytes]:
+        engine.input_frame(frame, time.monotonic_ns())
+        return engine.take_output()
+
+    out = benchmark(once)
+    assert len(out) == 1 and tcp_fields(out[0])[0] == 0x14  # RST+ACK
+    ctr = engine.counters()
+    assert ctr["tcp_flows_opened"] == 0 and ctr["policy_denied"] >= 1
+    assert engine.policy_hits(len(rules))[len(rules) - 1] == ctr["policy_denied"]

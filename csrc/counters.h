@@ -37,7 +37,8 @@
 	X(splice_opened) X(splice_closed) X(splice_refused) X(splice_resets)  \
 	X(splice_bytes_to_guest) X(splice_bytes_to_host)                     \
 	X(drop_splice_no_helper) X(drop_splice_helper_reply)                 \
-	X(splice_idle_closed)
+	X(splice_idle_closed)                                                 \
+	X(policy_denied) X(policy_closed) X(policy_events_suppressed)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,

@@ -198,6 +198,7 @@ void sl_engine_free(struct sl_engine *e)
 		return;
 	sl_tcp_fini(e);
 	sl_flow_fini(e);
+	sl_policy_fini(e);
 	sl_splice_fini(e);
 	sl_udp_fini(e);
 	for (i = 0; i < SL_MAX_LISTENERS; i++)

@@ -322,10 +322,12 @@ static void flow_event(struct sl_engine *e, struct sl_flow *f, uint32_t type)
  */
 void sl_flow_opened(struct sl_engine *e, struct sl_flow *f, bool inbound)
 {
-	if (!e->cfg.flow_events)
-		return;
+	/* Kept with or without flow events: the egress policy closes only
+	 * outbound flows (policy.c). */
 	if (inbound)
 		f->evflags |= SL_FE_INBOUND;
+	if (!e->cfg.flow_events)
+		return;
 	f->evflags |= SL_FE_OPENED;
 	flow_event(e, f, SL_EV_FLOW_OPEN);
 }

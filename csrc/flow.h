@@ -29,9 +29,10 @@
  *    recently used UDP or ICMP flow (reason EVICTED).
  * 2. Set up: the module makes the host socket. A set-up that fails frees
  *    the flow at once and no flow event is sent for it.
- * 3. Opened: with cfg.flow_events, sl_flow_opened() marks the flow opened
- *    and punts SL_EV_FLOW_OPEN (without it, it does nothing). When each
- *    kind calls it:
+ * 3. Opened: sl_flow_opened() marks a port forward's flow inbound
+ *    (always: the egress policy skips those), and with cfg.flow_events
+ *    marks the flow opened and punts SL_EV_FLOW_OPEN. When each kind
+ *    calls it:
  *    - outbound TCP: once the host socket is made (and bound to the
  *      outbound address), *before* connect() is issued. The connection is
  *      not established yet: a connect() that fails (at once, later by
@@ -58,6 +59,12 @@
  *      (UNSPEC); and flow.c at the cap (EVICTED).
  *    - ICMP, icmp.c: idle for 60 s (TIMEOUT); and flow.c at the cap
  *      (EVICTED).
+ *    - Any outbound flow that a new egress policy denies (POLICY), in
+ *      sl_engine_set_policy() (policy.c): TCP by sl_tcp_abort() in tcp.c
+ *      (RST to the guest, host socket reset), UDP and ICMP freed by
+ *      policy.c itself, as flow.c's eviction does. The policy is looked
+ *      up only at creation (step 1, before any socket: a denied flow is
+ *      never created), and here.
  *    sl_engine_free() closes what is left with no events.
  */
 #ifndef SLIRPY_FLOW_H

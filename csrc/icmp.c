@@ -107,6 +107,10 @@ static void echo_out(struct sl_engine *e, const struct sl_pkt *p)
 
 		r = sl_remote_sockaddr(e, p->family, p->dst, 0, p->proto, &sa,
 				       &salen);
+		if (sl_policy_denies(e, p, r, &sa)) {
+			sl_icmp_send_error(e, p, SL_UNREACH_ADMIN);
+			return;
+		}
 		if (r < 0) {
 			sl_count(e, SL_C_drop_dst_invalid);
 			return;
@@ -223,6 +227,8 @@ static const uint8_t unreach_code[][2] = {	/* [why][family == 6] */
 	[SL_UNREACH_NET] = { 9, 0 },
 	[SL_UNREACH_HOST] = { 1, 3 },	/* host; ICMPv6: address */
 	[SL_UNREACH_PORT] = { 3, 4 },
+	[SL_UNREACH_ADMIN] = { 13, 1 },	/* communication administratively
+					 * prohibited */
 };
 
 /**

@@ -5,8 +5,9 @@
  *
  * Contract. icmp.c owns struct sl_icmp_state (e->icmp) and the ping
  * sockets of ICMP flows, and frees ICMP flows itself (set-up failure, idle
- * expiry in sl_icmp_timer()); only flow.c's eviction at the cap frees one
- * otherwise. sl_icmp_send_error() is the one place an ICMP error is built:
+ * expiry in sl_icmp_timer()); only flow.c's eviction at the cap and
+ * policy.c (flows a new egress policy denies) free one otherwise.
+ * sl_icmp_send_error() is the one place an ICMP error is built:
  * tcp.c and udp.c call it (or sl_icmp_send_flow_error() when the packet is
  * no longer at hand) and build no ICMP themselves. It may call the flow
  * table, the address map, the emitters, sl_output() and sl_notice(); it
@@ -26,7 +27,8 @@ struct sl_engine;
 struct sl_flow;
 
 /* Which part of a destination is unreachable (sl_icmp_send_error). */
-enum sl_unreach { SL_UNREACH_NET, SL_UNREACH_HOST, SL_UNREACH_PORT };
+enum sl_unreach { SL_UNREACH_NET, SL_UNREACH_HOST, SL_UNREACH_PORT,
+		  SL_UNREACH_ADMIN };	/* the egress policy denies it */
 
 /* struct sl_icmp_state - ICMP's part of the engine (e->icmp). */
 struct sl_icmp_state {

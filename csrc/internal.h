@@ -2,7 +2,8 @@
 /*
  * internal.h - the engine: the parts every module shares, and one member
  * per protocol module, whose state its own header defines (flow.h, tcp.h,
- * udp.h, icmp.h, ndp.h, splice.h; arp.h, addr.h and wire.h have none).
+ * udp.h, icmp.h, ndp.h, splice.h, policy.h; arp.h, addr.h and wire.h have
+ * none).
  *
  * Nothing here is visible to Python. The engine is one struct with fixed-size
  * pools allocated at creation: nothing on the packet path allocates, so the
@@ -40,6 +41,7 @@
 #include "ndp.h"
 #include "addr.h"
 #include "splice.h"
+#include "policy.h"
 
 #define SL_NIL UINT32_MAX
 #define SL_FRAME_MAX (65535 + 14 + 10 + 64)
@@ -131,6 +133,7 @@ struct sl_engine {
 	struct sl_icmp_state icmp;
 	struct sl_ndp_state ndp;
 	struct sl_splice_state splice;
+	struct sl_policy_state policy;
 };
 
 /* engine.c */

@@ -59,6 +59,11 @@ enum sl_event_type {
 	SL_EV_FLOW_CLOSE = 3,
 	SL_EV_NOTICE = 4,	/* one-off condition, data = text */
 	SL_EV_TAP_DOWN = 5,	/* the TAP returned EOF or a fatal error */
+	SL_EV_POLICY_DENY = 6,	/* the egress policy refused a flow (or closed
+				 * one): dst/dport as the guest sent it, data =
+				 * the rule_id, 4 bytes little-endian
+				 * (0xffffffff: the default action); at most
+				 * one per destination a second */
 };
 
 /* Why a flow closed (struct sl_flow_info.reason in SL_EV_FLOW_CLOSE). */
@@ -70,6 +75,7 @@ enum sl_flow_close_reason {
 	SL_FC_TIMEOUT = 4,	/* idle, half-open or retransmission timeout */
 	SL_FC_EVICTED = 5,	/* UDP/ICMP: least recently used at the cap */
 	SL_FC_REFUSED = 6,	/* TCP: the host connect() failed */
+	SL_FC_POLICY = 7,	/* a new egress policy denies it */
 };
 
 /* struct sl_flow_info.flags */
@@ -143,6 +149,37 @@ int sl_engine_counters(const struct sl_engine *e, uint64_t *out, int n);
 int sl_engine_list_flows(const struct sl_engine *e, char *buf, size_t cap);
 int sl_engine_set_fault(struct sl_engine *e, uint32_t drop_in_permille,
 			uint32_t drop_out_permille, uint32_t seed);
+
+/* Egress policy (csrc/policy.c): checked when the guest opens a flow. */
+enum sl_policy_action { SL_POLICY_ALLOW = 1, SL_POLICY_DENY = 2 };
+enum sl_policy_proto { SL_PP_TCP = 1, SL_PP_UDP = 2, SL_PP_ICMP = 4 };	/* proto_mask bits; 0 = any */
+enum sl_policy_match { SL_PM_CIDR = 0, SL_PM_HOST = 1 };
+#define SL_POLICY_MAX_RULES 65536
+
+/**
+ * struct sl_policy_rule - one rule of an egress policy.
+ *
+ * SL_PM_HOST matches any destination that reaches the host: one the
+ * address map sends to a loopback address or translates to another
+ * address (the gateway and 255.255.255.255 with host loopback, and the
+ * shared-address mode's map entries); DNS to slirpy's forwarder is never
+ * filtered.
+ */
+struct sl_policy_rule {
+	uint32_t rule_id;	/* the user's rule index (hit counters are per rule_id) */
+	uint8_t match;		/* SL_PM_CIDR: family/prefix_len/addr; SL_PM_HOST: any destination that reaches the host */
+	uint8_t family;		/* 4 or 6 (CIDR) */
+	uint8_t prefix_len;	/* 0..32 / 0..128 */
+	uint8_t action;		/* enum sl_policy_action */
+	uint8_t proto_mask;	/* enum sl_policy_proto bits, 0 = any protocol */
+	uint8_t pad[3];
+	uint16_t port_lo, port_hi;	/* inclusive; 0..65535 = any (ICMP has no port: a rule with a port range narrower than 0-65535 never matches ICMP) */
+	uint8_t addr[16];	/* network address, first 4 bytes for IPv4 */
+};
+/* Replace the policy atomically. n rules in order (first match wins), then default_action. nids: number of distinct rule_ids (hit counters are reset). Existing flows the new policy denies are closed (TCP: RST to the guest and the host socket closed; UDP/ICMP: freed). now_ns as every entry point. Return 0 or -errno (-EINVAL for a malformed rule, and then nothing changes; -E2BIG above SL_POLICY_MAX_RULES = 65536). n = 0 with default ALLOW = no policy (the state at start). */
+int sl_engine_set_policy(struct sl_engine *e, uint64_t now_ns, const struct sl_policy_rule *rules, uint32_t n, uint32_t nids, uint8_t default_action);
+/* Hit counts per rule_id (out[i] for rule_id i, up to n) and, at out[nids], the number of flows that hit the default action; return number written or -errno. */
+int sl_engine_policy_hits(const struct sl_engine *e, uint64_t *out, uint32_t n);
 
 /* System helpers that Python 3.11 lacks. */
 int sl_setns(int fd, int nstype);

@@ -435,6 +435,20 @@ static void reset_guest(struct sl_engine *e, struct sl_flow *f)
 	emit(e, f, TCP_RST | TCP_ACK, f->tcp.snd_nxt, NULL, 0, false);
 }
 
+/**
+ * sl_tcp_abort() - end flow @f now, from outside the data path (a new
+ * egress policy denies it, policy.c): RST to the guest, the host socket
+ * reset (SO_LINGER 0), the flow freed with reason @why.
+ */
+void sl_tcp_abort(struct sl_engine *e, struct sl_flow *f, uint8_t why)
+{
+	/* Still connecting, the RST's ACK of the guest's SYN is what makes
+	 * it acceptable; its sequence number does not matter then. */
+	reset_guest(e, f);
+	f->why = why;
+	close_flow(e, f, true);
+}
+
 /* The SYN (if still unacked) and a sent FIN occupy sequence numbers but
  * not socket bytes; this is the count of data bytes in flight. */
 static uint32_t data_in_flight(const struct sl_flow *f)
@@ -1073,6 +1087,10 @@ static void syn_from_guest(struct sl_engine *e, const struct sl_pkt *p)
 	}
 	r = sl_remote_sockaddr(e, p->family, p->dst, p->dport, IPPROTO_TCP_,
 			       &sa, &salen);
+	if (sl_policy_denies(e, p, r, &sa)) {
+		send_rst_reply(e, p);	/* the guest sees ECONNREFUSED */
+		return;
+	}
 	if (r == -ENETUNREACH) {
 		sl_icmp_send_error(e, p, SL_UNREACH_NET);
 		return;

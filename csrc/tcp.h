@@ -7,7 +7,8 @@
  * struct sl_tcp_state (e->tcp): no other file writes either; engine.c only
  * reads f->tcp.state to list flows. It owns the host sockets of TCP flows
  * (made, shut down and closed here) and is the only file that frees a TCP
- * flow (close_flow(), which also gives back the flow's half-open slot).
+ * flow (close_flow(), which also gives back the flow's half-open slot;
+ * policy.c asks for it with sl_tcp_abort()).
  * It may call the flow table (flow.h), the address map (addr.h), the ICMP
  * error builder (icmp.h), the emitters (wire.h, ip.c) and sl_output(); it
  * must not write to the TAP itself, must not allocate per packet or per
@@ -132,5 +133,6 @@ void sl_tcp_flush_acks(struct sl_engine *e);
 uint64_t sl_tcp_ack_deadline(const struct sl_engine *e);
 void sl_tcp_end_of_poll(struct sl_engine *e);
 bool sl_tcp_bytes(const struct sl_flow *f, struct sl_flow_info *info);
+void sl_tcp_abort(struct sl_engine *e, struct sl_flow *f, uint8_t why);
 
 #endif /* SLIRPY_TCP_H */

@@ -205,6 +205,10 @@ static struct sl_flow *open_flow(struct sl_engine *e, const struct sl_pkt *p)
 
 	r = sl_remote_sockaddr(e, p->family, p->dst, p->dport, IPPROTO_UDP_,
 			       &sa, &salen);
+	if (sl_policy_denies(e, p, r, &sa)) {
+		sl_icmp_send_error(e, p, SL_UNREACH_ADMIN);
+		return NULL;
+	}
 	if (r < 0) {
 		refuse(e, p, r);
 		return NULL;

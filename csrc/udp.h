@@ -7,7 +7,8 @@
  * and struct sl_udp_state (e->udp): no other file writes either. It owns
  * the host sockets of UDP flows, and frees UDP flows itself (set-up
  * failure, idle expiry in sl_udp_timer(), the flows of a removed forward
- * in sl_udp_listener_gone()); only flow.c's eviction at the cap frees one
+ * in sl_udp_listener_gone()); only flow.c's eviction at the cap and
+ * policy.c's closing of flows a new egress policy denies free one
  * otherwise. It may call the flow table, the address map, the ICMP error
  * builder, the emitters and sl_output(). It must not write to the TAP
  * itself, must not allocate after sl_udp_init(), and never fragments: a

@@ -14,7 +14,8 @@ import errno
 import functools
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
@@ -27,6 +28,7 @@ EV_FLOW_OPEN = lib.SL_EV_FLOW_OPEN
 EV_FLOW_CLOSE = lib.SL_EV_FLOW_CLOSE
 EV_NOTICE = lib.SL_EV_NOTICE
 EV_TAP_DOWN = lib.SL_EV_TAP_DOWN
+EV_POLICY_DENY = lib.SL_EV_POLICY_DENY
 PROTO_TCP = lib.SL_TCP
 PROTO_UDP = lib.SL_UDP
 # enum sl_flow_close_reason, as -v prints them.
@@ -38,7 +40,21 @@ CLOSE_REASONS = {
     lib.SL_FC_TIMEOUT: "timeout",
     lib.SL_FC_EVICTED: "evicted",
     lib.SL_FC_REFUSED: "refused",
+    lib.SL_FC_POLICY: "policy",
 }
+
+
+# Egress policy (csrc/policy.c): struct sl_policy_rule's enums.
+POLICY_ALLOW = lib.SL_POLICY_ALLOW
+POLICY_DENY = lib.SL_POLICY_DENY
+PP_TCP = lib.SL_PP_TCP
+PP_UDP = lib.SL_PP_UDP
+PP_ICMP = lib.SL_PP_ICMP
+PM_CIDR = lib.SL_PM_CIDR
+PM_HOST = lib.SL_PM_HOST
+POLICY_MAX_RULES = lib.SL_POLICY_MAX_RULES
+# SL_EV_POLICY_DENY's data when the default action decided.
+POLICY_DEFAULT_RULE = 0xFFFFFFFF
 
 
 class EngineError(OSError):
@@ -82,6 +98,28 @@ class FlowInfo:
     reason: str = ""
     bytes_to_host: int | None = None
     bytes_to_guest: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One compiled egress rule: struct sl_policy_rule, field for field.
+
+    ``match`` is PM_CIDR (``family``/``prefix_len``/``addr``: the network's
+    packed bytes, 4 or 16) or PM_HOST (any destination that reaches the
+    host; the address fields are ignored). ``proto_mask``: PP_* bits, 0 =
+    any. Ports are inclusive; ICMP has none, so a rule narrower than
+    0-65535 never matches it. ``rule_id`` indexes the hit counters.
+    """
+
+    rule_id: int
+    action: int
+    match: int = PM_CIDR
+    family: int = 4
+    prefix_len: int = 0
+    addr: bytes = b""
+    proto_mask: int = 0
+    port_lo: int = 0
+    port_hi: int = 65535
 
 
 @dataclass(frozen=True)
@@ -344,6 +382,43 @@ class Engine:
     def set_fault(self, drop_in_permille: int, drop_out_permille: int, seed: int = 1) -> None:
         """Deterministic random drop of frames in each direction (tests)."""
         lib.sl_engine_set_fault(self._e, drop_in_permille, drop_out_permille, seed)
+
+    def set_policy(
+        self, rules: Sequence[PolicyRule], default_allow: bool, nids: int,
+        now_ns: int | None = None,
+    ) -> None:
+        """Replace the egress policy atomically (first match wins, then the default).
+
+        `nids`: the number of distinct rule ids (the hit counters, reset here).
+        Outbound flows the new policy denies are closed. No rules and
+        `default_allow` is no policy at all. EngineError (EINVAL: a malformed
+        rule, E2BIG: too many) leaves the old policy in place.
+        """
+        n = len(rules)
+        arr = ffi.new("struct sl_policy_rule[]", max(n, 1))
+        for i, r in enumerate(rules):
+            c = arr[i]
+            c.rule_id = r.rule_id
+            c.match = r.match
+            c.family = r.family
+            c.prefix_len = r.prefix_len
+            c.action = r.action
+            c.proto_mask = r.proto_mask
+            c.port_lo = r.port_lo
+            c.port_hi = r.port_hi
+            if r.match == PM_CIDR:
+                if len(r.addr) != (4 if r.family == 4 else 16):
+                    raise EngineError(errno.EINVAL, f"set policy: rule {i}: bad address")
+                ffi.memmove(c.addr, r.addr, len(r.addr))
+        now = time.monotonic_ns() if now_ns is None else now_ns
+        action = POLICY_ALLOW if default_allow else POLICY_DENY
+        _check(lib.sl_engine_set_policy(self._e, now, arr, n, nids, action), "set policy")
+
+    def policy_hits(self, nids: int) -> list[int]:
+        """Flows per rule id (0..nids-1), then those the default action decided."""
+        out = ffi.new("uint64_t[]", nids + 1)
+        n = _check(lib.sl_engine_policy_hits(self._e, out, nids + 1), "policy hits")
+        return [int(out[i]) for i in range(n)] + [0] * (nids + 1 - n)
 
 
 def setns(fd: int, nstype: int = 0) -> None:

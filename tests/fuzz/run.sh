@@ -11,6 +11,9 @@
 #   FUZZ_HISTORY  where each engine's inputs are kept, to replay a finding
 #               that needed earlier inputs (default: $FUZZ_WORK/history)
 #   FUZZ_RECYCLE, FUZZ_FRESH, FUZZ_REPLAY: see the top of fuzz_engine.c
+#   FUZZ_TARGET engine (default: fuzz_engine.c, the whole engine) or policy
+#               (fuzz_policy.c: the egress policy's compiled matcher against
+#               a reference matcher; no seeds, no sockets)
 #
 # Reproduce a finding: "$FUZZ_WORK/fuzz_engine" FILE (with FUZZ_FRESH=1 if it
 # came from one input alone), or FUZZ_REPLAY=1 "$FUZZ_WORK/fuzz_engine"
@@ -33,15 +36,26 @@ mkdir -p "$work/corpus" "$work/findings" "$work/seeds"
 export FUZZ_HISTORY=${FUZZ_HISTORY:-$work/history}
 mkdir -p "$FUZZ_HISTORY"
 
-bin=$work/fuzz_engine
-srcs=("$root"/csrc/*.c "$here/fuzz_engine.c")
+target=${FUZZ_TARGET:-engine}
+case $target in
+    engine) extra=(-DSL_MAX_LISTENERS=8 -Wl,--wrap=connect) ;;
+    policy) extra=() ;;
+    *) echo "run.sh: FUZZ_TARGET must be engine or policy" >&2; exit 2 ;;
+esac
+bin=$work/fuzz_$target
+srcs=("$root"/csrc/*.c "$here/fuzz_$target.c")
 if [ ! -x "$bin" ] || [ -n "$(find "${srcs[@]}" "$root"/csrc/*.h -newer "$bin" 2>/dev/null)" ]; then
     "$cc" -g -O1 -std=gnu11 -Wall -Wextra -Werror \
         -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-        -fno-omit-frame-pointer -I"$root/csrc" -DSL_MAX_LISTENERS=8 \
-        -Wl,--wrap=connect \
+        -fno-omit-frame-pointer -I"$root/csrc" "${extra[@]}" \
         "${srcs[@]}" -o "$bin.tmp"
     mv "$bin.tmp" "$bin"
+fi
+
+if [ "$target" = policy ]; then
+    mkdir -p "$work/corpus-policy"
+    exec "$bin" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=4096 \
+        -print_final_stats=1 -artifact_prefix="$work/findings/" "$@" "$work/corpus-policy"
 fi
 
 "$python" "$here/make_corpus.py" "$work/seeds" >/dev/null
