@@ -68,6 +68,10 @@ IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_TXQLEN = 13
+IFLA_AF_SPEC = 26
+IFLA_INET6_ADDR_GEN_MODE = 8
+IN6_ADDR_GEN_MODE_NONE = 1  # the kernel makes no link-local address itself
+NLA_F_NESTED = 0x8000
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_LABEL = 3
@@ -237,8 +241,10 @@ def link_request(
     mtu: int | None = None,
     mac: bytes | None = None,
     txqlen: int | None = None,
+    addr_gen_mode: int | None = None,
 ) -> bytes:
-    """The body of RTM_NEWLINK (set flags under `change`, MTU, MAC, queue) or RTM_GETLINK."""
+    """The body of RTM_NEWLINK (set flags under `change`, MTU, MAC, queue, IPv6
+    address generation mode) or RTM_GETLINK."""
     body = IFINFOMSG.pack(socket.AF_UNSPEC, 0, index, flags, change)
     if name is not None:
         body += attr(IFLA_IFNAME, name.encode() + b"\0")
@@ -248,6 +254,9 @@ def link_request(
         body += attr(IFLA_ADDRESS, mac)
     if txqlen is not None:
         body += attr(IFLA_TXQLEN, struct.pack("=I", txqlen))
+    if addr_gen_mode is not None:
+        inet6 = attr(IFLA_INET6_ADDR_GEN_MODE, bytes([addr_gen_mode]))
+        body += attr(IFLA_AF_SPEC | NLA_F_NESTED, attr(socket.AF_INET6 | NLA_F_NESTED, inet6))
     return body
 
 
@@ -495,6 +504,7 @@ def set_link(
     mtu: int | None = None,
     mac: bytes | None = None,
     txqlen: int | None = None,
+    addr_gen_mode: int | None = None,
 ) -> None:
     """Change a link: each argument given (not None) is set, the rest left alone."""
     flags = change_mask = 0
@@ -502,7 +512,8 @@ def set_link(
         if wanted is not None:
             change_mask |= bit
             flags |= bit if wanted else 0
-    body = link_request(index, flags=flags, change=change_mask, mtu=mtu, mac=mac, txqlen=txqlen)
+    body = link_request(index, flags=flags, change=change_mask, mtu=mtu, mac=mac, txqlen=txqlen,
+                        addr_gen_mode=addr_gen_mode)
     change(nl, RTM_NEWLINK, 0, body)
 
 

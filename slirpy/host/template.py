@@ -265,6 +265,11 @@ def build_template(state: HostState, shared: SharedAddressing) -> HostTemplate:
     return HostTemplate(v4, v6, ifname, address4, address6)
 
 
+def read_template(nl: socket.socket, shared: SharedAddressing) -> HostTemplate:
+    """The template of the namespace `nl` was made in (see read_host_template)."""
+    return build_template(HostState.read(nl), shared)
+
+
 def read_host_template(shared: SharedAddressing) -> HostTemplate:
     """The host's template in the current network namespace, with `shared`'s overrides.
 
@@ -273,5 +278,4 @@ def read_host_template(shared: SharedAddressing) -> HostTemplate:
     netlink itself fails.
     """
     with rtnl.open_route() as nl:
-        state = HostState.read(nl)
-    return build_template(state, shared)
+        return read_template(nl, shared)

@@ -24,8 +24,9 @@ from ipaddress import (
 import pytest
 
 from slirpy.config import ConfigError
-from slirpy.host import rtnl
+from slirpy.host import netconf, rtnl
 from slirpy.host.template import (
+    FamilyTemplate,
     HostState,
     Route,
     build_template,
@@ -69,6 +70,13 @@ def test_link_round_trip() -> None:
     link = rtnl.parse_link(body)
     assert link == rtnl.Link(5, "tap0", rtnl.IFF_UP, 65520, bytes.fromhex("9a559a559a55"), 10000)
     assert struct.unpack_from("=I", body, 12)[0] == rtnl.IFF_UP  # ifi_change
+
+
+def test_link_addr_gen_mode_is_nested() -> None:
+    body = rtnl.link_request(5, addr_gen_mode=rtnl.IN6_ADDR_GEN_MODE_NONE)
+    spec = rtnl.parse_attrs(body, rtnl.IFINFOMSG.size)[rtnl.IFLA_AF_SPEC]
+    inet6 = rtnl.parse_attrs(spec)[socket.AF_INET6]
+    assert rtnl.parse_attrs(inet6) == {rtnl.IFLA_INET6_ADDR_GEN_MODE: b"\x01"}
 
 
 @pytest.mark.parametrize("iface", [IPv4Interface("198.51.100.2/24"),
@@ -329,3 +337,30 @@ def test_explicit_template_interface() -> None:
         build_template(st, SharedAddressing(template_if4="nosuch0"))
     with pytest.raises(ConfigError, match="External interface not usable"):
         build_template(st, SharedAddressing(template_if6="wlan0"))  # no IPv6 address there
+
+
+# ------------------------------------------------------------------ netconf's order
+
+
+def test_link_local_of_mac() -> None:
+    assert netconf.link_local_of(bytes.fromhex("02aabbccddee")) == IPv6Interface(
+        "fe80::aa:bbff:fecc:ddee/64")
+
+
+def test_routes_ordered_and_onlink() -> None:
+    fam = FamilyTemplate(
+        "eth0", (IPv4Interface("198.51.100.2/24"),),
+        (Route(IPv4Network("0.0.0.0/0"), IPv4Address("198.51.100.1"), 0),
+         Route(IPv4Network("10.0.0.0/8"), IPv4Address("172.16.0.1"), 0),
+         Route(IPv4Network("172.16.0.0/24"), None, 0),
+         Route(IPv4Network("192.0.2.0/24"), IPv4Address("203.0.113.1"), 0)),
+        IPv4Address("198.51.100.1"), False)
+    got = [(str(r.dst), onlink) for r, onlink in netconf.ordered_routes(fam)]
+    # Device routes first; a gateway reached only through another router: onlink.
+    assert got == [("172.16.0.0/24", False), ("0.0.0.0/0", False), ("10.0.0.0/8", False),
+                   ("192.0.2.0/24", True)]
+    v6 = FamilyTemplate(None, (), (Route(IPv6Network("::/0"), IPv6Address("fe80::1"), 1024),
+                                   Route(IPv6Network("2001:db8:5::/48"),
+                                         IPv6Address("2001:db8:1::1"), 1024)),
+                        IPv6Address("fe80::1"), True)
+    assert [o for _r, o in netconf.ordered_routes(v6)] == [False, True]
