@@ -3,8 +3,9 @@
 This module owns the namespace helper: a child forked while the process is
 still single-threaded joins the container's user namespace (when needed) and
 network namespace, opens (or attaches to) the TAP, optionally configures it
-(`-c`), and sends the fd back over a Unix socket with SCM_RIGHTS. The parent
-never changes namespace.
+(`-c`), and sends the fd back over a Unix socket with SCM_RIGHTS (with
+`netlink`, also a NETLINK_ROUTE and a NETLINK_SOCK_DIAG socket made there,
+which keep working in that namespace). The parent never changes namespace.
 
 It must not start threads or an event loop; the child configures the TAP
 (`-c`) with slirpy.host.ifconfig, imported only there.
@@ -30,6 +31,7 @@ CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
 NS_GET_USERNS = 0xB701
 SIOCGIFHWADDR = 0x8927
+NETLINK_SOCK_DIAG = 4  # <linux/netlink.h>; not in Python's socket module
 TAP_TXQUEUELEN = 10000  # a window burst must not overflow the default 1000
 
 
@@ -51,6 +53,10 @@ class TapRequest(NamedTuple):
     gateway: IPv4Address | None = None
     mac: bytes | None = None
     ipv6: bool = False
+    # Also send back a NETLINK_ROUTE and a NETLINK_SOCK_DIAG socket made in
+    # the namespace: the daemon configures it and scans its ports through
+    # them later without another helper (pasta's model).
+    netlink: bool = False
 
     @classmethod
     def for_net(
@@ -73,6 +79,8 @@ class TapRequest(NamedTuple):
 class TapHandle(NamedTuple):
     fd: int
     mac: bytes
+    nl_fd: int | None = None
+    diag_fd: int | None = None
 
 
 class NamespaceTarget(NamedTuple):
@@ -161,6 +169,17 @@ def _tap_mac(name: str) -> bytes:
         return res[18:24]
 
 
+def _netlink_sockets() -> list[int]:
+    """NETLINK_ROUTE and NETLINK_SOCK_DIAG sockets of the current namespace (fds)."""
+    flags = socket.SOCK_RAW | socket.SOCK_CLOEXEC
+    out = []
+    for proto in (socket.NETLINK_ROUTE, NETLINK_SOCK_DIAG):
+        s = socket.socket(socket.AF_NETLINK, flags, proto)
+        s.bind((0, 0))
+        out.append(s.detach())
+    return out
+
+
 def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest) -> int:
     from slirpy.engine import TunError, setns, tun_open
 
@@ -192,9 +211,10 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
             except OSError as e:
                 raise NamespaceError(f"cannot configure {req.tapname}: {e.strerror}") from None
         mac = _tap_mac(req.tapname)
-        # The reply is "ok <mac hex>" with the fd, or "error <message>" (no
+        fds = [fd, *_netlink_sockets()] if req.netlink else [fd]
+        # The reply is "ok <mac hex>" with the fds, or "error <message>" (no
         # json: the parent would import it for this alone).
-        socket.send_fds(sock, [b"ok " + mac.hex().encode()], [fd])
+        socket.send_fds(sock, [b"ok " + mac.hex().encode()], fds)
         return 0
     except NamespaceError as e:
         sock.sendall(b"error " + str(e).encode())
@@ -210,24 +230,28 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
 class PendingTap:
     """The helper child at work; `wait()` collects the TAP fd or the error."""
 
-    def __init__(self, pid: int, sock: socket.socket) -> None:
+    def __init__(self, pid: int, sock: socket.socket, nfds: int = 1) -> None:
         self._pid = pid
         self._sock = sock
+        self._nfds = nfds
 
     def wait(self) -> TapHandle:
         try:
-            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 4096, 1)
+            msg, fds, _flags, _addr = socket.recv_fds(self._sock, 4096, self._nfds)
         finally:
             self._sock.close()
             os.waitpid(self._pid, 0)
         if not msg:
             raise NamespaceError("namespace helper died without an answer")
         status, _, rest = msg.partition(b" ")
-        if status != b"ok" or len(fds) != 1:
+        if status != b"ok" or len(fds) != self._nfds:
             for fd in fds:
                 os.close(fd)
             raise NamespaceError(rest.decode(errors="replace") or "namespace helper failed")
-        return TapHandle(fd=fds[0], mac=bytes.fromhex(rest.decode()))
+        mac = bytes.fromhex(rest.decode())
+        if self._nfds == 3:
+            return TapHandle(fd=fds[0], mac=mac, nl_fd=fds[1], diag_fd=fds[2])
+        return TapHandle(fd=fds[0], mac=mac)
 
 
 def fork_into(
@@ -270,7 +294,7 @@ def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
     NamespaceError with one readable line when a namespace cannot be opened.
     """
     pid, parent = fork_into(target, lambda sock, netfd, userfd: _child(sock, netfd, userfd, req))
-    return PendingTap(pid, parent)
+    return PendingTap(pid, parent, 3 if req.netlink else 1)
 
 
 def open_tap(target: NamespaceTarget, req: TapRequest) -> TapHandle:
