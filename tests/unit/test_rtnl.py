@@ -364,3 +364,18 @@ def test_routes_ordered_and_onlink() -> None:
                                          IPv6Address("2001:db8:1::1"), 1024)),
                         IPv6Address("fe80::1"), True)
     assert [o for _r, o in netconf.ordered_routes(v6)] == [False, True]
+
+
+# ------------------------------------------------------------------ inet_diag
+
+
+def test_diag_request_and_answer() -> None:
+    from slirpy.host import portscan
+
+    req = portscan.diag_request(socket.AF_INET6, socket.IPPROTO_UDP, 1 << portscan.TCP_CLOSE)
+    assert len(req) == 56
+    assert req[:8] == struct.pack("=BBBxI", socket.AF_INET6, socket.IPPROTO_UDP, 0, 1 << 7)
+    msg = struct.pack("=BBBB", socket.AF_INET, portscan.TCP_LISTEN, 0, 0)
+    msg += struct.pack("!HH", 8080, 0) + IPv4Address("127.0.0.1").packed + b"\0" * 12
+    msg += b"\0" * 16 + b"\0" * 28  # dst, if, cookie, expires, queues, uid, inode
+    assert portscan.parse_diag(msg) == (portscan.TCP_LISTEN, 8080, "127.0.0.1")
