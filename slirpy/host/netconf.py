@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import socket
 from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface, IPv6Network
+from typing import NamedTuple
 
 from slirpy.host import rtnl
 from slirpy.host.template import FamilyTemplate, HostTemplate, Route
@@ -77,6 +78,30 @@ def link_local_of(mac: bytes) -> IPv6Interface:
     return IPv6Interface((IPv6Address(b"\xfe\x80" + b"\0" * 6 + eui), 64))
 
 
+class Configured(NamedTuple):
+    """What configure_namespace made: the guest's MAC, whether IPv6 is on.
+
+    `ipv6` is False when the template has no IPv6 or the namespace cannot do
+    IPv6 (no IPv6 in the kernel, or disable_ipv6): IPv4 is configured all
+    the same, and the caller should drop the template's v6 half (for
+    apply_change too) rather than fail the start.
+    """
+
+    mac: bytes
+    ipv6: bool
+
+
+def _start_ipv6(nl: socket.socket, index: int) -> bool:
+    """Turn the kernel's link-local generation off; False if the link has no IPv6."""
+    try:
+        rtnl.set_link(nl, index, addr_gen_mode=rtnl.IN6_ADDR_GEN_MODE_NONE)
+    except OSError as e:
+        if e.errno in (errno.EAFNOSUPPORT, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
 def configure_namespace(
     nl: socket.socket,
     ifname: str,
@@ -85,32 +110,38 @@ def configure_namespace(
     mtu: int,
     ns_mac: bytes | None,
     txqueuelen: int,
-) -> bytes:
+) -> Configured:
     """Configure `ifname` (the TAP, already open) in the socket's namespace.
 
     `mtu` 0 leaves the MTU alone; `ns_mac` None keeps the kernel's random
-    MAC. Returns the interface's MAC (the guest's, for the engine). Raises
-    OSError (the kernel's errno, with what failed) on any failure.
+    MAC. Returns the interface's MAC (the guest's, for the engine) and
+    whether IPv6 was configured. Raises OSError (the kernel's errno, with
+    what failed) on any other failure.
     """
     lo = rtnl.link_by_name(nl, "lo")
     rtnl.set_link(nl, lo.index, up=True)
     tap = rtnl.link_by_name(nl, ifname)
-    v6 = template.v6 is not None
+    rtnl.set_link(nl, tap.index, mtu=mtu or None, mac=ns_mac, txqlen=txqueuelen or None)
     # IPv6: the kernel makes its link-local address only once the link's
     # operational state catches up (linkwatch, up to a second after "up"),
     # then runs DAD on it. We make it ourselves, nodad, like every other
     # address: nothing is tentative when the guest starts.
-    rtnl.set_link(nl, tap.index, mtu=mtu or None, mac=ns_mac, txqlen=txqueuelen or None,
-                  addr_gen_mode=rtnl.IN6_ADDR_GEN_MODE_NONE if v6 else None)
+    v6 = template.v6 is not None and _start_ipv6(nl, tap.index)
     rtnl.set_link(nl, tap.index, up=True)
     mac = rtnl.link_by_name(nl, ifname).mac or b""
     if v6 and len(mac) == 6:
-        _add_addrs(nl, tap.index, (link_local_of(mac),))
-    for fam in template.families():
+        try:
+            _add_addrs(nl, tap.index, (link_local_of(mac),))
+        except OSError as e:
+            if e.errno != errno.EACCES:  # disable_ipv6 in the namespace
+                raise
+            v6 = False
+    families = [f for f in (template.v4, template.v6 if v6 else None) if f is not None]
+    for fam in families:
         _add_addrs(nl, tap.index, fam.addrs)
-    for fam in template.families():
+    for fam in families:
         _add_routes(nl, tap.index, fam, replace=False)
-    return mac
+    return Configured(mac, v6)
 
 
 def _remove(nl: socket.socket, index: int, old: FamilyTemplate, new: FamilyTemplate | None) -> None:

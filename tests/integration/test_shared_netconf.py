@@ -152,10 +152,11 @@ def _configure(host_ns: str, guest: str, **kw: object) -> tuple[HostTemplate, Ca
     template = _template(host_ns, **kw)
     stack = contextlib.ExitStack()
     _handle, nl, _diag = stack.enter_context(_tap(guest, template.ifname))
-    mac = netconf.configure_namespace(nl, template.ifname, template, mtu=mtu,  # type: ignore[arg-type]
-                                      ns_mac=ns_mac, txqueuelen=10000)  # type: ignore[arg-type]
+    done = netconf.configure_namespace(nl, template.ifname, template, mtu=mtu,  # type: ignore[arg-type]
+                                       ns_mac=ns_mac, txqueuelen=10000)  # type: ignore[arg-type]
     if ns_mac is not None:
-        assert mac == ns_mac
+        assert done.mac == ns_mac
+    assert done.ipv6 == (template.v6 is not None)
     return template, stack.close
 
 
@@ -256,6 +257,20 @@ def test_one_family(fake_host: str, guest_ns: str, family: str) -> None:
             assert _routes(guest_ns, "-4") == set()
     finally:
         close()
+
+
+def test_guest_without_ipv6_still_gets_ipv4(fake_host: str, guest_ns: str) -> None:
+    """disable_ipv6 in the guest's namespace: IPv4 configured, IPv6 reported off."""
+    for scope in ("all", "default"):
+        subprocess.run(["nsenter", f"--net=/run/netns/{guest_ns}", "sysctl", "-q", "-w",
+                        f"net.ipv6.conf.{scope}.disable_ipv6=1"], check=True, timeout=30)
+    template = _template(fake_host)
+    with _tap(guest_ns, template.ifname) as (_h, nl, _d):
+        done = netconf.configure_namespace(nl, template.ifname, template, mtu=65520,
+                                           ns_mac=None, txqueuelen=0)
+        assert not done.ipv6
+        assert "198.51.100.2/24" in _addrs(guest_ns, "eth0")
+        assert ("default", "198.51.100.1", "eth0") in _routes(guest_ns, "-4")
 
 
 def test_unusable_template_interface(fake_host: str) -> None:
