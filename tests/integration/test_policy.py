@@ -341,9 +341,15 @@ def check_public_only(h: PolicyHost, probes: list[list[object]], rep: dict[str, 
     assert len(udp_seen) == 2, udp_seen
 
 
-def test_public_only_slirp4netns(pol_host: PolicyHost, container: Container) -> None:
+@pytest.mark.parametrize("confined", [False, True], ids=["plain", "sandbox-seccomp"])
+def test_public_only_slirp4netns(
+    pol_host: PolicyHost, container: Container, confined: bool
+) -> None:
+    """Also confined as Podman runs it (--enable-sandbox --enable-seccomp):
+    the denial log line must still be written from inside the sandbox."""
     probes = all_probes(pol_host)
-    with slirp4netns(pol_host, container, "--policy=public-only") as s:
+    extra = ["--enable-sandbox", "--enable-seccomp"] if confined else []
+    with slirp4netns(pol_host, container, "--policy=public-only", *extra) as s:
         r = container.run(*probe_cmd(pol_host, probes), timeout=120, check=False)
         assert r.returncode == 0, r.stderr.decode()[-2000:]
         check_public_only(pol_host, probes, report(r.stdout))
@@ -397,12 +403,14 @@ def test_without_policy_everything_reaches(pol_host: PolicyHost, container: Cont
     assert [p["result"] for p in rep["probes"]] == ["OK"] * 5, rep  # type: ignore[index]
 
 
+@pytest.mark.parametrize("confined", [False, True], ids=["plain", "sandbox-seccomp"])
 def test_live_set_policy_resets_open_connection(
-    pol_host: PolicyHost, container: Container
+    pol_host: PolicyHost, container: Container, confined: bool
 ) -> None:
     h = pol_host
+    extra = ["--enable-sandbox", "--enable-seccomp"] if confined else []
     with api_dir() as d, slirp4netns(h, container, f"--api-socket={d}/api.sock",
-                                     "--policy=allow-all"):
+                                     "--policy=allow-all", *extra):
         api = f"{d}/api.sock"
         assert api_call(api, {"execute": "get_policy"}) == {
             "return": {"name": "allow-all", "policy": {"default": "allow", "rule": []}}}
