@@ -427,9 +427,14 @@ _ROOTLESS = textwrap.dedent("""
 """)
 
 
-def test_rootless_daemon_configures_through_the_socket(container: Container) -> None:
-    """As the unprivileged owner of the container's user namespace, from outside it."""
-    r = subprocess.run([*AS_USER, sys.executable, "-c", _ROOTLESS, str(container.pid)],
+@pytest.mark.parametrize("where", ["owner", "in_userns"])
+def test_rootless_daemon_configures_through_the_socket(container: Container, where: str) -> None:
+    """Unprivileged, from the host's network namespace: as the owner of the
+    container's user namespace (slirp4netns-style), or inside that user
+    namespace as Podman runs pasta."""
+    enter = ["nsenter", "-t", str(container.pid), "-U", "--preserve-credentials"]
+    prefix = [*AS_USER, *(enter if where == "in_userns" else [])]
+    r = subprocess.run([*prefix, sys.executable, "-c", _ROOTLESS, str(container.pid)],
                        capture_output=True, text=True, timeout=60, env=user_env())
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
