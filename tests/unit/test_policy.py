@@ -740,3 +740,34 @@ def test_engine_agrees_with_reference(
         _, rid = policy.verdict(t)
         expect = [] if no_policy else [len(policy.rules) if rid is None else rid]
         assert hits == expect, (policy.to_json(), t)
+
+
+def test_constants_mirror_the_engine() -> None:
+    from slirpy import engine as eng
+
+    assert (ACTION_ALLOW, ACTION_DENY) == (eng.POLICY_ALLOW, eng.POLICY_DENY)
+    assert (PP_TCP, PP_UDP, PP_ICMP) == (eng.PP_TCP, eng.PP_UDP, eng.PP_ICMP)
+    assert (MATCH_CIDR, MATCH_HOST) == (eng.PM_CIDR, eng.PM_HOST)
+    assert DEFAULT_RULE_ID == eng.POLICY_DEFAULT_RULE
+
+
+def test_apply_policy_hands_the_table_over() -> None:
+    from slirpy import engine as eng
+
+    calls: list[tuple[list[Any], bool, int]] = []
+
+    class FakeEngine:
+        def set_policy(self, rules: list[Any], default_allow: bool, nids: int) -> None:
+            calls.append((rules, default_allow, nids))
+
+    pol.apply_policy(FakeEngine(), PRESETS["public-only"])
+    rules, default_allow, nids = calls[0]
+    assert default_allow and nids == 1 and len(rules) == 14
+    assert all(isinstance(r, eng.PolicyRule) for r in rules)
+    assert rules[0].match == MATCH_HOST  # a rule's host entry comes first
+    assert rules[1] == eng.PolicyRule(rule_id=0, action=ACTION_DENY, match=MATCH_CIDR, family=4,
+                                      prefix_len=8, addr=bytes([10, 0, 0, 0]), proto_mask=0,
+                                      port_lo=0, port_hi=65535)
+    assert {len(r.addr) for r in rules if r.family == 6} == {16}
+    pol.apply_policy(FakeEngine(), PRESETS["none"])
+    assert calls[1] == ([], False, 0)
