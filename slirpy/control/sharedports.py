@@ -72,11 +72,32 @@ class SharedPorts:
         self._next_id = _FIRST_ID
         # auto: ports mirrored now, per (proto, direction).
         self._auto: dict[str, set[int]] = {}
+        self._published: list[PortMapping] = []
 
     # --------------------------------------------------------------- static
 
     def publish(self, m: PortMapping) -> None:
         """Bind and hand over `m`; ConfigError with pasta's wording if it cannot be."""
+        self._publish(m)
+        self._published.append(m)
+
+    def readdress(self, guest4: IPv4Address | None, guest6: IPv6Address | None) -> list[str]:
+        """The guest's addresses changed (the host's did): listeners lead to
+        the new ones. Returns the errors of ports that could not be bound again."""
+        if self._guest == {4: guest4, 6: guest6}:
+            return []
+        self._guest = {4: guest4, 6: guest6}
+        self.close_all()
+        self._auto.clear()  # the next scan publishes them again
+        errors = []
+        for m in self._published:
+            try:
+                self._publish(m)
+            except (ConfigError, OSError) as e:
+                errors.append(str(e))
+        return errors
+
+    def _publish(self, m: PortMapping) -> None:
         families = self._families(m)
         for fam in families:
             host = m.host_addr or ("0.0.0.0" if fam == 4 else "::")
