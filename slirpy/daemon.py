@@ -350,6 +350,7 @@ class Daemon:
             if opts.shared is not None:
                 self._configure_namespace(stack)
                 self._set_addr_maps(dns_udp)
+                self._follow_host(loop, stack, dns_udp)
             efd = engine.fileno()
             self._engine_ready = engine.reader(self._on_events, POLL_BUDGET)
             loop.add_reader(efd, self._engine_ready)
@@ -478,10 +479,57 @@ class Daemon:
         from slirpy.host.netns import TAP_TXQUEUELEN
 
         try:
-            configure_namespace(nl, template.ifname, template, mtu=shared.mtu,
-                                ns_mac=shared.ns_mac, txqueuelen=TAP_TXQUEUELEN)
+            done = configure_namespace(nl, template.ifname, template, mtu=shared.mtu,
+                                       ns_mac=shared.ns_mac, txqueuelen=TAP_TXQUEUELEN)
         except OSError as e:
             raise ConfigError(f"cannot configure {template.ifname}: {e.strerror or e}") from None
+        assert self.engine is not None
+        self.engine.set_guest_mac(done.mac)  # --ns-mac-addr's, not the TAP's first one
+        if not done.ipv6 and template.v6 is not None:
+            # The namespace cannot do IPv6: later host changes copy IPv4 only.
+            import dataclasses
+
+            self._template = dataclasses.replace(template, v6=None)
+
+    def _follow_host(self, loop: asyncio.AbstractEventLoop, stack: AsyncExitStack,
+                     dns_port: int) -> None:
+        """Better than pasta: host address and route changes reach the copy."""
+        shared, template = self.opts.shared, self._template
+        assert shared is not None and template is not None
+        if not (shared.follow_host and shared.config_net) or self._nl is None:
+            return
+        from slirpy.host.hostwatch import HostWatch
+
+        def changed(old: HostTemplate, new: HostTemplate) -> None:
+            self._host_changed(old, new, dns_port)
+
+        try:
+            watch = HostWatch(shared, template, changed, loop,
+                              on_error=lambda e: _say(f"host change not followed: {e}"))
+        except OSError as e:
+            _say(f"host changes will not be followed: {e}")
+            return
+        loop.add_reader(watch.fileno(), watch.on_readable)
+        stack.callback(watch.close)
+        stack.callback(loop.remove_reader, watch.fileno())
+
+    def _host_changed(self, old: HostTemplate, new: HostTemplate, dns_port: int) -> None:
+        from slirpy.control.sharednet import guest_addresses
+        from slirpy.host.netconf import apply_change
+
+        assert self._nl is not None and self.engine is not None
+        try:
+            apply_change(self._nl, old.ifname, old, new)
+        except OSError as e:
+            _say(f"cannot copy the host's change into the namespace: {e}")
+        self._template = new
+        self._set_addr_maps(dns_port)
+        g4, g6 = guest_addresses(new)
+        if hasattr(self.engine, "set_guest_addresses"):
+            self.engine.set_guest_addresses(g4, g6)
+        if self._shared_ports is not None:
+            for err in self._shared_ports.readdress(g4, g6):
+                _say(err)
 
     def _set_addr_maps(self, dns_port: int) -> None:
         from slirpy.control.sharednet import address_maps
