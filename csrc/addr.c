@@ -8,6 +8,15 @@
  * is itself. Addresses that would let a guest reach the host's loopback by
  * another name (127/8, ::1, v4-mapped) are refused here, in one place.
  * Inbound: a loopback client appears as the gateway.
+ *
+ * Shared-address mode (cfg.shared_addr, pasta's model): the guest owns the
+ * host's addresses, so there is no N+2/N+3 here; the address-map table
+ * (cfg.maps) says which guest destinations go elsewhere, then the same
+ * "never a host socket" checks apply, then an address is itself. Inbound, a
+ * loopback client or one using the guest's (= the host's) own address
+ * appears as cfg.peer_sub4/6; any other client keeps its address. The map
+ * table applies in slirp4netns mode too, before N+2/N+3 (it is empty there
+ * unless Python fills it, so that mode is unchanged).
  */
 #include <errno.h>
 #include <string.h>
@@ -50,17 +59,62 @@ static int dns_redirect(struct sl_engine *e, int proto, uint16_t rport,
 	return loopback_v4(sa, port, salen);
 }
 
+static void set_v6(struct sockaddr_in6 *sin6, const uint8_t *a,
+		   uint16_t port, uint32_t *salen)
+{
+	memset(sin6, 0, sizeof(*sin6));
+	sin6->sin6_family = AF_INET6;
+	memcpy(&sin6->sin6_addr, a, 16);
+	sin6->sin6_port = htons(port);
+	*salen = sizeof(*sin6);
+}
+
+/**
+ * apply_map() - the address-map entry for @family/@r, if any.
+ * Return: 1 and @sa filled when mapped, 0 when no entry matches,
+ * -ECONNREFUSED for a DNS-only entry on another port or protocol.
+ */
+static int apply_map(struct sl_engine *e, int family, const uint8_t *r,
+		     uint16_t rport, int proto, void *sa, uint32_t *salen)
+{
+	size_t alen = family == 4 ? 4 : 16;
+	unsigned i;
+
+	for (i = 0; i < SL_MAX_ADDR_MAPS; i++) {
+		const struct sl_addr_map *m = &e->cfg.maps[i];
+		uint16_t port;
+
+		if (m->family != family || memcmp(m->match, r, alen))
+			continue;
+		if (m->dns_only &&
+		    ((proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_) ||
+		     (rport != 53 && rport != 853)))
+			return -ECONNREFUSED;
+		port = m->target_port ? m->target_port : rport;
+		if (family == 4)
+			set_v4(sa, m->target, port, salen);
+		else
+			set_v6(sa, m->target, port, salen);
+		return 1;
+	}
+	return 0;
+}
+
 static int remote_v4(struct sl_engine *e, const uint8_t *r, uint16_t rport,
 		     int proto, void *sa, uint32_t *salen)
 {
 	static const uint8_t bcast[4] = { 255, 255, 255, 255 };
+	int m = apply_map(e, 4, r, rport, proto, sa, salen);
 
-	if (!memcmp(r, e->cfg.gw4, 4) || !memcmp(r, bcast, 4)) {
+	if (m)
+		return m < 0 ? m : 0;
+	if (!e->cfg.shared_addr &&
+	    (!memcmp(r, e->cfg.gw4, 4) || !memcmp(r, bcast, 4))) {
 		if (!e->cfg.host_loopback)
 			return -ENETUNREACH;
 		return loopback_v4(sa, rport, salen);
 	}
-	if (!memcmp(r, e->cfg.dns4, 4))
+	if (!e->cfg.shared_addr && !memcmp(r, e->cfg.dns4, 4))
 		return dns_redirect(e, proto, rport, sa, salen);
 	if (r[0] == 0 || r[0] == 127 || r[0] >= 224)
 		return -EINVAL;
@@ -72,9 +126,12 @@ static int remote_v6(struct sl_engine *e, const uint8_t *r, uint16_t rport,
 {
 	static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
 	struct sockaddr_in6 *sin6 = sa;
-	bool in_prefix = !memcmp(r, e->cfg.prefix6, 8) &&
+	bool in_prefix = !e->cfg.shared_addr && !memcmp(r, e->cfg.prefix6, 8) &&
 			 !memcmp(r + 8, zero16, 7);
+	int m = apply_map(e, 6, r, rport, proto, sa, salen);
 
+	if (m)
+		return m < 0 ? m : 0;
 	if (in_prefix && r[15] == 2) {
 		if (!e->cfg.host_loopback)
 			return -ENETUNREACH;
@@ -91,11 +148,7 @@ static int remote_v6(struct sl_engine *e, const uint8_t *r, uint16_t rport,
 	if (!memcmp(r, zero16, 15) || !memcmp(r, mapped, 12) || r[0] == 0xff ||
 	    (r[0] == 0xfe && (r[1] & 0xc0) == 0x80))
 		return -EINVAL;
-	memset(sin6, 0, sizeof(*sin6));
-	sin6->sin6_family = AF_INET6;
-	memcpy(&sin6->sin6_addr, r, 16);
-	sin6->sin6_port = htons(rport);
-	*salen = sizeof(*sin6);
+	set_v6(sin6, r, rport, salen);
 	return 0;
 }
 
@@ -104,7 +157,8 @@ static int remote_v6(struct sl_engine *e, const uint8_t *r, uint16_t rport,
  * @sa: at least a struct sockaddr_in6; filled on success
  *
  * Return: 0; -ENETUNREACH (host loopback disabled), -ECONNREFUSED (N+3 on
- * a port other than 53, or DNS disabled), -EINVAL (never forwarded).
+ * a port other than 53, or DNS disabled; a DNS-only map entry on another
+ * port), -EINVAL (never forwarded).
  */
 int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,
 		       uint16_t rport, int proto, void *sa, uint32_t *salen)
@@ -117,8 +171,9 @@ int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,
 /**
  * sl_guest_view_of() - how a host peer appears to the guest.
  * @family: in: the family the guest side uses (4 or 6); a loopback peer
- *          becomes that family's gateway, others keep their own family
- *          (v4-mapped peers are unmapped).
+ *          becomes that family's gateway (shared mode: cfg.peer_sub4/6, as
+ *          does a peer using the guest's own address), others keep their
+ *          own family (v4-mapped peers are unmapped).
  * Return: 0, or -EAFNOSUPPORT when the peer cannot be shown in @family.
  */
 int sl_guest_view_of(struct sl_engine *e, const void *sa, int *family,
@@ -146,6 +201,14 @@ int sl_guest_view_of(struct sl_engine *e, const void *sa, int *family,
 			memcpy(a, &sin6->sin6_addr, 16);
 			fam = 6;
 		}
+	}
+	if (e->cfg.shared_addr &&
+	    ((fam == 4 && (a[0] == 127 || !memcmp(a, e->cfg.guest4, 4))) ||
+	     (fam == 6 && ((!memcmp(a, zero16, 15) && a[15] == 1) ||
+			   !memcmp(a, e->cfg.guest6, 16))))) {
+		memcpy(addr, *family == 4 ? e->cfg.peer_sub4 : e->cfg.peer_sub6,
+		       *family == 4 ? 4 : 16);
+		return 0;
 	}
 	if ((fam == 4 && a[0] == 127) ||
 	    (fam == 6 && !memcmp(a, zero16, 15) && a[15] == 1)) {
@@ -182,5 +245,24 @@ int sl_bind_outbound(struct sl_engine *e, int fd, int family)
 		memcpy(&sin6.sin6_addr, e->cfg.outbound6, 16);
 		return bind(fd, (struct sockaddr *)&sin6, sizeof(sin6));
 	}
+	return 0;
+}
+
+/**
+ * sl_engine_set_addr_map() - set entry @idx of the address-map table
+ * (family 0 clears it). New flows follow it; existing flows keep their
+ * sockets.
+ *
+ * Return: 0, or -EINVAL for a bad index or family.
+ */
+int sl_engine_set_addr_map(struct sl_engine *e, unsigned idx,
+			   const struct sl_addr_map *m)
+{
+	if (idx >= SL_MAX_ADDR_MAPS ||
+	    (m->family != 0 && m->family != 4 && m->family != 6))
+		return -EINVAL;
+	e->cfg.maps[idx] = *m;
+	if (!m->family)
+		memset(&e->cfg.maps[idx], 0, sizeof(*m));
 	return 0;
 }

@@ -8,6 +8,13 @@
  * (and refuses those that would reach the host's loopback by another
  * name), how a host peer appears to the guest, and which source address
  * outbound sockets bind to. It makes no socket and sends nothing.
+ *
+ * It also owns the address-map table's one writer,
+ * sl_engine_set_addr_map() (slirpy.h), which changes e->cfg.maps only.
+ * Order for a guest destination: the map table; then, in slirp4netns
+ * mode only, N+2/N+3 (prefix::2/::3); then the "never a host socket"
+ * checks; then the address itself. Flows are keyed by the guest's view,
+ * so replies always appear to come from the address the guest used.
  */
 #ifndef SLIRPY_ADDR_H
 #define SLIRPY_ADDR_H

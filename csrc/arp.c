@@ -4,6 +4,12 @@
  * DNS host (N+3). slirpy has no other hosts on the link, so nothing else is
  * answered, and no ARP cache is kept: the guest's MAC is learned from the
  * frames it sends.
+ *
+ * Shared-address mode: every address is behind us (the guest owns the
+ * host's address, on-link neighbours and the gateway are all reached
+ * through host sockets), so every request is answered with cfg.our_mac,
+ * except for the guest's own address (its probes included) and
+ * announcements (sender = target), as pasta does.
  */
 #include <string.h>
 
@@ -20,7 +26,15 @@ void sl_arp_input(struct sl_engine *e, const struct sl_pkt *p)
 		sl_count(e, SL_C_drop_not_for_us);
 		return;
 	}
-	if (memcmp(tpa, e->cfg.gw4, 4) && memcmp(tpa, e->cfg.dns4, 4)) {
+	if (e->cfg.shared_addr) {
+		static const uint8_t any[4];
+
+		if (!memcmp(tpa, e->cfg.guest4, 4) || !memcmp(tpa, a + 14, 4) ||
+		    !memcmp(tpa, any, 4)) {
+			sl_count(e, SL_C_drop_not_for_us);
+			return;
+		}
+	} else if (memcmp(tpa, e->cfg.gw4, 4) && memcmp(tpa, e->cfg.dns4, 4)) {
 		sl_count(e, SL_C_drop_not_for_us);
 		return;
 	}

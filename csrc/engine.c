@@ -73,10 +73,13 @@ static void mac_from_v6(uint8_t mac[6], const uint8_t a[16])
 /**
  * sl_mac_for() - the MAC address of one of our virtual hosts, by IP.
  * Any other address gets the gateway's MAC: everything off-link is behind it.
+ * In shared-address mode every address is behind one MAC (cfg.our_mac).
  */
 const uint8_t *sl_mac_for(const struct sl_engine *e, int family,
 			  const uint8_t *addr)
 {
+	if (e->cfg.shared_addr)
+		return e->gw_mac;
 	if (family == 4)
 		return memcmp(addr, e->cfg.dns4, 4) ? e->gw_mac : e->dns_mac;
 	return addr[15] == 3 && !memcmp(addr, e->cfg.prefix6, 8) ?
@@ -173,6 +176,13 @@ struct sl_engine *sl_engine_new(const struct sl_config *cfg)
 		mac_from_v6(e->gw6_mac, a);
 		a[15] = 3;
 		mac_from_v6(e->dns6_mac, a);
+	}
+	if (memcmp(e->cfg.our_mac, "\0\0\0\0\0\0", 6)) {
+		/* One MAC for every virtual host (shared mode: every address). */
+		memcpy(e->gw_mac, e->cfg.our_mac, 6);
+		memcpy(e->dns_mac, e->cfg.our_mac, 6);
+		memcpy(e->gw6_mac, e->cfg.our_mac, 6);
+		memcpy(e->dns6_mac, e->cfg.our_mac, 6);
 	}
 	e->rxbuf = malloc(SL_FRAME_MAX);
 	e->txbuf = malloc(SL_FRAME_MAX);
@@ -466,12 +476,18 @@ static bool bad_src6(const struct sl_engine *e, const struct sl_pkt *p)
 	/* :: is legal only for duplicate address detection (NDP). */
 	if (!memcmp(s, loop6, 15) && s[15] == 0)
 		return p->proto != IPPROTO_ICMPV6_;
-	return !memcmp(s, e->cfg.prefix6, 8) &&
+	/* Shared mode: prefix::2/::3 are nobody special (the guest has the
+	 * host's /64, where they may be anyone, even the guest). */
+	return !e->cfg.shared_addr && !memcmp(s, e->cfg.prefix6, 8) &&
 	       !memcmp(s + 8, "\0\0\0\0\0\0\0", 7) && (s[15] == 2 || s[15] == 3);
 }
 
 static void handle_ipv4(struct sl_engine *e, const struct sl_pkt *p)
 {
+	if (e->cfg.no_ipv4) {
+		sl_count(e, SL_C_drop_not_for_us);
+		return;
+	}
 	if (bad_src4(e, p)) {
 		sl_count(e, SL_C_drop_src_invalid);
 		return;
@@ -561,6 +577,10 @@ static void handle_frame(struct sl_engine *e, const uint8_t *buf, size_t len,
 		sl_udp_flush(e);
 	switch (p.ethertype) {
 	case ETHERTYPE_ARP:
+		if (e->cfg.no_ipv4) {
+			sl_count(e, SL_C_drop_not_for_us);
+			break;
+		}
 		sl_arp_input(e, &p);
 		break;
 	case ETHERTYPE_IPV4:
@@ -721,9 +741,7 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 			if (!l)
 				break;
 			done++;
-			if (l->proto == SL_TCP && l->splice)
-				sl_splice_accept(e, l);
-			else if (l->proto == SL_TCP)
+			if (l->proto == SL_TCP)
 				sl_tcp_listener_event(e, l);
 			else
 				sl_udp_listener_event(e, l);
@@ -826,15 +844,24 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 }
 
 /**
- * sl_engine_set_listener_splice() - relay the TCP forward @id by splice()
+ * sl_engine_set_listener_splice() - how the TCP forward @id relays its
+ * connections: @mode is enum sl_listener_mode (1, SL_LM_SPLICE: by splice()
  * through sockets the namespace helper makes in the guest's netns instead
- * of through the TAP (needs sl_engine_set_ns_helper first).
+ * of through the TAP; 2, SL_LM_SPLIT: that for loopback clients only;
+ * 3, SL_LM_TO_HOST_LO: the listener lives in the guest's netns and each
+ * connection is spliced to the host's loopback at the guest port). SPLICE
+ * and SPLIT need sl_engine_set_ns_helper first.
+ *
+ * Return: 0, -ENOTCONN (no helper), -EPROTONOSUPPORT (UDP), -EINVAL (bad
+ * mode), -ENOENT (no such forward), -ENOMEM.
  */
-int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on)
+int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int mode)
 {
 	int i;
 
-	if (on && !e->splice.tab)
+	if (mode < SL_LM_TAP || mode > SL_LM_TO_HOST_LO)
+		return -EINVAL;
+	if ((mode == SL_LM_SPLICE || mode == SL_LM_SPLIT) && !e->splice.tab)
 		return -ENOTCONN;
 	for (i = 0; i < SL_MAX_LISTENERS; i++) {
 		struct sl_listener *l = &e->listeners[i];
@@ -842,7 +869,10 @@ int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on)
 		if (l->used && l->id == id) {
 			if (l->proto != SL_TCP)
 				return -EPROTONOSUPPORT;
-			l->splice = !!on;
+			if (mode == SL_LM_TO_HOST_LO && sl_splice_tab_init(e) < 0)
+				return -ENOMEM;
+			l->splice = mode != SL_LM_TAP;
+			l->mode = (uint8_t)mode;
 			return 0;
 		}
 	}

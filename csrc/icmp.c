@@ -62,8 +62,12 @@ void sl_icmp_emit(struct sl_engine *e, int family, const uint8_t *src,
 	sl_output(e, NULL, iov, 2);
 }
 
+/* Echo answered here, not by a ping socket: the virtual hosts of
+ * slirp4netns's model. Shared mode has none (maps lead to real hosts). */
 static bool is_local4(const struct sl_engine *e, const uint8_t *a)
 {
+	if (e->cfg.shared_addr)
+		return false;
 	return !memcmp(a, e->cfg.gw4, 4) || !memcmp(a, e->cfg.dns4, 4);
 }
 
@@ -71,6 +75,8 @@ static bool is_local6(const struct sl_engine *e, const uint8_t *a)
 {
 	static const uint8_t ll[8] = { 0xfe, 0x80 };
 
+	if (e->cfg.shared_addr)
+		return false;
 	if (!memcmp(a + 8, "\0\0\0\0\0\0\0", 7) &&
 	    (!memcmp(a, e->cfg.prefix6, 8) || !memcmp(a, ll, 8)))
 		return a[15] == 2 || (a[15] == 3 && a[0] != 0xfe);

@@ -74,6 +74,7 @@ struct sl_listener {
 	bool used;
 	bool splice;		/* relay by splice() through a socket made in
 				 * the guest's netns, not through the TAP */
+	uint8_t mode;		/* enum sl_listener_mode; splice = mode != TAP */
 };
 
 struct sl_punt {

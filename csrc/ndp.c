@@ -7,6 +7,12 @@
  * Only solicitations are answered; nothing is learned from the guest's
  * adverts, since the guest's MAC is taken from its frames. The contract is
  * in ndp.h.
+ *
+ * Shared-address mode (pasta's model): every unicast target is behind us
+ * except the guest's own addresses, which it shows us by DAD, as the
+ * source of its link-local traffic and in its adverts (learned into
+ * e->ndp.guest); DAD itself is never answered. RDNSS then carries the
+ * DNS-only map entry's address (--dns-forward), if any.
  */
 #include <string.h>
 
@@ -36,6 +42,47 @@ static void router_ll(uint8_t out[16])
 	out[15] = 2;
 }
 
+/* Shared mode: the first IPv6 DNS-only map entry's address, or NULL. */
+static const uint8_t *shared_dns6(const struct sl_engine *e)
+{
+	unsigned i;
+
+	for (i = 0; i < SL_MAX_ADDR_MAPS; i++)
+		if (e->cfg.maps[i].family == 6 && e->cfg.maps[i].dns_only)
+			return e->cfg.maps[i].match;
+	return NULL;
+}
+
+/* Shared mode: remember that the guest owns @a (unicast, not ::). */
+static void learn_guest(struct sl_engine *e, const uint8_t *a)
+{
+	static const uint8_t unspec[16];
+	uint32_t i;
+
+	if (a[0] == 0xff || !memcmp(a, unspec, 16))
+		return;
+	for (i = 0; i < SL_NDP_GUEST_ADDRS; i++)
+		if (!memcmp(e->ndp.guest[i], a, 16))
+			return;
+	memcpy(e->ndp.guest[e->ndp.guest_next], a, 16);
+	e->ndp.guest_next = (e->ndp.guest_next + 1) % SL_NDP_GUEST_ADDRS;
+}
+
+/* Shared mode: a target we answer for (any unicast but the guest's). */
+static bool shared_target(const struct sl_engine *e, const uint8_t *t)
+{
+	static const uint8_t unspec[16];
+	uint32_t i;
+
+	if (t[0] == 0xff || !memcmp(t, unspec, 16) ||
+	    !memcmp(t, e->cfg.guest6, 16))
+		return false;
+	for (i = 0; i < SL_NDP_GUEST_ADDRS; i++)
+		if (!memcmp(e->ndp.guest[i], t, 16))
+			return false;
+	return true;
+}
+
 /**
  * ra_send() - send a router advertisement from fe80::2.
  * @dst6: the soliciting address, or NULL for all-nodes (ff02::1)
@@ -55,7 +102,12 @@ static void ra_send(struct sl_engine *e, const uint8_t *dst6)
 	o += sl_emit_nd_mtu(o, e->cfg.mtu);
 	addr6(e, a, 0);
 	o += sl_emit_nd_prefix(o, a, RA_VALID_LIFETIME, RA_PREFERRED_LIFETIME);
-	if (e->cfg.dns_enabled) {
+	if (e->cfg.shared_addr) {
+		const uint8_t *dns = shared_dns6(e);
+
+		if (dns)
+			o += sl_emit_nd_rdnss(o, RA_ROUTER_LIFETIME, dns);
+	} else if (e->cfg.dns_enabled) {
 		addr6(e, a, 3);
 		o += sl_emit_nd_rdnss(o, RA_ROUTER_LIFETIME, a);
 	}
@@ -91,7 +143,15 @@ static void neighbour_advert(struct sl_engine *e, const struct sl_pkt *p)
 		sl_count(e, SL_C_drop_icmp_malformed);
 		return;
 	}
-	if (!is_our_target(e, target)) {
+	if (e->cfg.shared_addr) {
+		if (dad)
+			learn_guest(e, target);
+		if (dad || !memcmp(target, p->src, 16) ||
+		    !shared_target(e, target)) {
+			sl_count(e, SL_C_drop_not_for_us);
+			return;
+		}
+	} else if (!is_our_target(e, target)) {
 		sl_count(e, SL_C_drop_not_for_us);
 		return;
 	}
@@ -109,6 +169,12 @@ void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p)
 {
 	static const uint8_t unspec[16];
 
+	if (e->cfg.shared_addr && p->ttl == 255) {
+		if (p->src[0] == 0xfe && (p->src[1] & 0xc0) == 0x80)
+			learn_guest(e, p->src);
+		if (p->icmp_type == ND_NA && p->l4_len >= 24)
+			learn_guest(e, p->l4 + 8);
+	}
 	switch (p->icmp_type) {
 	case ND_NS:
 		neighbour_advert(e, p);
@@ -132,7 +198,7 @@ void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p)
  */
 uint64_t sl_ndp_timer(struct sl_engine *e)
 {
-	if (!e->cfg.ipv6)
+	if (!e->cfg.ipv6 || e->cfg.no_ra)
 		return 0;
 	if (e->guest_mac_known && e->now >= e->ndp.next_ra) {
 		ra_send(e, NULL);

@@ -5,7 +5,11 @@
  *
  * Contract. ndp.c owns struct sl_ndp_state (e->ndp): when the next
  * unsolicited router advertisement is due. It answers solicitations for
- * the virtual hosts only and learns nothing from the guest's adverts. It
+ * the virtual hosts only and learns nothing from the guest's adverts. In
+ * shared-address mode it answers for every unicast address but the
+ * guest's own (cfg.guest6, and those it learns the guest claims: DAD,
+ * its link-local sources), never answers DAD, and sends no unsolicited
+ * RA with cfg.no_ra (a solicitation is still answered). It
  * sends through sl_icmp_emit() and must not write to the TAP itself.
  */
 #ifndef SLIRPY_NDP_H
@@ -17,9 +21,18 @@
 
 struct sl_engine;
 
-/* struct sl_ndp_state - NDP's part of the engine (e->ndp). */
+#define SL_NDP_GUEST_ADDRS 8
+
+/**
+ * struct sl_ndp_state - NDP's part of the engine (e->ndp).
+ * @guest: shared mode: addresses the guest showed it owns (DAD targets,
+ *	its link-local sources, its adverts' targets), never answered for;
+ *	a ring of SL_NDP_GUEST_ADDRS, @guest_next the slot written next
+ */
 struct sl_ndp_state {
 	uint64_t next_ra;	/* next unsolicited RA (0: none sent yet) */
+	uint8_t guest[SL_NDP_GUEST_ADDRS][16];
+	uint32_t guest_next;
 };
 
 void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p);

@@ -19,6 +19,25 @@
 struct sl_engine;
 
 /**
+ * struct sl_addr_map - one entry of the address-map table (addr.c): a guest
+ * packet to @match goes to @target instead (shared-address mode's
+ * --dns-forward, --map-guest-addr, --map-host-loopback; replies appear to
+ * come from @match). Addresses in network byte order, IPv4 in the first 4
+ * bytes; @target has @match's family (an IPv4-mapped IPv6 target reaches an
+ * IPv4 host).
+ */
+struct sl_addr_map {
+	uint8_t family;		/* 0 = unused, 4, 6 */
+	uint8_t dns_only;	/* 1: only TCP/UDP ports 53 and 853 are mapped,
+				 * other ports and ICMP are refused */
+	uint16_t target_port;	/* 0 = the same port */
+	uint8_t match[16];
+	uint8_t target[16];
+};
+
+#define SL_MAX_ADDR_MAPS 8
+
+/**
  * struct sl_config - everything the engine needs to know about the network.
  *
  * IPv4 addresses are in network byte order, stored as 4 bytes so that cffi
@@ -49,6 +68,15 @@ struct sl_config {
 	uint32_t udp_idle_s;	/* UDP flow idle timeout */
 	uint32_t tcp_idle_s;	/* established TCP flow idle timeout */
 	uint8_t flow_events;	/* 1: punt SL_EV_FLOW_OPEN/CLOSE (slirpy run -v) */
+	/* Shared-address mode (pasta's model); all zero = slirp4netns's. */
+	uint8_t shared_addr;	/* 1: the guest owns the host's addresses */
+	uint8_t our_mac[6];	/* every address behind the TAP; 0 = derived */
+	uint8_t guest6[16];	/* the guest's IPv6 address (shared mode) */
+	uint8_t peer_sub4[4];	/* how a loopback or guest-address inbound */
+	uint8_t peer_sub6[16];	/* peer appears to the guest (shared mode) */
+	uint8_t no_ra;		/* 1: send no router advertisements */
+	uint8_t no_ipv4;	/* 1: drop the guest's IPv4 and ARP */
+	struct sl_addr_map maps[SL_MAX_ADDR_MAPS];	/* see sl_engine_set_addr_map */
 };
 
 /* Punt-queue event types: what the engine hands back to Python. */
@@ -121,6 +149,15 @@ struct sl_event {
 /* Protocols for listeners (port forwarding). */
 enum sl_proto { SL_TCP = 6, SL_UDP = 17 };
 
+/* How a TCP listener's connections are relayed (sl_engine_set_listener_splice). */
+enum sl_listener_mode {
+	SL_LM_TAP = 0,		/* through the TAP, as a flow */
+	SL_LM_SPLICE = 1,	/* splice() to a namespace-helper socket */
+	SL_LM_SPLIT = 2,	/* loopback peers SPLICE, the others TAP */
+	SL_LM_TO_HOST_LO = 3,	/* the listener is in the namespace: splice()
+				 * to the host's loopback at the guest port */
+};
+
 struct sl_engine *sl_engine_new(const struct sl_config *cfg);
 void sl_engine_free(struct sl_engine *e);
 int sl_engine_fd(const struct sl_engine *e);
@@ -142,7 +179,9 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 			   uint16_t guest_port, uint32_t id);
 int sl_engine_remove_listener(struct sl_engine *e, uint32_t id);
 int sl_engine_set_ns_helper(struct sl_engine *e, int fd);
-int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int on);
+int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int mode);
+int sl_engine_set_addr_map(struct sl_engine *e, unsigned idx,
+			   const struct sl_addr_map *m);
 int sl_engine_ncounters(void);
 const char *sl_counter_name(int i);
 int sl_engine_counters(const struct sl_engine *e, uint64_t *out, int n);

@@ -4,7 +4,9 @@
  * guest's network namespace, moved by splice(2), bypassing the TAP.
  *
  * A forward marked "splice" (sl_engine_set_listener_splice) is accepted
- * here instead of by tcp.c. For each accepted host connection the engine
+ * by tcp.c, which hands the connection here when sl_splice_wants() says
+ * so (always for SL_LM_SPLICE, for loopback peers in SL_LM_SPLIT). For
+ * each such host connection the engine
  * asks the namespace helper (a process slirpy forked into the container's
  * user + network namespaces; sl_ns_helper_serve below is its whole life)
  * for a TCP socket: one request byte (the address family) over a
@@ -13,6 +15,12 @@
  * engine's non-blocking connect() to the guest's own address reaches the
  * guest's loopback-like local path, and the guest sees the connection come
  * from its own address (not N+2 as through the TAP).
+ *
+ * SL_LM_TO_HOST_LO (pasta's -T) turns this around: the listener is a
+ * socket of the guest's netns (bound to its loopback; the helper can make
+ * it, see sl_ns_helper_serve) and each connection is relayed to a socket
+ * the engine makes itself, in the host's netns, connected to the host's
+ * loopback at the forward's guest port. No helper round trip.
  *
  * Replies are matched to requests in order (a FIFO of accepted host fds).
  * The helper lives inside the container's namespaces, so its replies are
@@ -49,7 +57,7 @@
 #define SL_SPLICE_PENDING 64
 #define SL_SPLICE_PIPE_SZ (256 * 1024)
 #define SL_SPLICE_ROUNDS 16	/* pump rounds per event before re-arming */
-#define SL_SPLICE_ACCEPTS 64	/* accepts per listener event */
+#define SL_SPLICE_ACCEPTS 64	/* helper replies per event */
 
 /* connection flags */
 #define SP_CONNECTING 0x01	/* connect() toward the guest in progress */
@@ -151,6 +159,37 @@ static void conn_close(struct sl_engine *e, struct sl_splice *c, bool rst)
 }
 
 /**
+ * sl_splice_tab_init() - allocate the connection table if not yet done
+ * (the namespace helper's socket, and SL_LM_TO_HOST_LO listeners, need it).
+ * Return: 0 or -ENOMEM.
+ */
+int sl_splice_tab_init(struct sl_engine *e)
+{
+	struct sl_splice_tab *t = e->splice.tab;
+	uint32_t i;
+
+	if (t)
+		return 0;
+	t = calloc(1, sizeof(*t));
+	if (!t)
+		return -ENOMEM;
+	t->nmax = e->cfg.max_tcp_flows / SL_SPLICE_FDS;
+	if (!t->nmax)
+		t->nmax = 1;
+	t->conn = calloc(t->nmax, sizeof(*t->conn));
+	if (!t->conn) {
+		free(t);
+		return -ENOMEM;
+	}
+	for (i = 0; i < t->nmax; i++)
+		t->conn[i].next_free = i + 1 < t->nmax ? i + 1 : SL_NIL;
+	t->free_head = 0;
+	t->helper = -1;
+	e->splice.tab = t;
+	return 0;
+}
+
+/**
  * sl_engine_set_ns_helper() - hand the engine the socket to the namespace
  * helper (SOCK_SEQPACKET; the engine owns and closes it). Spliced forwards
  * need it. Allocates the connection table on first use.
@@ -160,33 +199,17 @@ static void conn_close(struct sl_engine *e, struct sl_splice *c, bool rst)
 int sl_engine_set_ns_helper(struct sl_engine *e, int fd)
 {
 	struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP };
-	struct sl_splice_tab *t = e->splice.tab;
-	uint32_t i;
+	int r;
 
-	if (t && t->helper >= 0)
+	if (e->splice.tab && e->splice.tab->helper >= 0)
 		return -EBUSY;
-	if (!t) {
-		t = calloc(1, sizeof(*t));
-		if (!t)
-			return -ENOMEM;
-		t->nmax = e->cfg.max_tcp_flows / SL_SPLICE_FDS;
-		if (!t->nmax)
-			t->nmax = 1;
-		t->conn = calloc(t->nmax, sizeof(*t->conn));
-		if (!t->conn) {
-			free(t);
-			return -ENOMEM;
-		}
-		for (i = 0; i < t->nmax; i++)
-			t->conn[i].next_free = i + 1 < t->nmax ? i + 1 : SL_NIL;
-		t->free_head = 0;
-		t->helper = -1;
-		e->splice.tab = t;
-	}
+	r = sl_splice_tab_init(e);
+	if (r < 0)
+		return r;
 	ev.data.u64 = (uint64_t)SL_TAG_NS_HELPER << 56;
 	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
-	t->helper = fd;
+	e->splice.tab->helper = fd;
 	return 0;
 }
 
@@ -209,54 +232,130 @@ static void helper_gone(struct sl_engine *e)
 		     "new connections");
 }
 
+/* @sa (an accepted peer) is 127/8, ::1 or v4-mapped 127/8. */
+static bool loopback_peer(const void *sa)
+{
+	static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+	static const uint8_t lo6[16] = { [15] = 1 };
+	const struct sockaddr *s = sa;
+
+	if (s->sa_family == AF_INET)
+		return ((const uint8_t *)&((const struct sockaddr_in *)sa)
+				->sin_addr)[0] == 127;
+	if (s->sa_family == AF_INET6) {
+		const uint8_t *a =
+			((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+
+		return !memcmp(a, lo6, 16) ||
+		       (!memcmp(a, mapped, 12) && a[12] == 127);
+	}
+	return false;
+}
+
 /**
- * sl_splice_accept() - accept on a spliced listener; ask the helper for a
- * socket in the guest's netns for each connection.
+ * sl_splice_wants() - whether the connection tcp.c accepted from @sa on
+ * @l is relayed here (true) or through the TAP as a flow (false): the
+ * listener's mode decides, and in SL_LM_SPLIT mode the peer (loopback
+ * peers are spliced, others keep their address through the TAP).
  */
-void sl_splice_accept(struct sl_engine *e, struct sl_listener *l)
+bool sl_splice_wants(const struct sl_listener *l, const void *sa)
+{
+	switch (l->mode) {
+	case SL_LM_SPLICE:
+	case SL_LM_TO_HOST_LO:
+		return true;
+	case SL_LM_SPLIT:
+		return loopback_peer(sa);
+	default:
+		return false;
+	}
+}
+
+/* Room for one more connection (caps as for TCP flows)? Counts a refusal. */
+static bool room_for_one(struct sl_engine *e)
 {
 	struct sl_splice_tab *t = e->splice.tab;
-	int i;
 
-	for (i = 0; i < SL_SPLICE_ACCEPTS; i++) {
-		uint8_t req = (uint8_t)l->family;
-		int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-
-		if (fd < 0)
-			break;
-		if (!t || t->helper < 0) {
-			sl_count(e, SL_C_drop_splice_no_helper);
-			rst_close(fd);
-			continue;
-		}
-		if (e->flows.n_half_open >= e->cfg.max_half_open ||
-		    t->pcount == SL_SPLICE_PENDING) {
-			sl_count(e, SL_C_drop_half_open_cap);
-			rst_close(fd);
-			continue;
-		}
-		if (e->flows.n_by_kind[SL_FLOW_TCP] + e->flows.n_splice_slots +
-			    SL_SPLICE_FDS > e->cfg.max_tcp_flows ||
-		    t->nused + t->pcount >= t->nmax) {
-			sl_count(e, SL_C_drop_flow_cap);
-			rst_close(fd);
-			continue;
-		}
-		if (send(t->helper, &req, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
-			sl_count(e, SL_C_drop_splice_no_helper);
-			rst_close(fd);
-			continue;
-		}
-		t->pend[(t->phead + t->pcount) % SL_SPLICE_PENDING] =
-			(struct sl_splice_pending){
-				.hfd = fd,
-				.slot = (uint32_t)(l - e->listeners),
-				.id = l->id,
-			};
-		t->pcount++;
-		e->flows.n_half_open++;
-		e->flows.n_splice_slots += SL_SPLICE_FDS;
+	if (e->flows.n_half_open >= e->cfg.max_half_open ||
+	    t->pcount == SL_SPLICE_PENDING) {
+		sl_count(e, SL_C_drop_half_open_cap);
+		return false;
 	}
+	if (e->flows.n_by_kind[SL_FLOW_TCP] + e->flows.n_splice_slots +
+		    SL_SPLICE_FDS > e->cfg.max_tcp_flows ||
+	    t->nused + t->pcount >= t->nmax) {
+		sl_count(e, SL_C_drop_flow_cap);
+		return false;
+	}
+	return true;
+}
+
+static void conn_start(struct sl_engine *e, int hfd, int nfd, int family,
+		       const uint8_t *daddr, uint16_t dport);
+
+/* SL_LM_TO_HOST_LO: @fd came from the guest's netns; relay it to the
+ * host's loopback at the forward's port through a socket made here. */
+static void take_to_host_lo(struct sl_engine *e, struct sl_listener *l,
+			    int fd)
+{
+	static const uint8_t lo4[4] = { 127, 0, 0, 1 };
+	static const uint8_t lo6[16] = { [15] = 1 };
+	int nfd;
+
+	if (!room_for_one(e)) {
+		rst_close(fd);
+		return;
+	}
+	nfd = socket(l->family == 4 ? AF_INET : AF_INET6,
+		     SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+	if (nfd < 0) {
+		sl_count(e, SL_C_drop_socket_error);
+		rst_close(fd);
+		return;
+	}
+	e->flows.n_half_open++;
+	e->flows.n_splice_slots += SL_SPLICE_FDS;
+	conn_start(e, fd, nfd, l->family, l->family == 4 ? lo4 : lo6, l->gport);
+}
+
+/**
+ * sl_splice_take() - relay the connection @fd that tcp.c accepted on @l
+ * (sl_splice_wants() said so): SL_LM_TO_HOST_LO connects to the host's
+ * loopback at once; the other modes ask the namespace helper for a socket
+ * in the guest's netns and wait for it. Takes @fd in every case.
+ */
+void sl_splice_take(struct sl_engine *e, struct sl_listener *l, int fd)
+{
+	struct sl_splice_tab *t = e->splice.tab;
+	uint8_t req = (uint8_t)l->family;
+
+	if (t && l->mode == SL_LM_TO_HOST_LO) {
+		take_to_host_lo(e, l, fd);
+		return;
+	}
+	if (!t || t->helper < 0) {
+		sl_count(e, SL_C_drop_splice_no_helper);
+		rst_close(fd);
+		return;
+	}
+	if (!room_for_one(e)) {
+		rst_close(fd);
+		return;
+	}
+	if (send(t->helper, &req, 1, MSG_DONTWAIT | MSG_NOSIGNAL) != 1) {
+		sl_count(e, SL_C_drop_splice_no_helper);
+		rst_close(fd);
+		return;
+	}
+	t->pend[(t->phead + t->pcount) % SL_SPLICE_PENDING] =
+		(struct sl_splice_pending){
+			.hfd = fd,
+			.slot = (uint32_t)(l - e->listeners),
+			.id = l->id,
+		};
+	t->pcount++;
+	e->flows.n_half_open++;
+	e->flows.n_splice_slots += SL_SPLICE_FDS;
 }
 
 /* @fd is a TCP stream socket of @family (the helper is not trusted). */
@@ -321,9 +420,9 @@ static int epoll_add(struct sl_engine *e, int fd, uint64_t tag)
 
 static void pump(struct sl_engine *e, struct sl_splice *c);
 
-/* Start relaying host connection @hfd through @nfd toward @l's guest port. */
-static void conn_start(struct sl_engine *e, int hfd, int nfd,
-		       const struct sl_listener *l)
+/* Start relaying connection @hfd through @nfd, connecting it to @daddr:@dport. */
+static void conn_start(struct sl_engine *e, int hfd, int nfd, int family,
+		       const uint8_t *daddr, uint16_t dport)
 {
 	struct sl_splice_tab *t = e->splice.tab;
 	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
@@ -349,13 +448,13 @@ static void conn_start(struct sl_engine *e, int hfd, int nfd,
 	}
 	setsockopt(hfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	setsockopt(nfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (l->family == 4) {
-		memcpy(&sa4.sin_addr, l->gaddr, 4);
-		sa4.sin_port = htons(l->gport);
+	if (family == 4) {
+		memcpy(&sa4.sin_addr, daddr, 4);
+		sa4.sin_port = htons(dport);
 		r = connect(nfd, (struct sockaddr *)&sa4, sizeof(sa4));
 	} else {
-		memcpy(&sa6.sin6_addr, l->gaddr, 16);
-		sa6.sin6_port = htons(l->gport);
+		memcpy(&sa6.sin6_addr, daddr, 16);
+		sa6.sin6_port = htons(dport);
 		r = connect(nfd, (struct sockaddr *)&sa6, sizeof(sa6));
 	}
 	if (r < 0 && errno != EINPROGRESS) {
@@ -443,7 +542,8 @@ static bool helper_reply(struct sl_engine *e)
 	t->phead = (t->phead + 1) % SL_SPLICE_PENDING;
 	t->pcount--;
 	l = &e->listeners[p.slot];
-	if (!l->used || l->id != p.id || !l->splice) {
+	if (!l->used || l->id != p.id ||
+	    (l->mode != SL_LM_SPLICE && l->mode != SL_LM_SPLIT)) {
 		/* the forward was removed meanwhile */
 		drop_pending(e, p.hfd, nfd);
 		return true;
@@ -454,7 +554,7 @@ static bool helper_reply(struct sl_engine *e)
 		drop_pending(e, p.hfd, nfd);
 		return true;
 	}
-	conn_start(e, p.hfd, nfd, l);
+	conn_start(e, p.hfd, nfd, l->family, l->gaddr, l->gport);
 	return true;
 }
 
@@ -648,11 +748,58 @@ void sl_splice_fini(struct sl_engine *e)
 }
 
 /**
+ * loopback_socket() - a socket of this netns bound to its loopback
+ * (127.0.0.1 or ::1, v6-only) at @port: listening TCP (@tcp) or UDP.
+ * Return: the fd, or -errno.
+ */
+static int loopback_socket(bool tcp, int family, uint16_t port)
+{
+	struct sockaddr_in6 sa6 = { .sin6_family = AF_INET6 };
+	struct sockaddr_in sa4 = { .sin_family = AF_INET };
+	int fd, one = 1, r;
+
+	if (family != 4 && family != 6)
+		return -EAFNOSUPPORT;
+	fd = socket(family == 4 ? AF_INET : AF_INET6,
+		    (tcp ? SOCK_STREAM : SOCK_DGRAM) | SOCK_NONBLOCK |
+		    SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	/* TCP: no TIME_WAIT leftovers in the way. Not UDP, where it would
+	 * let a second socket share the port. */
+	if (tcp)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (family == 4) {
+		sa4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		sa4.sin_port = htons(port);
+		r = bind(fd, (struct sockaddr *)&sa4, sizeof(sa4));
+	} else {
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		sa6.sin6_addr = in6addr_loopback;
+		sa6.sin6_port = htons(port);
+		r = bind(fd, (struct sockaddr *)&sa6, sizeof(sa6));
+	}
+	if (r == 0 && tcp)
+		r = listen(fd, SOMAXCONN);
+	if (r < 0) {
+		r = -errno;
+		close(fd);
+		return r;
+	}
+	return fd;
+}
+
+/**
  * sl_ns_helper_serve() - the namespace helper's loop (runs in the forked
  * child, already inside the container's user + network namespaces).
  * @sock: SOCK_SEQPACKET to the engine; @pidfd: the container's process
  * (-1: none). Answers each request byte (4 or 6) with a new non-blocking
  * TCP socket of that family, created here so it belongs to this netns.
+ * A 4-byte request { 'L' or 'U', family, port (big-endian) } is answered
+ * with a listening TCP ('L') or bound UDP ('U') socket on this netns's
+ * loopback at that port (pasta's -T/-U: slirpy.engine.ns_loopback_socket
+ * asks on a helper of its own, not the engine's); the reply's status byte
+ * is then 0 or the errno (capped at 255).
  *
  * Dies with slirpy (PR_SET_PDEATHSIG, and EOF on @sock), and when the
  * container's process exits, so that it does not keep the container's
@@ -692,11 +839,18 @@ int sl_ns_helper_serve(int sock, int pidfd)
 			continue;
 		if (n <= 0)
 			return n < 0 ? -errno : 0;
-		fam = req[0] == 4 ? AF_INET : req[0] == 6 ? AF_INET6 : -1;
-		if (fam > 0)
-			fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
-				    IPPROTO_TCP);
-		status = fd < 0;
+		if (n == 4 && (req[0] == 'L' || req[0] == 'U')) {
+			fd = loopback_socket(req[0] == 'L', req[1],
+					     (uint16_t)(req[2] << 8 | req[3]));
+			status = fd < 0 ? (uint8_t)(-fd > 255 ? 255 : -fd) : 0;
+		} else {
+			fam = req[0] == 4 ? AF_INET :
+			      req[0] == 6 ? AF_INET6 : -1;
+			if (fam > 0)
+				fd = socket(fam, SOCK_STREAM | SOCK_NONBLOCK |
+						 SOCK_CLOEXEC, IPPROTO_TCP);
+			status = fd < 0;
+		}
 		if (fd >= 0) {
 			struct cmsghdr *cm;
 

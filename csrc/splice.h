@@ -12,10 +12,16 @@
  * (e->flows.n_half_open); splice.c takes and gives back both. It may call
  * sl_count() and epoll; it must not touch the TAP, TCP flows or their
  * state, and must not allocate per connection or per chunk.
+ *
+ * Listeners: tcp.c accepts every TCP forward's connections once, asks
+ * sl_splice_wants() (the listener's enum sl_listener_mode, and for
+ * SL_LM_SPLIT whether the peer is loopback) and hands the fd either to
+ * sl_splice_take(), which owns it from then on, or to its own TAP path.
  */
 #ifndef SLIRPY_SPLICE_H
 #define SLIRPY_SPLICE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct sl_engine;
@@ -31,7 +37,9 @@ struct sl_splice_state {
 	struct sl_splice_tab *tab;	/* NULL until a namespace helper is set */
 };
 
-void sl_splice_accept(struct sl_engine *e, struct sl_listener *l);
+int sl_splice_tab_init(struct sl_engine *e);
+bool sl_splice_wants(const struct sl_listener *l, const void *sa);
+void sl_splice_take(struct sl_engine *e, struct sl_listener *l, int fd);
 void sl_splice_event(struct sl_engine *e, uint64_t tag, uint32_t ev);
 void sl_splice_helper_event(struct sl_engine *e, uint32_t ev);
 void sl_splice_timer(struct sl_engine *e);

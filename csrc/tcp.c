@@ -1296,9 +1296,58 @@ void sl_tcp_sock_event(struct sl_engine *e, struct sl_flow *f, uint32_t ev)
 	}
 }
 
+/* Open a flow toward the guest, with our SYN, for the host connection
+ * @fd accepted from @sa on @l. */
+static void inbound_to_guest(struct sl_engine *e, struct sl_listener *l,
+			     int fd, const struct sockaddr_in6 *sa)
+{
+	uint8_t view[16] = { 0 };
+	uint16_t cport;
+	int fam = l->family, one = 1, zero = 0;
+	struct sl_flow *f;
+
+	/* Closing at once (rather than leaving it in the backlog) keeps the
+	 * level-triggered listener from spinning; the client sees EOF.
+	 * sl_flow_new counts its own failures. */
+	if (e->flows.n_half_open >= e->cfg.max_half_open) {
+		sl_count(e, SL_C_drop_half_open_cap);
+		close(fd);
+		return;
+	}
+	if (sl_guest_view_of(e, sa, &fam, view, &cport) < 0) {
+		sl_count(e, SL_C_drop_dst_invalid);
+		close(fd);
+		return;
+	}
+	f = sl_flow_new(e, SL_FLOW_TCP, fam, l->gaddr, l->gport, view, cport);
+	if (!f) {
+		close(fd);
+		return;
+	}
+	f->fd = fd;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (!setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero)))
+		f->tcp.flags |= SL_TF_PEEK_OFF;
+	e->flows.n_half_open++;
+	f->tcp.state = SL_TCP_SYN_TO_GUEST;
+	f->tcp.isn = new_isn(e);
+	f->tcp.recover = f->tcp.isn;
+	f->tcp.snd_una = f->tcp.isn;
+	f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
+	f->tcp.gmss = mss_cap(e, fam);
+	sl_count(e, SL_C_tcp_flows_opened);
+	sl_count(e, SL_C_tcp_flows_inbound);
+	sl_flow_opened(e, f, true);
+	emit(e, f, TCP_SYN, f->tcp.isn, NULL, 0, true);
+	rtt_start(e, f, f->tcp.isn + 1);
+	arm_rto(e, f);
+	update_events(e, f);
+}
+
 /**
- * sl_tcp_listener_event() - accept forwarded connections and open each
- * toward the guest with our SYN.
+ * sl_tcp_listener_event() - accept forwarded connections, each once, and
+ * hand it to splice.c when the listener's mode says so (sl_splice_wants),
+ * else open it toward the guest with our SYN.
  */
 void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 {
@@ -1307,53 +1356,16 @@ void sl_tcp_listener_event(struct sl_engine *e, struct sl_listener *l)
 	for (i = 0; i < 64; i++) {
 		struct sockaddr_in6 sa;
 		socklen_t salen = sizeof(sa);
-		uint8_t view[16] = { 0 };
-		uint16_t cport;
-		int fam = l->family, fd, one = 1, zero = 0;
-		struct sl_flow *f;
+		int fd;
 
 		fd = accept4(l->fd, (struct sockaddr *)&sa, &salen,
 			     SOCK_NONBLOCK | SOCK_CLOEXEC);
 		if (fd < 0)
 			break;
-		/* Closing at once (rather than leaving it in the backlog)
-		 * keeps the level-triggered listener from spinning; the
-		 * client sees EOF. sl_flow_new counts its own failures. */
-		if (e->flows.n_half_open >= e->cfg.max_half_open) {
-			sl_count(e, SL_C_drop_half_open_cap);
-			close(fd);
-			continue;
-		}
-		if (sl_guest_view_of(e, &sa, &fam, view, &cport) < 0) {
-			sl_count(e, SL_C_drop_dst_invalid);
-			close(fd);
-			continue;
-		}
-		f = sl_flow_new(e, SL_FLOW_TCP, fam, l->gaddr, l->gport, view,
-				cport);
-		if (!f) {
-			close(fd);
-			continue;
-		}
-		f->fd = fd;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-		if (!setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero,
-				sizeof(zero)))
-			f->tcp.flags |= SL_TF_PEEK_OFF;
-		e->flows.n_half_open++;
-		f->tcp.state = SL_TCP_SYN_TO_GUEST;
-		f->tcp.isn = new_isn(e);
-		f->tcp.recover = f->tcp.isn;
-		f->tcp.snd_una = f->tcp.isn;
-		f->tcp.snd_nxt = f->tcp.snd_max = f->tcp.isn + 1;
-		f->tcp.gmss = mss_cap(e, fam);
-		sl_count(e, SL_C_tcp_flows_opened);
-		sl_count(e, SL_C_tcp_flows_inbound);
-		sl_flow_opened(e, f, true);
-		emit(e, f, TCP_SYN, f->tcp.isn, NULL, 0, true);
-		rtt_start(e, f, f->tcp.isn + 1);
-		arm_rto(e, f);
-		update_events(e, f);
+		if (sl_splice_wants(l, &sa))
+			sl_splice_take(e, l, fd);
+		else
+			inbound_to_guest(e, l, fd, &sa);
 	}
 }
 

@@ -13,11 +13,12 @@ import asyncio
 import errno
 import functools
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 
 from slirpy._engine import ffi, lib
 from slirpy.config import NetworkModel
@@ -178,6 +179,48 @@ def _event_addr(raw: bytes, family: int) -> IPv4Address | IPv6Address | None:
     return None
 
 
+# Listener modes (enum sl_listener_mode), by add_listener's `mode` name.
+LISTENER_MODES = {
+    "tap": lib.SL_LM_TAP,
+    "splice": lib.SL_LM_SPLICE,
+    "split": lib.SL_LM_SPLIT,
+    "to_host_lo": lib.SL_LM_TO_HOST_LO,
+}
+MAX_ADDR_MAPS = 8  # SL_MAX_ADDR_MAPS
+_Addr = IPv4Address | IPv6Address | str | None
+
+
+@dataclass(frozen=True)
+class AddrMap:
+    """One entry of the engine's address-map table (struct sl_addr_map).
+
+    A guest packet to `match` goes to `target` (same family; 127.0.0.1/::1
+    is the host's loopback) and its replies come from `match`. `dns_only`:
+    only TCP/UDP ports 53 and 853 are mapped, the rest refused.
+    `target_port` 0 keeps the port.
+    """
+
+    family: int
+    match: IPv4Address | IPv6Address | str
+    target: IPv4Address | IPv6Address | str
+    dns_only: bool = False
+    target_port: int = 0
+
+
+def _fill_addr_map(c: object, family: int, match: _Addr, target: _Addr, dns_only: bool,
+                   target_port: int) -> None:
+    """Fill the struct sl_addr_map `c`; a None match or target clears it."""
+    size = 4 if family == 4 else 16
+    if match is None or target is None or family == 0:
+        c.family = 0
+        return
+    c.family = family
+    c.dns_only = int(dns_only)
+    c.target_port = target_port
+    c.match = _addr_bytes(match, size).ljust(16, b"\0")
+    c.target = _addr_bytes(target, size).ljust(16, b"\0")
+
+
 class Engine:
     """One C engine instance: one epoll fd, the TAP, every flow."""
 
@@ -193,7 +236,37 @@ class Engine:
         outbound6: str | None = None,
         limits: Limits | None = None,
         flow_events: bool = False,
+        shared: bool = False,
+        our_mac: bytes | None = None,
+        guest4: _Addr = None,
+        guest6: _Addr = None,
+        gateway4: _Addr = None,
+        gateway6: _Addr = None,
+        dns4: _Addr = None,
+        prefix6: IPv6Network | str | None = None,
+        peer_sub4: _Addr = None,
+        peer_sub6: _Addr = None,
+        mtu: int | None = None,
+        ipv4: bool = True,
+        ipv6: bool | None = None,
+        no_ra: bool = False,
+        maps: Sequence[AddrMap] = (),
     ) -> None:
+        """`net` gives slirp4netns's model (N+2 gateway, N+3 DNS, N+100 guest).
+
+        Shared-address mode (pasta's model), `shared=True`: the guest owns
+        the host's addresses and every address on the TAP answers ARP/NDP
+        with `our_mac` (None or zeros: derived MACs). Then `guest4`/`guest6`
+        are the guest's (= the host's) addresses, `gateway4`/`gateway6` the
+        real gateways, `dns4` the --dns-forward address (all three unset:
+        0.0.0.0), `prefix6` the IPv6 /64 (default: guest6's), `peer_sub4`/
+        `peer_sub6` how a loopback client, or one using the guest's own
+        address, appears on the TAP path (--map-guest-addr; default: the
+        gateway), `ipv4`/`ipv6` which families exist, `no_ra` no
+        unsolicited router advertisements, `mtu` overrides `net.mtu`.
+        `maps`: the initial address-map table (see `set_addr_map`; it
+        applies in both modes). Other keywords left at None take `net`'s.
+        """
         limits = limits or Limits()
         cfg = ffi.new("struct sl_config *")
         cfg.net4 = net.cidr.network_address.packed
@@ -220,6 +293,31 @@ class Engine:
         cfg.tcp_idle_s = limits.tcp_idle_s
         # Off by default: the engine then does no flow-event work at all.
         cfg.flow_events = int(flow_events)
+        if mtu is not None:
+            cfg.mtu = mtu
+        if ipv6 is not None:
+            cfg.ipv6 = int(ipv6)
+        if prefix6 is not None:
+            cfg.prefix6 = IPv6Network(prefix6, strict=False).network_address.packed
+        for field, value in (("guest4", guest4), ("gw4", gateway4), ("dns4", dns4)):
+            # Shared mode has no N+x addresses: what is not given is 0.0.0.0.
+            if value is not None or shared:
+                setattr(cfg, field, _addr_bytes(value, 4))
+        if shared:
+            cfg.shared_addr = 1
+            cfg.no_ipv4 = int(not ipv4)
+            cfg.guest6 = _addr_bytes(guest6, 16)
+            cfg.peer_sub4 = _addr_bytes(peer_sub4 or gateway4, 4)
+            cfg.peer_sub6 = _addr_bytes(peer_sub6 or gateway6, 16)
+            if prefix6 is None and guest6:
+                cfg.prefix6 = IPv6Network(f"{guest6}/64", strict=False).network_address.packed
+        if our_mac is not None:
+            cfg.our_mac = bytes(our_mac)
+        cfg.no_ra = int(no_ra)
+        if len(maps) > MAX_ADDR_MAPS:
+            raise EngineError(errno.E2BIG, f"at most {MAX_ADDR_MAPS} address maps")
+        for i, m in enumerate(maps):
+            _fill_addr_map(cfg.maps[i], m.family, m.match, m.target, m.dns_only, m.target_port)
         ptr = lib.sl_engine_new(cfg)
         if ptr == ffi.NULL:
             raise EngineError(errno.ENOMEM, "cannot create the slirpy engine")
@@ -339,13 +437,25 @@ class Engine:
 
     def add_listener(
         self, fd: int, proto: int, guest_addr: IPv4Address | IPv6Address, guest_port: int,
-        fwd_id: int, *, splice: bool = False,
+        fwd_id: int, *, splice: bool = False, mode: str | None = None,
     ) -> None:
         """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine.
 
-        `splice`: relay by splice() through sockets of the namespace helper
-        (set_ns_helper first) instead of through the TAP; TCP only.
+        `mode` (TCP only; None: "splice" if `splice` else "tap"):
+        "tap": through the TAP as a flow; "splice": relay by splice()
+        through sockets of the namespace helper (set_ns_helper first);
+        "split": loopback clients as "splice" (the guest sees `guest_addr`,
+        pass its own address, as pasta does), the others through the TAP
+        with their own address; "to_host_lo": `fd` listens in the guest's
+        namespace (see `ns_loopback_socket`) and each connection is spliced
+        to the host's 127.0.0.1/::1 (`guest_addr`'s family) at `guest_port`
+        (pasta's -T). FdConsumedError: the engine took and closed `fd`.
         """
+        if mode is None:
+            mode = "splice" if splice else "tap"
+        if mode not in LISTENER_MODES:
+            raise ValueError(f"listener mode must be one of {sorted(LISTENER_MODES)}, "
+                             f"got {mode!r}")
         fam = 4 if guest_addr.version == 4 else 6
         os.set_blocking(fd, False)
         _check(
@@ -353,12 +463,26 @@ class Engine:
                                        fwd_id),
             "add listener",
         )
-        if splice:
-            rc = lib.sl_engine_set_listener_splice(self._e, fwd_id, 1)
+        if mode != "tap":
+            rc = lib.sl_engine_set_listener_splice(self._e, fwd_id, LISTENER_MODES[mode])
             if rc < 0:
                 # The engine owns fd now: take it back out (it closes it).
                 lib.sl_engine_remove_listener(self._e, fwd_id)
-                raise FdConsumedError(-rc, f"splice listener: {os.strerror(-rc)}")
+                raise FdConsumedError(-rc, f"{mode} listener: {os.strerror(-rc)}")
+
+    def set_addr_map(
+        self, idx: int, family: int, match: _Addr, target: _Addr, *,
+        dns_only: bool = False, target_port: int = 0,
+    ) -> None:
+        """Set entry `idx` (0..MAX_ADDR_MAPS-1) of the address-map table.
+
+        A guest packet to `match` then goes to `target` (same family); a
+        None `match` or `target` (or family 0) clears the entry. New flows
+        follow it at once; existing flows keep their sockets.
+        """
+        m = ffi.new("struct sl_addr_map *")
+        _fill_addr_map(m, family, match, target, dns_only, target_port)
+        _check(lib.sl_engine_set_addr_map(self._e, idx, m), "set address map")
 
     def set_ns_helper(self, fd: int) -> None:
         """Give the engine the socket to the namespace helper (it owns it then)."""
@@ -438,6 +562,24 @@ def inotify_watch(path: str, mask: int) -> int:
 def ns_helper_serve(sock: int, pidfd: int = -1) -> int:
     """The namespace helper's loop (csrc/splice.c); returns when told to stop."""
     return int(lib.sl_ns_helper_serve(sock, pidfd))
+
+
+def ns_loopback_socket(helper: socket.socket, proto: int, family: int, port: int) -> int:
+    """A socket of the guest's netns bound to its loopback at `port`, made
+    by a namespace helper (`ns_helper_serve`) on the blocking `helper`
+    socket: listening for PROTO_TCP (for add_listener(mode="to_host_lo"),
+    pasta's -T), bound for PROTO_UDP. Ask a helper of your own: the
+    engine's (set_ns_helper) answers the engine only. OSError on failure.
+    """
+    kind = b"L" if proto == PROTO_TCP else b"U"
+    helper.send(kind + bytes([family]) + port.to_bytes(2, "big"))
+    data, fds, _flags, _addr = socket.recv_fds(helper, 1, 1)
+    if not data or data[0] != 0 or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        code = data[0] if data and data[0] else errno.EPROTO
+        raise OSError(code, f"namespace loopback socket on port {port}: {os.strerror(code)}")
+    return fds[0]
 
 
 def tun_open(name: str, *, vnet_hdr: bool = True, offload: bool = True) -> int:
