@@ -1,9 +1,10 @@
-"""The `slirpy` command: `slirpy run ...` and `slirpy slirp4netns ...`.
+"""The `slirpy` command: `slirpy run ...`, `slirpy slirp4netns ...` and `slirpy pasta ...`.
 
 This module owns the top-level command line (argparse; `--version`, the
 subcommands) and dispatching to the front end each subcommand names. It
 must not parse a subcommand's own options (slirpy.frontends.run,
-slirpy.frontends.slirp4netns do) nor run anything itself.
+slirpy.frontends.slirp4netns, slirpy.frontends.pasta do) nor run anything
+itself.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from slirpy import __version__
 from slirpy.config import ConfigError
 from slirpy.frontends.common import fail, run_daemon
+from slirpy.frontends.pasta import pasta_main
 from slirpy.frontends.slirp4netns import slirp4netns_main
 
 if TYPE_CHECKING:
@@ -41,6 +43,11 @@ def _build_parser() -> ArgumentParser:
         help="run as a slirp4netns drop-in (same as slirpy-slirp4netns)",
         add_help=False,
     )
+    sub.add_parser(
+        "pasta",
+        help="run as a pasta drop-in (same as slirpy-pasta)",
+        add_help=False,
+    )
     run = sub.add_parser(
         "run",
         help="run COMMAND in a new user+network namespace with slirpy networking",
@@ -58,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     # otherwise try to interpret its options (-c, -6, -e 3...).
     if args[:1] == ["slirp4netns"]:
         slirp4netns_main(args[1:])
+    # Likewise pasta's (-t 80, --netns NS, a PID or a command...).
+    if args[:1] == ["pasta"]:
+        pasta_main(args[1:])
 
     ns = _build_parser().parse_args(args)
     if ns.subcommand is None:
