@@ -355,8 +355,9 @@ def _auto(text: str, proto: Literal["tcp", "udp"], direction: Literal["in", "out
     if parsed.includes:
         wanted = {p for inc in parsed.includes for p in range(inc.first, inc.last + 1)}
         excluded = set(range(1, MAX_PORT + 1)) - (wanted - excluded)
+    # -T/-U listen on the namespace's loopback: no address of their own.
     return AutoForward(proto, direction, excluded=frozenset(excluded),
-                       host_addr=host_addr or None)
+                       host_addr=(host_addr or None) if direction == "in" else None)
 
 
 # --------------------------------------------------------------- combining

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from slirpy import __version__
 from slirpy.config import ConfigError
@@ -195,8 +197,8 @@ def test_rootlesskit_23_with_pid() -> None:
         auto_forwards=(
             AutoForward("tcp", "in", excluded=EPHEMERAL, host_addr="0.0.0.0"),
             AutoForward("udp", "in", excluded=EPHEMERAL, host_addr="0.0.0.0"),
-            AutoForward("tcp", "out", excluded=EPHEMERAL, host_addr="0.0.0.0"),
-            AutoForward("udp", "out", excluded=EPHEMERAL, host_addr="0.0.0.0"),
+            AutoForward("tcp", "out", excluded=EPHEMERAL),
+            AutoForward("udp", "out", excluded=EPHEMERAL),
         ),
         daemonize=True,
     )
@@ -712,3 +714,22 @@ def test_rootlesskit_probes_as_a_command() -> None:
         proc = _pasta(*args)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith("pasta ")
+
+
+# ------------------------------------------------------------ property test
+
+_TOKENS = [opt for opt, _ in SECTION_4] + [
+    v for _, v in SECTION_4 if v is not None
+] + ["1", "sh", "--", "-", "none", "auto", "all", "~22", "::1/80", "-46qf", "--netns=x",
+     "--tcp-ports=80", "-t80", "--no", "--map-gw", "", "0", "/x", "=", "--=1", "-tnone"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(_TOKENS), max_size=8))
+def test_any_argv_parses_or_fails_in_one_line(argv: list[str]) -> None:
+    try:
+        parse(*argv)
+    except (HelpRequested, VersionRequested):
+        pass
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)

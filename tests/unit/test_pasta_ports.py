@@ -168,6 +168,8 @@ def test_auto_variants() -> None:
     assert a.excluded == EPHEMERAL | {631} and a.direction == "out"
     (a,) = parse_port_spec("-t", "auto", PortContext(ipv6=False)).auto_forwards
     assert a.host_addr == "0.0.0.0"
+    (a,) = parse_port_spec("-T", "auto", PortContext(ipv6=False)).auto_forwards
+    assert a.host_addr is None
 
 
 def test_namespace_to_host() -> None:
