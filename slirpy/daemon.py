@@ -245,7 +245,7 @@ class Daemon:
                 found = NamespaceTarget(found.netns_path, target.userns_path)
             return found
         if isinstance(target, JoinPath):
-            return target_for_path(target.netns_path, target.userns_path)
+            return target_for_path(target.netns_path, target.userns_path, target.netns_only)
         assert isinstance(target, NewNamespace)
         from slirpy.host import spawn
 

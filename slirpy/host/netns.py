@@ -88,6 +88,9 @@ class NamespaceTarget(NamedTuple):
 
     netns_path: str
     userns_path: str | None
+    # pasta's --netns without --userns: join the network namespace only, not
+    # (when userns_path is None) the user namespace that owns it.
+    netns_only: bool = False
 
 
 def target_for_pid(pid: int) -> NamespaceTarget:
@@ -97,10 +100,11 @@ def target_for_pid(pid: int) -> NamespaceTarget:
     return NamespaceTarget(netns_path=f"/proc/{pid}/ns/net", userns_path=userns)
 
 
-def target_for_path(path: str, userns_path: str | None) -> NamespaceTarget:
+def target_for_path(path: str, userns_path: str | None,
+                    netns_only: bool = False) -> NamespaceTarget:
     if not os.path.exists(path):
         raise NamespaceError(f"network namespace {path} does not exist")
-    return NamespaceTarget(netns_path=path, userns_path=userns_path)
+    return NamespaceTarget(netns_path=path, userns_path=userns_path, netns_only=netns_only)
 
 
 def _open_ns(path: str, what: str) -> int:
@@ -141,6 +145,8 @@ def _open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
             else:
                 os.close(netfd)
                 raise
+    elif target.netns_only:
+        userfd = None
     else:
         userfd = _owning_userns(netfd)
     if userfd is not None and _same_ns(userfd, "/proc/self/ns/user"):
