@@ -771,3 +771,60 @@ def test_apply_policy_hands_the_table_over() -> None:
     assert {len(r.addr) for r in rules if r.family == 6} == {16}
     pol.apply_policy(FakeEngine(), PRESETS["none"])
     assert calls[1] == ([], False, 0)
+
+
+# ------------------------------------ the file and the JSON form say the same
+
+
+_SCALARS = (st.booleans() | st.integers(-3, 70000)
+            | st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+            | st.sampled_from(["deny", "allow", "private", "host", "icmp", "tcp", "udp",
+                               "10.0.0.0/8", "10.0.0.1/8", "::/0", "22", "1-9", "9-1", ""]))
+_RULE_VALUES = _SCALARS | st.lists(_SCALARS, max_size=4)
+_RULE_KEYS_SHOWN = ("action", "to", "proto", "ports", "x")
+_RULES = st.dictionaries(st.sampled_from(_RULE_KEYS_SHOWN), _RULE_VALUES, max_size=5)
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def _toml_text(top: dict[str, object], rules: list[dict[str, object]]) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in top.items()]
+    for r in rules:
+        lines += ["", "[[rule]]", *(f"{k} = {_toml_value(v)}" for k, v in r.items())]
+    return "\n".join(lines) + "\n"
+
+
+@given(st.dictionaries(st.sampled_from(["default", "y"]), _SCALARS, max_size=2),
+       st.lists(_RULES, max_size=4))
+@settings(max_examples=400)
+def test_file_and_json_forms_agree(top: dict[str, object], rules: list[dict[str, Any]]) -> None:
+    """The same policy as a TOML file and as JSON: the same policy, or the same
+    error, the file's naming a line of the file that holds the offending key
+    or rule."""
+    text = _toml_text(top, rules)
+    data: dict[str, object] = {**top, "rule": rules}
+    try:
+        want: Policy | str = policy_from_dict(data, "J")
+    except ConfigError as e:
+        want = str(e)
+    try:
+        got: Policy | str = parse_policy_text(text, "F")
+    except ConfigError as e:
+        got = str(e)
+    if isinstance(want, Policy):
+        assert got == want
+        return
+    assert isinstance(got, str), (text, want)
+    prefix, _, rest = got.partition(": ")
+    assert rest == want.partition(": ")[2], (text, got, want)
+    line = int(prefix.split(":")[1])
+    assert 1 <= line <= len(text.splitlines()), (text, got)
+    shown = text.splitlines()[line - 1]
+    assert shown.startswith(("[[rule]]", "default", "y", *_RULE_KEYS_SHOWN)), (text, got)
+
