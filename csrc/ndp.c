@@ -184,6 +184,13 @@ void sl_ndp_input(struct sl_engine *e, const struct sl_pkt *p)
 			sl_count(e, SL_C_drop_icmp_malformed);
 			return;
 		}
+		/* pasta's --no-ra (implied by --config-net): not even when
+		 * asked, or the guest would add a SLAAC address of its own
+		 * next to the host's copied one. */
+		if (e->cfg.no_ra) {
+			sl_count(e, SL_C_drop_not_for_us);
+			return;
+		}
 		ra_send(e, memcmp(p->src, unspec, 16) ? p->src : NULL);
 		break;
 	default:

@@ -78,6 +78,11 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
+def _reaches_loopback(addr: str) -> bool:
+    """A host listener on this address serves loopback clients (-T/-U auto)."""
+    return addr in ("0.0.0.0", "::", "::1", "::ffff:127.0.0.1") or addr.startswith("127.")
+
+
 def _terminal_sent_it() -> bool:
     """True when our terminal's foreground group is ours (Ctrl-C reached the command too)."""
     for fd in (0, 1, 2):
@@ -132,6 +137,7 @@ class Daemon:
         self._nl: socket.socket | None = None  # NETLINK_ROUTE in the namespace
         self._diag: socket.socket | None = None  # NETLINK_SOCK_DIAG in the namespace
         self._auto_timer: asyncio.TimerHandle | None = None
+        self._host_diag_sock: socket.socket | None = None
 
     # ------------------------------------------------------------ the whole life
 
@@ -684,14 +690,36 @@ class Daemon:
             except NamespaceError as e:
                 raise OSError(str(e)) from None
 
-        ports = SharedPorts(self.engine, guest4=g4, guest6=g6, splice_ready=splice_ready)
+        opts = self.opts
+        ns_socket = None
+        if opts.loopback_forwards or any(a.direction == "out" for a in opts.auto_forwards):
+            ns_socket = self._ns_socket_maker()
+        ports = SharedPorts(self.engine, guest4=g4, guest6=g6, splice_ready=splice_ready,
+                            ns_socket=ns_socket, ns_ipv6=self._template.v6 is not None)
         self._shared_ports = ports
-        for m in self.opts.forwards:
+        for m in opts.forwards:
             ports.publish(m)  # ConfigError: pasta's "Failed to bind port ..."
-            if self.opts.log_flows:
+            if opts.log_flows:
                 _say(f"published {m.describe()}")
-        if any(a.direction == "in" for a in self.opts.auto_forwards):
+        for f in opts.loopback_forwards:
+            ports.publish_ns(f)
+        if opts.auto_forwards:
             self._auto_tick()
+
+    def _ns_socket_maker(self) -> Callable[[int, int, int], int] | None:
+        """A namespace helper of our own that makes -T/-U's namespace sockets."""
+        from slirpy.engine import ns_loopback_socket
+        from slirpy.host.nshelper import start_ns_helper, stop_ns_helper
+
+        assert self._ns_target is not None and self._stack is not None
+        try:
+            sock, pid = start_ns_helper(self._ns_target)
+        except NamespaceError as e:
+            raise ConfigError(f"-T/-U: {e}") from None
+        self._stack.callback(stop_ns_helper, pid)
+        self._stack.callback(sock.close)
+        sock.setblocking(True)
+        return lambda proto, family, port: ns_loopback_socket(sock, proto, family, port)
 
     def _auto_tick(self) -> None:
         """pasta's `-t/-u auto`: mirror what the guest listens on, every second."""
@@ -706,13 +734,17 @@ class Daemon:
             self._stack.callback(self._diag.close)
             self._stack.callback(self._cancel_auto)
         for auto in self.opts.auto_forwards:
-            if auto.direction != "in":
-                continue
             try:
-                bound = {port for port, _addr in listening_ports(self._diag, auto.proto)}
+                if auto.direction == "in":
+                    bound = {port for port, _a in listening_ports(self._diag, auto.proto)}
+                    own = ports.ns_ports(auto.proto)
+                else:
+                    bound = {port for port, addr in listening_ports(self._host_diag(), auto.proto)
+                             if _reaches_loopback(addr)}
+                    own = ports.host_ports(auto.proto)
             except OSError:
                 continue
-            ports.mirror(auto, bound, own=self._ns_own_ports(auto.proto))
+            ports.mirror(auto, bound, own=own)
         self._auto_timer = asyncio.get_running_loop().call_later(1.0, self._auto_tick)
 
     def _cancel_auto(self) -> None:
@@ -720,9 +752,16 @@ class Daemon:
             self._auto_timer.cancel()
             self._auto_timer = None
 
-    def _ns_own_ports(self, proto: str) -> set[int]:
-        """Namespace ports that are ours (-T/-U listeners): never mirrored back."""
-        return {f.ns_port for f in self.opts.loopback_forwards if f.proto == proto}
+    def _host_diag(self) -> socket.socket:
+        """NETLINK_SOCK_DIAG in our (the host's) namespace, for -T/-U auto."""
+        if self._host_diag_sock is None:
+            from slirpy.host.netns import NETLINK_SOCK_DIAG
+
+            self._host_diag_sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                                 NETLINK_SOCK_DIAG)
+            assert self._stack is not None
+            self._stack.callback(self._host_diag_sock.close)
+        return self._host_diag_sock
 
     def _confine(self) -> None:
         from slirpy.host.confine import confine

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -26,9 +27,14 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from slirpy.config import ConfigError
 from slirpy.engine import PROTO_TCP, PROTO_UDP, Engine, FdConsumedError
-from slirpy.options import AutoForward, PortMapping
+from slirpy.options import AutoForward, HostLoopbackForward, PortMapping
 
-__all__ = ["BIND_RETRY_S", "SharedPorts"]
+__all__ = ["BIND_RETRY_S", "NsSocketMaker", "SharedPorts"]
+
+# Makes a socket in the guest's namespace bound to its loopback:
+# (proto, family, port) -> fd (slirpy.engine.ns_loopback_socket through a
+# namespace helper).
+NsSocketMaker = Callable[[int, int, int], int]
 
 # A stack that Podman replaced a moment ago may still hold the port while it
 # notices its namespace is gone: retry "in use" for this long before failing.
@@ -64,8 +70,14 @@ class SharedPorts:
         guest4: IPv4Address | None,
         guest6: IPv6Address | None,
         splice_ready: Callable[[], None] | None = None,
+        ns_socket: NsSocketMaker | None = None,
+        ns_ipv6: bool = True,
     ) -> None:
         self._engine = engine
+        self._ns_socket = ns_socket
+        self._ns_families = (4, 6) if ns_ipv6 else (4,)
+        # -T/-U listeners in the namespace: (proto, family, ns_port) -> id.
+        self._ns_ids: dict[tuple[str, int, int], int] = {}
         self._guest = {4: guest4, 6: guest6}
         self._splice_ready = splice_ready
         self._ids: dict[_Key, int] = {}
@@ -185,6 +197,48 @@ class SharedPorts:
         for key in list(self._ids):
             self._remove(key)
 
+    # ---------------------------------------------------------------- -T/-U
+
+    def publish_ns(self, fwd: HostLoopbackForward) -> None:
+        """pasta's -T/-U: the namespace's loopback port to the host's; ConfigError."""
+        if self._ns_socket is None:
+            raise ConfigError(f"{fwd.option or fwd.proto}: no namespace helper for -T/-U")
+        proto = PROTO_TCP if fwd.proto == "tcp" else PROTO_UDP
+        for fam in self._ns_families:
+            key = (fwd.proto, fam, fwd.ns_port)
+            if key in self._ns_ids:
+                continue
+            try:
+                fd = self._ns_socket(proto, fam, fwd.ns_port)
+            except OSError as e:
+                if fam == 6 or fwd.optional:
+                    continue  # no IPv6 loopback in the namespace; `all` tolerates
+                flag = "-T" if fwd.proto == "tcp" else "-U"
+                raise ConfigError(
+                    f"Failed to bind port {fwd.ns_port} ({e.strerror or e}) for option "
+                    f"'{fwd.option or f'{flag} {fwd.ns_port}'}', exiting"
+                ) from None
+            lid = self._next_id
+            self._next_id += 1
+            lo = ip_address("127.0.0.1" if fam == 4 else "::1")
+            try:
+                self._engine.add_listener(fd, proto, lo, fwd.host_port, lid, mode="to_host_lo")
+            except FdConsumedError:
+                continue
+            except OSError:
+                os.close(fd)
+                continue
+            self._ns_ids[key] = lid
+
+    def _remove_ns(self, key: tuple[str, int, int]) -> None:
+        lid = self._ns_ids.pop(key)
+        with contextlib.suppress(OSError):
+            self._engine.remove_listener(lid)
+
+    def ns_ports(self, proto: str) -> set[int]:
+        """Namespace ports this module listens on (never mirrored back by -t auto)."""
+        return {port for p, _fam, port in self._ns_ids if p == proto}
+
     def _remove(self, key: _Key) -> None:
         lid = self._ids.pop(key)
         with contextlib.suppress(OSError):
@@ -201,6 +255,9 @@ class SharedPorts:
         want = {p for p in bound if p not in auto.excluded} - set(own)
         slot = f"{auto.proto}/{auto.direction}"
         have = self._auto.setdefault(slot, set())
+        if auto.direction == "out":
+            self._mirror_out(auto, want, have)
+            return
         for port in sorted(want - have):
             m = PortMapping(auto.proto, auto.host_addr or "", port, port,
                             splice_loopback=auto.proto == "tcp", optional=True)
@@ -211,6 +268,19 @@ class SharedPorts:
         for port in sorted(have - want):
             for key in [k for k in self._ids if k.proto == auto.proto and k.host_port == port]:
                 self._remove(key)
+            have.discard(port)
+
+    def _mirror_out(self, auto: AutoForward, want: set[int], have: set[int]) -> None:
+        """-T/-U auto: host loopback ports appear on the namespace's loopback."""
+        for port in sorted(want - have):
+            fwd = HostLoopbackForward(auto.proto, port, port, optional=True)
+            with contextlib.suppress(ConfigError, OSError):
+                self.publish_ns(fwd)
+            if any(k[0] == auto.proto and k[2] == port for k in self._ns_ids):
+                have.add(port)
+        for port in sorted(have - want):
+            for key in [k for k in self._ns_ids if k[0] == auto.proto and k[2] == port]:
+                self._remove_ns(key)
             have.discard(port)
 
     def host_ports(self, proto: str) -> set[int]:

@@ -51,6 +51,12 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, watch_pid: int |
     gc.disable()
     keep = {sock.fileno(), netfd} | ({userfd} if userfd is not None else set())
     _close_all_but(keep)
+    # It outlives start-up: holding slirpy's stdout/stderr would keep a
+    # runtime that waits for their EOF (Podman's CombinedOutput) waiting.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
     # The parent's handlers (uvloop's wake-up fd among them) mean nothing here.
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         with contextlib.suppress(ValueError):

@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -34,6 +36,17 @@ PODMAN_ARGS = ("--config-net", "--dns-forward", "169.254.1.1", "--dns-host", fak
                "-t", "none", "-u", "none", "-T", "none", "-U", "none", "--no-map-gw",
                "--quiet")
 GUEST_ADDR = "169.254.1.2"
+
+
+@pytest.fixture
+def tmp_path() -> Iterator[str]:
+    """A directory the unprivileged test user can write its PID files to."""
+    d = tempfile.mkdtemp(prefix="slirpy-pasta-")
+    os.chmod(d, 0o777)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +116,6 @@ class Daemon:
 @contextlib.contextmanager
 def _pasta(netns: str, c: Container, tmp_path: object, *args: str) -> Iterator[Daemon]:
     pid_file = os.path.join(str(tmp_path), f"pasta-{c.pid}.pid")
-    os.chmod(str(tmp_path), 0o777)
     # Like Podman's CombinedOutput(): returns once the parent exited AND
     # every copy of the output pipe is closed (the daemon must let go of it).
     r = subprocess.run(_pasta_argv(netns, *args, "-P", pid_file, str(c.pid)),
@@ -160,7 +172,6 @@ def test_ready_on_exit_like_pasta(fh: fakehost.FakeHost, tmp_path: object) -> No
 
 
 def test_foreground_sigterm_exits_zero(fh: fakehost.FakeHost, tmp_path: object) -> None:
-    os.chmod(str(tmp_path), 0o777)
     pid_file = os.path.join(str(tmp_path), "fg.pid")
     with _container(fh.netns) as c:
         p = subprocess.Popen(_pasta_argv(fh.netns, *PODMAN_ARGS, "-f", "-P", pid_file,
