@@ -38,7 +38,9 @@
 	X(splice_bytes_to_guest) X(splice_bytes_to_host)                     \
 	X(drop_splice_no_helper) X(drop_splice_helper_reply)                 \
 	X(splice_idle_closed)                                                 \
-	X(policy_denied) X(policy_closed) X(policy_events_suppressed)
+	X(policy_denied) X(policy_closed) X(policy_events_suppressed)         \
+	X(lorelay_opened) X(lorelay_closed) X(lorelay_datagrams_to_host)      \
+	X(lorelay_datagrams_to_ns)
 
 enum sl_counter_id {
 #define SL_CTR_ENUM(n) SL_C_##n,

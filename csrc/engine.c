@@ -210,6 +210,7 @@ void sl_engine_free(struct sl_engine *e)
 	sl_flow_fini(e);
 	sl_policy_fini(e);
 	sl_splice_fini(e);
+	sl_lorelay_fini(e);
 	sl_udp_fini(e);
 	for (i = 0; i < SL_MAX_LISTENERS; i++)
 		if (e->listeners[i].used)
@@ -621,6 +622,7 @@ static void run_timers(struct sl_engine *e)
 		}
 	}
 	sl_splice_timer(e);
+	sl_lorelay_timer(e);
 	at = sl_ndp_timer(e);
 	if (at && at < soonest)
 		soonest = at;
@@ -743,12 +745,18 @@ int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget)
 			done++;
 			if (l->proto == SL_TCP)
 				sl_tcp_listener_event(e, l);
+			else if (l->mode == SL_LM_TO_HOST_LO)
+				sl_lorelay_listener_event(e, l);
 			else
 				sl_udp_listener_event(e, l);
 			break;
 		case SL_TAG_SPLICE:
 			done++;
 			sl_splice_event(e, tag, evs[i].events);
+			break;
+		case SL_TAG_LORELAY:
+			done++;
+			sl_lorelay_event(e, tag);
 			break;
 		case SL_TAG_NS_HELPER:
 			sl_splice_helper_event(e, evs[i].events);
@@ -844,16 +852,18 @@ int sl_engine_add_listener(struct sl_engine *e, int fd, int proto,
 }
 
 /**
- * sl_engine_set_listener_splice() - how the TCP forward @id relays its
+ * sl_engine_set_listener_splice() - how the forward @id relays its
  * connections: @mode is enum sl_listener_mode (1, SL_LM_SPLICE: by splice()
  * through sockets the namespace helper makes in the guest's netns instead
  * of through the TAP; 2, SL_LM_SPLIT: that for loopback clients only;
  * 3, SL_LM_TO_HOST_LO: the listener lives in the guest's netns and each
- * connection is spliced to the host's loopback at the guest port). SPLICE
- * and SPLIT need sl_engine_set_ns_helper first.
+ * connection is spliced to the host's loopback at the guest port; for a
+ * UDP forward, pasta's -U: each peer's datagrams are relayed to the host's
+ * loopback by lorelay.c). SPLICE and SPLIT need sl_engine_set_ns_helper
+ * first.
  *
- * Return: 0, -ENOTCONN (no helper), -EPROTONOSUPPORT (UDP), -EINVAL (bad
- * mode), -ENOENT (no such forward), -ENOMEM.
+ * Return: 0, -ENOTCONN (no helper), -EPROTONOSUPPORT (UDP, other than TAP
+ * or TO_HOST_LO), -EINVAL (bad mode), -ENOENT (no such forward), -ENOMEM.
  */
 int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int mode)
 {
@@ -867,9 +877,11 @@ int sl_engine_set_listener_splice(struct sl_engine *e, uint32_t id, int mode)
 		struct sl_listener *l = &e->listeners[i];
 
 		if (l->used && l->id == id) {
-			if (l->proto != SL_TCP)
+			if (l->proto != SL_TCP &&
+			    mode != SL_LM_TO_HOST_LO && mode != SL_LM_TAP)
 				return -EPROTONOSUPPORT;
-			if (mode == SL_LM_TO_HOST_LO && sl_splice_tab_init(e) < 0)
+			if (l->proto == SL_TCP && mode == SL_LM_TO_HOST_LO &&
+			    sl_splice_tab_init(e) < 0)
 				return -ENOMEM;
 			l->splice = mode != SL_LM_TAP;
 			l->mode = (uint8_t)mode;

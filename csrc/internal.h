@@ -2,8 +2,8 @@
 /*
  * internal.h - the engine: the parts every module shares, and one member
  * per protocol module, whose state its own header defines (flow.h, tcp.h,
- * udp.h, icmp.h, ndp.h, splice.h, policy.h; arp.h, addr.h and wire.h have
- * none).
+ * udp.h, icmp.h, ndp.h, splice.h, policy.h, lorelay.h; arp.h, addr.h and
+ * wire.h have none).
  *
  * Nothing here is visible to Python. The engine is one struct with fixed-size
  * pools allocated at creation: nothing on the packet path allocates, so the
@@ -42,6 +42,7 @@
 #include "addr.h"
 #include "splice.h"
 #include "policy.h"
+#include "lorelay.h"
 
 #define SL_NIL UINT32_MAX
 #define SL_FRAME_MAX (65535 + 14 + 10 + 64)
@@ -61,6 +62,7 @@ enum sl_tag {
 	SL_TAG_TAP = 1, SL_TAG_FLOW = 2, SL_TAG_LISTENER = 3,
 	SL_TAG_SPLICE = 4,	/* a spliced connection's socket (splice.c) */
 	SL_TAG_NS_HELPER = 5,	/* the namespace helper's socket (splice.c) */
+	SL_TAG_LORELAY = 6,	/* a -U relay's host socket (lorelay.c) */
 };
 
 /* A port-forward listener handed over by Python. */
@@ -135,6 +137,7 @@ struct sl_engine {
 	struct sl_ndp_state ndp;
 	struct sl_splice_state splice;
 	struct sl_policy_state policy;
+	struct sl_lorelay_state lorelay;
 };
 
 /* engine.c */

@@ -441,7 +441,8 @@ class Engine:
     ) -> None:
         """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine.
 
-        `mode` (TCP only; None: "splice" if `splice` else "tap"):
+        `mode` (None: "splice" if `splice` else "tap"; UDP: "tap" or
+        "to_host_lo" only):
         "tap": through the TAP as a flow; "splice": relay by splice()
         through sockets of the namespace helper (set_ns_helper first);
         "split": loopback clients as "splice" (the guest sees `guest_addr`,
@@ -449,7 +450,10 @@ class Engine:
         with their own address; "to_host_lo": `fd` listens in the guest's
         namespace (see `ns_loopback_socket`) and each connection is spliced
         to the host's 127.0.0.1/::1 (`guest_addr`'s family) at `guest_port`
-        (pasta's -T). FdConsumedError: the engine took and closed `fd`.
+        (pasta's -T; for UDP, pasta's -U: `fd` is a bound UDP socket of
+        the namespace and each of its peers' datagrams are relayed to the
+        host's loopback port and the answers back). FdConsumedError: the
+        engine took and closed `fd`.
         """
         if mode is None:
             mode = "splice" if splice else "tap"

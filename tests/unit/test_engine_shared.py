@@ -5,9 +5,9 @@ NDP answered for every address but the guest's own (with one MAC), the
 address-map table (a map's `match` reaches its `target` on loopback and
 replies come from `match`; DNS-only entries; changed at run time), inbound
 peers shown as the substitute address, listener modes "split" and
-"to_host_lo" with a namespace helper forked in the test's own netns, and
-the helper's loopback-socket request. slirp4netns mode is covered by the
-rest of tests/unit, which must pass unchanged.
+"to_host_lo" (TCP, and UDP's relay) with a namespace helper forked in the
+test's own netns, and the helper's loopback-socket request. slirp4netns
+mode is covered by the rest of tests/unit, which must pass unchanged.
 
 Everything here talks only to 127.0.0.1 / ::1.
 """
@@ -31,6 +31,7 @@ from slirpy.engine import (
     AddrMap,
     Engine,
     EngineError,
+    Limits,
     ns_helper_serve,
     ns_loopback_socket,
 )
@@ -416,3 +417,31 @@ def test_helper_loopback_socket_udp_and_errors(helper: socket.socket) -> None:
         with pytest.raises(OSError) as ei:
             os.close(ns_loopback_socket(helper, PROTO_UDP, 6, taken))
         assert ei.value.errno == 98  # EADDRINUSE
+
+
+def test_udp_to_host_lo_relays_both_ways_and_expires(helper: socket.socket,
+                                                     socks: Sockets) -> None:
+    """pasta's -U: a UDP socket bound on the namespace's loopback (here the
+    test's own), each peer relayed to the host's loopback port and back."""
+    e = Engine(NetworkModel(), limits=Limits(udp_idle_s=5))
+    try:
+        srv = socks.udp()
+        fd = ns_loopback_socket(helper, PROTO_UDP, 4, 0)
+        with socket.socket(fileno=os.dup(fd)) as probe:
+            port = probe.getsockname()[1]
+        e.add_listener(fd, PROTO_UDP, IPv4Address("127.0.0.1"), srv.getsockname()[1], 5,
+                       mode="to_host_lo")
+        cl = socks.udp()
+        for i in range(2):
+            cl.sendto(b"ping %d" % i, ("127.0.0.1", port))
+            _drive(e, lambda i=i: e.counters()["lorelay_datagrams_to_host"] == i + 1)
+            data, peer = srv.recvfrom(100)
+            assert data == b"ping %d" % i and peer[0] == "127.0.0.1"
+            srv.sendto(b"pong %d" % i, peer)
+            _drive(e, lambda i=i: e.counters()["lorelay_datagrams_to_ns"] == i + 1)
+            assert cl.recvfrom(100) == (b"pong %d" % i, ("127.0.0.1", port))
+        assert e.counters()["lorelay_opened"] == 1   # one peer, one relay
+        e.flush(time.monotonic_ns() + 6 * 1_000_000_000)
+        assert e.counters()["lorelay_closed"] == 1
+    finally:
+        e.close()
