@@ -7,7 +7,9 @@ the metadata address 169.254.169.254 and to the host mapping is refused at
 once, UDP gets ICMP/ICMPv6 administratively prohibited, echo requests too,
 IPv4 and IPv6; the public test address still echoes every byte), the log
 line of a denial and the API's live `set_policy`, which resets an open
-connection the new policy denies.
+connection the new policy denies. slirpy's pasta front end is checked in the
+fake host of TESTBED.md (tests/helpers/fakehost.py) as Podman runs it,
+DNS through the forwarder included.
 
 Where traffic goes: slirpy (and so its host sockets) and the test servers
 run in a network namespace this file makes, `pol-host`, whose only
@@ -26,6 +28,7 @@ import os
 import pathlib
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -35,11 +38,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.helpers import fakehost
 from tests.helpers.daemons import Slirpy
 from tests.helpers.portfwd import api_call, api_dir
 from tests.helpers.slirpy_run import run_cmd
 from tests.helpers.testbed import AS_USER, Container, slirp4netns_cmd, user_env
 from tests.helpers.testhost import HERE, Server
+from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -148,6 +153,20 @@ def echo(a, port, size):
     ok = hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
     return {"result": "OK" if ok else "MISMATCH", "bytes": len(got)}
 
+def dns(a, port, name):
+    q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+    q += struct.pack("!HH", 1, 1)
+    s = socket.socket(fam(a), socket.SOCK_DGRAM)
+    s.settimeout(3)
+    s.connect((a, port))
+    try:
+        s.send(q)
+        r = "OK" if s.recv(512)[:2] == b"\x12\x34" else "BAD"
+    except OSError as e:
+        r = name(e)
+    return {"result": r}
+
 def hold(a, port):
     s = socket.create_connection((a, port), timeout=5)
     s.sendall(b"echo\n")
@@ -163,7 +182,7 @@ req = json.loads(sys.argv[1])
 out = {"v6": wait_v6() if req.get("v6") else None, "probes": []}
 for p in req["probes"]:
     out["probes"].append({"tcp": tcp, "udp": udp, "ping": ping, "echo": echo,
-                          "hold": hold}[p[0]](*p[1:]))
+                          "hold": hold, "dns": dns}[p[0]](*p[1:]))
 print(json.dumps(out), flush=True)
 '''
 
@@ -441,3 +460,101 @@ def test_live_set_policy_resets_open_connection(
     # The server's side of the reset connection was closed too.
     seen = h.lines(h.tcp, quiet=2)
     assert len(seen) == 1 and seen[0]["mode"] == "echo", seen
+
+
+# ------------------------------------------------------------- pasta's model
+
+# What Podman 5.4 passes to pasta (tests/unit/test_pasta_cli.py), DNS pinned
+# to the fake upstream's server, and its host.containers.internal address.
+PASTA_ARGS = ("--config-net", "--dns-forward", "169.254.1.1", "--dns-host", fakehost.DNS4,
+              "-t", "none", "-u", "none", "-T", "none", "-U", "none", "--no-map-gw",
+              "--quiet", "--map-guest-addr", "169.254.1.2")
+
+
+@pytest.fixture(scope="module")
+def fh() -> Iterator[fakehost.FakeHost]:
+    """The fake host of TESTBED.md (tests/helpers/fakehost.py): a pasta-style
+    stack copies its routes, which lead only to the test's upstream namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("the fake host needs root to build")
+    os.chmod("/dev/net/tun", 0o666)
+    with fakehost.fake_host() as bed:
+        yield bed
+
+
+@contextlib.contextmanager
+def container_in(netns: str) -> Iterator[Container]:
+    """The test user's user+net namespace, made from inside `netns`."""
+    own = {os.readlink("/proc/self/ns/net"), f"net:[{os.stat(netns).st_ino}]"}
+    proc = subprocess.Popen(["nsenter", f"--net={netns}", *AS_USER, "unshare", "--user",
+                             "--map-root-user", "--net", "sleep", "300"],
+                            stdin=subprocess.DEVNULL)
+    c = Container(proc)
+
+    def moved() -> bool:
+        try:
+            return os.readlink(f"/proc/{proc.pid}/ns/net") not in own
+        except OSError:
+            return False
+
+    try:
+        wait_until(moved, 5, what="the container's netns")
+        yield c
+    finally:
+        for p in [*c.extra, proc]:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def pasta(fh: fakehost.FakeHost, c: Container, *args: str) -> Iterator[None]:
+    """slirpy pasta as Podman runs it: it forks once ready, writing its PID file."""
+    d = tempfile.mkdtemp(prefix="slirpy-pol-pasta-")
+    os.chmod(d, 0o777)
+    pid_file = f"{d}/pasta.pid"
+    try:
+        r = subprocess.run(
+            ["nsenter", f"--net={fh.netns}", *AS_USER, PY, "-m", "slirpy", "pasta", *args,
+             "-P", pid_file, str(c.pid)],
+            capture_output=True, text=True, timeout=30, env=user_env())
+        assert r.returncode == 0, r.stderr
+        yield
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pathlib.Path(pid_file).read_text())
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: not pathlib.Path(f"/proc/{pid}").exists(), 5,
+                       what="slirpy pasta to exit")
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_public_only_pasta(fh: fakehost.FakeHost, pol_host: PolicyHost) -> None:
+    """`--network pasta:--policy,public-only`: the private and metadata test
+    hosts and the host itself refused at once and never reached, the public
+    one reached, DNS through the forwarder still answered."""
+    private, meta, public = fakehost.PRIVATE_HOST4, fakehost.METADATA4, fakehost.TEST_HOST4
+    port = fakehost.ECHO_PORT
+    probes: list[list[object]] = [
+        ["tcp", private, port], ["tcp", meta, port], ["udp", private, port],
+        ["udp", meta, port], ["ping", private], ["ping", meta],
+        ["tcp", "169.254.1.2", fakehost.PEER_PORT],  # --map-guest-addr: the host
+        ["tcp", public, port], ["udp", public, port], ["ping", public],
+        ["tcp", fakehost.TEST_HOST6, port], ["udp", fakehost.TEST_HOST6, port],
+        ["dns", "169.254.1.1", 53, f"www.{fakehost.DOMAIN}"],
+    ]
+    before = len(fh.events())
+    with container_in(fh.netns) as c, pasta(fh, c, *PASTA_ARGS, "--policy", "public-only"):
+        r = c.run(*probe_cmd(pol_host, probes), timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()[-2000:]
+    results = report(r.stdout)["probes"]
+    expect = ["ECONNREFUSED", "ECONNREFUSED", "EHOSTUNREACH", "EHOSTUNREACH", "PROHIBITED",
+              "PROHIBITED", "ECONNREFUSED", "OK", "OK", "OK", "OK", "OK", "OK"]
+    assert [p["result"] for p in results] == expect, results  # type: ignore[index]
+    for p, got in zip(probes[:7], results, strict=False):  # type: ignore[call-overload]
+        assert got["seconds"] < 0.5, (p, got)
+    seen = fh.events()[before:]
+    reached = {str(e.get("local")) for e in seen if e.get("proto") == "tcp"}
+    assert reached.isdisjoint({private, meta}), seen
+    assert {public, fakehost.TEST_HOST6} <= reached, seen
