@@ -151,7 +151,7 @@ class Rule:
         return out
 
     def describe(self) -> str:
-        """`deny to private, host (tcp 22, 80-90)`, as log lines show it."""
+        """`deny to private, host (tcp 22,80-90)`, as log lines show it."""
         text = f"{self.action} to {', '.join(self.to)}"
         extra = " ".join(self.proto)
         if self.ports:
