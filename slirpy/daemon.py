@@ -131,13 +131,14 @@ class Daemon:
         self.policy: Policy | None = None
         self._denial_log: DenialLog | None = None
         # pasta's life cycle and model (DaemonOptions.shared, .daemonize).
-        self._detach_fd: int | None = None
+        self._detach_fd: int | None = None  # the daemonized child's readiness pipe
         self._template: HostTemplate | None = None
         self._shared_ports: SharedPorts | None = None
         self._nl: socket.socket | None = None  # NETLINK_ROUTE in the namespace
         self._diag: socket.socket | None = None  # NETLINK_SOCK_DIAG in the namespace
         self._auto_timer: asyncio.TimerHandle | None = None
         self._host_diag_sock: socket.socket | None = None
+        self._lo_helper: int | None = None  # the -T/-U namespace helper's PID
 
     # ------------------------------------------------------------ the whole life
 
@@ -611,7 +612,24 @@ class Daemon:
             _say("the network namespace is gone, exiting")
         if self._shared_ports is not None:
             self._shared_ports.close_all()
+        if self.opts.daemonize:
+            # Nobody waits for our exit code and the kernel frees the rest:
+            # an orderly teardown would only keep the process around (a
+            # restarted container's new stack is already starting).
+            self._exit_now()
         self.stop(0)
+
+    def _exit_now(self) -> None:
+        from slirpy.host.nshelper import stop_ns_helper
+
+        if self.opts.api_socket:
+            with contextlib.suppress(OSError):
+                os.unlink(self.opts.api_socket)
+        for pid in (self._ns_helper, self._lo_helper):
+            if pid is not None:
+                stop_ns_helper(pid)
+        logging.shutdown()
+        os._exit(0)
 
     def _forward_signal(self, sig: int) -> None:
         """A command runs: signals are its to handle (slirpy stops when it exits)."""
@@ -718,6 +736,7 @@ class Daemon:
             raise ConfigError(f"-T/-U: {e}") from None
         self._stack.callback(stop_ns_helper, pid)
         self._stack.callback(sock.close)
+        self._lo_helper = pid
         sock.setblocking(True)
         return lambda proto, family, port: ns_loopback_socket(sock, proto, family, port)
 
