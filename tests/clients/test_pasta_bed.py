@@ -19,22 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import pathlib
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
-from tests.helpers import fakehost, trixie_root
+from tests.helpers import fakehost, pastabed, trixie_root
 
 pytestmark = pytest.mark.clients
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-PASTAS = ("pasta", "slirpy")
-SLIRPY_BIN_DIR = "/tmp/slirpy-pasta-bin"
 # Deterministic bytes the container sends with busybox: `seq 1 40000`.
 SEQ_BYTES = "".join(f"{i}\n" for i in range(1, 40001)).encode()
 HTTP_GET = b"GET /index.html HTTP/1.0\r\n\r\n"
@@ -44,67 +37,11 @@ WEB = ("mkdir -p /www && echo bed13-published > /www/index.html && httpd -p 81 -
 BODY = b"\r\n\r\nbed13-published\n"
 
 
-@dataclass
-class Bed:
-    fh: fakehost.FakeHost
-    session: trixie_root.RootSession
-
-
-@dataclass
-class Pasta:
-    """One pasta under test: how Podman is pointed at it, and which file Podman should run."""
-
-    name: str
-    bed: Bed
-    executable: str
-    # pgrep arguments that find this pasta's processes in the session.
-    pgrep: tuple[str, ...]
-    env: dict[str, str] = field(default_factory=dict)
-
-    def podman(self, *args: str, check: bool = True,
-               timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return self.bed.session.run_user("podman", *args, env=self.env, check=check,
-                                         timeout=timeout)
-
-    def run(self, *cmd: str, opts: tuple[str, ...] = (), network: str = "pasta",
-            check: bool = True) -> str:
-        r = self.podman("run", "--rm", "--network", network, *opts, trixie_root.IMAGE, *cmd,
-                        check=check)
-        return r.stdout
-
-
-@pytest.fixture(scope="module")
-def bed() -> Iterator[Bed]:
-    if os.geteuid() != 0:
-        pytest.skip("the Debian 13 root and the fake host need root to build")
-    root = trixie_root.build_root()
-    # Real distributions ship /dev/net/tun as 0666; pasta opens it in Podman's userns.
-    os.chmod("/dev/net/tun", 0o666)
-    with fakehost.fake_host() as fh, trixie_root.RootSession(
-        root, netns=fh.netns, resolv_conf=fh.resolv_conf
-    ) as session:
-        yield Bed(fh, session)
-
-
-@pytest.fixture(scope="module", params=PASTAS)
-def pasta(request: pytest.FixtureRequest, bed: Bed) -> Iterator[Pasta]:
-    if request.param == "pasta":
-        # comm is "pasta" or, once it re-executed itself, "pasta.avx2".
-        yield Pasta("pasta", bed, "/usr/bin/pasta", ("^pasta",))
-        return
-    if "slirpy-pasta" not in (REPO / "pyproject.toml").read_text():
-        pytest.skip("slirpy-pasta is not a console script of this checkout yet")
-    venv_bin = trixie_root.install_slirpy(bed.session.root, REPO)
-    # A directory holding only `pasta` -> slirpy-pasta: Podman looks there first.
-    bed.session.run("sh", "-c", f"mkdir -p {SLIRPY_BIN_DIR} && "
-                    f"ln -sf {venv_bin}/slirpy-pasta {SLIRPY_BIN_DIR}/pasta")
-    yield Pasta("slirpy", bed, f"{SLIRPY_BIN_DIR}/pasta", ("-f", f"{SLIRPY_BIN_DIR}/pasta "),
-                {"CONTAINERS_HELPER_BINARY_DIR": SLIRPY_BIN_DIR})
-
-
-def _pasta_pids(pasta: Pasta) -> list[int]:
-    r = pasta.bed.session.run("pgrep", *pasta.pgrep, check=False)
-    return [int(p) for p in r.stdout.split()]
+# The fixtures of tests/helpers/pastabed.py: one bed per module, each pasta in PASTAS.
+bed = pastabed.bed
+pasta = pastabed.pasta
+Bed = pastabed.Bed
+Pasta = pastabed.Pasta
 
 
 def test_podman_runs_the_pasta_under_test(pasta: Pasta) -> None:
@@ -263,12 +200,12 @@ def test_published_port(pasta: Pasta) -> None:
                             trixie_root.IMAGE, "true", check=False)
         assert busy.returncode != 0
         assert "Failed to bind port 8080 (Address already in use)" in busy.stderr
-        assert _pasta_pids(pasta)
+        assert pastabed.pasta_pids(pasta)
         pasta.podman("stop", "-t", "0", name)
         deadline = time.monotonic() + 1.0
-        while _pasta_pids(pasta) and time.monotonic() < deadline:
+        while pastabed.pasta_pids(pasta) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _pasta_pids(pasta) == []
+        assert pastabed.pasta_pids(pasta) == []
 
 
 @pytest.mark.parametrize("bind,other", [("127.0.0.1", "::1"), ("::1", "127.0.0.1")])
