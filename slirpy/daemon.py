@@ -565,9 +565,15 @@ class Daemon:
     async def _start_api(self, stack: AsyncExitStack) -> None:
         from slirpy.control.api import ApiServer
 
+        guest = self.net.guest
+        if self._template is not None:
+            # pasta's model: the guest's address is the host's (or -a's).
+            from slirpy.control.sharednet import guest_addresses
+
+            g4, g6 = guest_addresses(self._template)
+            guest = g4 or g6 or guest
         api = ApiServer(
-            self.opts.api_socket, self.forwarder, default_guest_addr=str(self.net.guest),
-            policy=self,
+            self.opts.api_socket, self.forwarder, default_guest_addr=str(guest), policy=self,
         )
         try:
             await api.start()

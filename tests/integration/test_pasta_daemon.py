@@ -301,3 +301,39 @@ def test_follows_a_host_address_change(fh: fakehost.FakeHost, tmp_path: object) 
             subprocess.run(fh.argv("ip", "addr", "del", extra, "dev", "eth0"), check=False)
         wait_until(lambda: extra not in _addrs(c, "eth0"), 5, interval=0.05,
                    what="the removed host address gone from the container")
+
+
+def _api(path: str, execute: str, **arguments: object) -> dict[str, object]:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(json.dumps({"execute": execute, "arguments": arguments}).encode() + b"\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return json.loads(data)
+
+
+def test_api_socket_in_pasta_mode(fh: fakehost.FakeHost, tmp_path: object) -> None:
+    api = os.path.join(str(tmp_path), "api.sock")
+    server = ("import socket\n"
+              "s=socket.socket(); s.bind(('0.0.0.0',80)); s.listen(); print('up',flush=True)\n"
+              "while True:\n"
+              "  c,a=s.accept(); c.sendall(b'via-api\\n'); c.close()\n")
+    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS,
+                                          "--api-socket", api):
+        out = c.sh(f"busybox nc {fakehost.TEST_HOST4} {fakehost.PEER_PORT} </dev/null")
+        assert out.stdout.decode().split()[0] == fakehost.HOST4
+        stats = _api(api, "get_stats")["return"]
+        assert stats["engine"]["tcp_flows_opened"] >= 1  # type: ignore[index]
+        srv = c.popen(sys.executable, "-c", server, stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline() == "up\n"
+        # A forward added at run time leads to the guest's (= the host's) address.
+        added = _api(api, "add_hostfwd", proto="tcp", host_addr="127.0.0.1", host_port=18083,
+                     guest_port=80)
+        assert "return" in added, added
+        assert fh.client("127.0.0.1", 18083) == b"via-api\n"
+        listed = _api(api, "list_hostfwd")["return"]["entries"]  # type: ignore[index]
+        assert listed[0]["guest_addr"] == fakehost.HOST4
