@@ -266,3 +266,27 @@ int sl_engine_set_addr_map(struct sl_engine *e, unsigned idx,
 		memset(&e->cfg.maps[idx], 0, sizeof(*m));
 	return 0;
 }
+
+/**
+ * sl_sockaddr_is_loopback() - @sa (from sl_remote_sockaddr) is the host's
+ * loopback (127/8, ::1, v4-mapped 127/8): never bind it to
+ * --outbound-addr, a global source cannot reach lo (a map entry's target).
+ */
+bool sl_sockaddr_is_loopback(const void *sa)
+{
+	static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
+	static const uint8_t lo6[16] = { [15] = 1 };
+	const struct sockaddr *s = sa;
+
+	if (s->sa_family == AF_INET)
+		return ((const uint8_t *)&((const struct sockaddr_in *)sa)
+				->sin_addr)[0] == 127;
+	if (s->sa_family == AF_INET6) {
+		const uint8_t *a =
+			((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
+
+		return !memcmp(a, lo6, 16) ||
+		       (!memcmp(a, mapped, 12) && a[12] == 127);
+	}
+	return false;
+}

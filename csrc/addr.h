@@ -19,6 +19,7 @@
 #ifndef SLIRPY_ADDR_H
 #define SLIRPY_ADDR_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 struct sl_engine;
@@ -28,5 +29,6 @@ int sl_remote_sockaddr(struct sl_engine *e, int family, const uint8_t *raddr,
 int sl_guest_view_of(struct sl_engine *e, const void *sa, int *family,
 		     uint8_t *addr, uint16_t *port);
 int sl_bind_outbound(struct sl_engine *e, int fd, int family);
+bool sl_sockaddr_is_loopback(const void *sa);
 
 #endif /* SLIRPY_ADDR_H */

@@ -134,7 +134,8 @@ static void echo_out(struct sl_engine *e, const struct sl_pkt *p)
 			sl_flow_free(e, f);
 			return;
 		}
-		if (sl_bind_outbound(e, f->fd, fam) < 0 ||
+		if ((!sl_sockaddr_is_loopback(&sa) &&
+		     sl_bind_outbound(e, f->fd, fam) < 0) ||
 		    connect(f->fd, (struct sockaddr *)&sa, salen) < 0 ||
 		    sl_epoll_set(e, f, EPOLLIN) < 0) {
 			sl_count(e, SL_C_drop_socket_error);

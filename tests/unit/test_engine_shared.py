@@ -445,3 +445,17 @@ def test_udp_to_host_lo_relays_both_ways_and_expires(helper: socket.socket,
         assert e.counters()["lorelay_closed"] == 1
     finally:
         e.close()
+
+
+def test_echo_to_a_map_is_answered_from_match(g: Guest) -> None:
+    """A ping to the gateway mapped to the host's loopback (pasta's default
+    gateway mapping) goes out on a ping socket to 127.0.0.1 (not bound to
+    any outbound address) and the reply comes from the gateway."""
+    g.engine.set_addr_map(2, 4, GW4, "127.0.0.1")
+    g.send(_ip4(GW4) / ICMP(type=8, id=0x4242, seq=7) / b"shared-ping")
+    outs = g.wait(lambda o: any(ICMP in x.pkt for x in o))
+    (p,) = [o.pkt for o in outs if ICMP in o.pkt]
+    assert (p[IP].src, p[IP].dst, p[ICMP].type) == (GW4, HOST4, 0)
+    assert (p[ICMP].id, p[ICMP].seq, bytes(p[ICMP].payload)) == (0x4242, 7, b"shared-ping")
+    c = g.counters()
+    assert c["icmp_echo_local"] == 0 and c["icmp_flows_opened"] == 1
