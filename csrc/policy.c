@@ -327,17 +327,28 @@ bool sl_policy_reaches_host(int family, const uint8_t *dst, const void *sa)
 }
 
 /*
- * DNS through slirpy's forwarder is not an outbound flow: in the
- * slirp4netns model, N+3:53 / prefix::3:53, which the address map sends to
- * Python's forwarder (it succeeds only for TCP or UDP to port 53 there).
- * TODO(shared-address mode): a flow mapped by a dns_only entry of the
- * address-map table (cfg.maps, added with pasta's model) is exempt in the
- * same way; add that test here when addr.c has the table.
+ * DNS through slirpy's forwarder is not an outbound flow. In the slirp4netns
+ * model that is N+3:53 / prefix::3:53, which the address map sends to
+ * Python's forwarder (it succeeds only for TCP or UDP to port 53 there);
+ * with an address-map table (pasta's --dns-forward) it is a destination
+ * whose entry is dns_only, on the ports that entry maps (53 and 853). The
+ * first entry for an address decides, as in addr.c's apply_map().
  */
 static bool is_dns_forwarder(const struct sl_engine *e, int family,
 			     const uint8_t *dst, uint16_t dport, int proto)
 {
-	if (dport != 53 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP))
+	size_t alen = family == 4 ? 4 : 16;
+	unsigned i;
+
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return false;
+	for (i = 0; i < SL_MAX_ADDR_MAPS; i++) {
+		const struct sl_addr_map *m = &e->cfg.maps[i];
+
+		if (m->family == family && !memcmp(m->match, dst, alen))
+			return m->dns_only && (dport == 53 || dport == 853);
+	}
+	if (e->cfg.shared_addr || dport != 53)
 		return false;
 	if (family == 4)
 		return !memcmp(dst, e->cfg.dns4, 4);

@@ -611,3 +611,31 @@ def test_fuzz_policy_matcher_short_run(tmp_path: pathlib.Path) -> None:
     assert not list((tmp_path / "findings").iterdir()), tail
     m = re.search(r"stat::number_of_executed_units:\s+(\d+)", log)
     assert m and int(m.group(1)) > 10000, tail
+
+
+# ------------------------------------------------------------------ address map
+
+
+def test_dns_only_map_entry_is_never_filtered(guest, socks):
+    """pasta's --dns-forward: a dns_only entry of the address-map table is
+    slirpy's DNS, not an outbound flow, on the ports it maps."""
+    fwd = socks.udp()
+    guest.engine.set_addr_map(0, 4, "192.0.2.53", "127.0.0.1", dns_only=True,
+                              target_port=fwd.getsockname()[1])
+    deny_all(guest)
+    guest.send(udp4(53, b"\x12\x34q", dst="192.0.2.53"))
+    assert fwd.recv(100) == b"\x12\x34q"
+    assert guest.counters()["policy_denied"] == 0
+    guest.send(udp4(54, b"x", dst="192.0.2.53"))  # refused by the map itself
+    assert guest.counters()["policy_denied"] == 0
+
+
+@pytest.mark.parametrize("target", ["127.0.0.1", "192.0.2.9"], ids=["loopback", "host-address"])
+def test_map_entries_reach_the_host(guest, target):
+    """--map-host-loopback / --map-guest-addr destinations are filtered as host."""
+    guest.engine.set_addr_map(0, 4, "192.0.2.77", target)
+    guest.engine.set_policy([host(0, POLICY_DENY)], default_allow=True, nids=1)
+    guest.send(tcp4(80, dst="192.0.2.77"))
+    assert_rst_for_syn(guest.out())
+    assert guest.engine.policy_hits(1) == [1, 0]
+    assert guest.counters()["tcp_flows_opened"] == 0
