@@ -48,6 +48,8 @@ from slirpy.host.netns import (
 from slirpy.options import DaemonOptions, JoinPath, JoinPid, NewNamespace
 
 if TYPE_CHECKING:
+    from ipaddress import IPv4Address
+
     from slirpy.control.policy import DenialLog, Policy
     from slirpy.control.portfwd import PortForwarder
     from slirpy.control.sharedports import SharedPorts
@@ -139,6 +141,7 @@ class Daemon:
         self._auto_timer: asyncio.TimerHandle | None = None
         self._host_diag_sock: socket.socket | None = None
         self._lo_helper: int | None = None  # the -T/-U namespace helper's PID
+        self._dhcp_src: IPv4Address | None = None  # DHCP replies' source (pasta's model)
 
     # ------------------------------------------------------------ the whole life
 
@@ -830,7 +833,7 @@ class Daemon:
 
     # ------------------------------------------------------------ engine events
 
-    def _dhcp_server(self) -> DhcpServer:
+    def _dhcp_server(self) -> DhcpServer | None:
         """The DHCP server, made on the first DHCP datagram (or stats request).
 
         Not at start: most guests never ask (Podman and `slirpy run` configure
@@ -839,6 +842,8 @@ class Daemon:
         --enable-sandbox it is made before confinement instead, since slirpy's
         files are no longer visible after the pivot.
         """
+        if self.dhcp is None and self._template is not None:
+            return self._shared_dhcp_server()
         if self.dhcp is None:
             from slirpy.services.dhcp import DhcpServer
 
@@ -852,6 +857,21 @@ class Daemon:
                 pool_end=net.dhcp_end,
                 mtu=net.mtu,
             )
+        return self.dhcp
+
+    def _shared_dhcp_server(self) -> DhcpServer | None:
+        """pasta's model: offer the guest the host's address (None: no DHCP)."""
+        from slirpy.control.sharednet import dhcp_settings
+        from slirpy.services.dhcp import DhcpServer
+
+        assert self.opts.shared is not None and self._template is not None
+        got = dhcp_settings(self.opts.shared, self._template)
+        if got is None:
+            return None
+        self.dhcp = DhcpServer(server_ip=got.server_ip, network=got.network, router=got.router,
+                               dns=got.dns, pool_start=got.pool_start, pool_end=got.pool_end,
+                               mtu=self.opts.shared.mtu or None)
+        self._dhcp_src = got.server_ip
         return self.dhcp
 
     # ------------------------------------------------------------ egress policy
@@ -887,7 +907,9 @@ class Daemon:
             hits = self.engine.policy_hits(len(self.policy.rules))
             out["policy"] = policy_stats(self.policy, hits)
         if self.engine is not None:
-            out["dhcp"] = dict(self._dhcp_server().stats)
+            dhcp = self._dhcp_server()
+            if dhcp is not None:
+                out["dhcp"] = dict(dhcp.stats)
         if self.dns is not None:
             out["dns"] = dict(self.dns.stats)
         return out
@@ -901,11 +923,13 @@ class Daemon:
         from slirpy import engine as eng
 
         if ev.type == eng.EV_DHCP:
-            reply = self._dhcp_server().handle(ev.data, ev.mac, time.monotonic())
+            server = self._dhcp_server()
+            reply = None if server is None else server.handle(ev.data, ev.mac, time.monotonic())
             if reply is not None:
                 assert self.engine is not None
                 self.engine.send_udp4(
-                    reply.dst_mac, self.net.gateway, 67, reply.dst_ip, 68, reply.payload
+                    reply.dst_mac, self._dhcp_src or self.net.gateway, 67, reply.dst_ip, 68,
+                    reply.payload,
                 )
         elif ev.type == eng.EV_NOTICE:
             _say(ev.data.decode(errors="replace"))

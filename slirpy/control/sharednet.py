@@ -19,7 +19,7 @@ options (slirpy.frontends.pasta does).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address
 from typing import TYPE_CHECKING
 
 from slirpy.options import SharedAddressing
@@ -27,7 +27,8 @@ from slirpy.options import SharedAddressing
 if TYPE_CHECKING:
     from slirpy.host.template import HostTemplate
 
-__all__ = ["AddrMap", "address_maps", "guest_addresses", "peer_substitutes"]
+__all__ = ["AddrMap", "DhcpSettings", "address_maps", "dhcp_settings", "guest_addresses",
+           "peer_substitutes"]
 
 Addr = IPv4Address | IPv6Address
 LOOPBACK = {4: IPv4Address("127.0.0.1"), 6: IPv6Address("::1")}
@@ -112,3 +113,38 @@ def peer_substitutes(shared: SharedAddressing,
     s4, s6 = out
     return (s4 if isinstance(s4, IPv4Address) else None,
             s6 if isinstance(s6, IPv6Address) else None)
+
+
+@dataclass(frozen=True)
+class DhcpSettings:
+    """What slirpy's DHCP server hands out in pasta's model (its keywords)."""
+
+    server_ip: IPv4Address
+    network: IPv4Network
+    router: IPv4Address
+    dns: IPv4Address | None
+    pool_start: IPv4Address
+    pool_end: IPv4Address
+
+
+def dhcp_settings(shared: SharedAddressing, template: HostTemplate) -> DhcpSettings | None:
+    """DHCP as pasta answers it: the guest's (= the host's) address, its
+    prefix and the gateway; None when there is nothing sound to offer
+    (--no-dhcp, no IPv4, or a gateway outside the address's network, which
+    DHCP cannot express)."""
+    fam = template.v4
+    own = template.address4
+    if shared.no_dhcp or fam is None or own is None or fam.gateway is None:
+        return None
+    iface = next((a for a in fam.addrs if isinstance(a, IPv4Interface) and a.ip == own), None)
+    if iface is None or iface.network.prefixlen > 30:
+        return None
+    gateway = fam.gateway
+    if not isinstance(gateway, IPv4Address) or gateway not in iface.network or gateway == own:
+        return None
+    dns = None
+    if shared.dhcp_dns:
+        dns = next((a for a in shared.dns_servers if isinstance(a, IPv4Address)), None)
+    if dns == own:
+        dns = None  # the guest's own address is never its resolver
+    return DhcpSettings(gateway, iface.network, gateway, dns, own, own)

@@ -190,6 +190,11 @@ _REFUSED = {
     "freebind": "--freebind: not supported by slirpy-pasta (listening addresses must be local)",
     "splice-only": "--splice-only: not supported by slirpy-pasta",
     "stats": "--stats: not supported by slirpy-pasta (--api-socket's get_stats has counters)",
+    "no-tcp": "--no-tcp: not supported by slirpy-pasta (--policy can deny TCP)",
+    "no-udp": "--no-udp: not supported by slirpy-pasta (--policy can deny UDP)",
+    "no-icmp": "--no-icmp: not supported by slirpy-pasta (--policy can deny ICMP)",
+    "no-ndp": "--no-ndp: not supported by slirpy-pasta (its engine always answers "
+    "neighbour solicitations)",
 }
 
 # Accepted, with this warning and no other effect.
@@ -680,8 +685,8 @@ _HELP = (
     ("--map-host-loopback", "ADDR|none", "ADDR reaches the host's loopback (default: gateway)"),
     ("--map-guest-addr", "ADDR|none", "ADDR reaches the host's own address"),
     ("--no-map-gw", "", "the gateway does not reach the host's loopback"),
-    ("--no-tcp, --no-udp, --no-icmp", "", "disable that protocol"),
-    ("--no-dhcp, --no-dhcpv6, --no-ndp, --no-ra", "", "disable that service"),
+    ("--no-dhcp, --no-dhcpv6, --no-ra", "", "disable that service"),
+    ("--no-tcp, --no-udp, --no-icmp, --no-ndp", "", "refused (use --policy to deny a protocol)"),
     ("-4, --ipv4-only", "", "IPv4 only"),
     ("-6, --ipv6-only", "", "IPv6 only"),
     ("-t, --tcp-ports", "SPEC", "TCP ports from the host to the namespace (default: auto)"),

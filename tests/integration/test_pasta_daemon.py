@@ -337,3 +337,14 @@ def test_api_socket_in_pasta_mode(fh: fakehost.FakeHost, tmp_path: object) -> No
         assert fh.client("127.0.0.1", 18083) == b"via-api\n"
         listed = _api(api, "list_hostfwd")["return"]["entries"]  # type: ignore[index]
         assert listed[0]["guest_addr"] == fakehost.HOST4
+
+
+def test_dhcp_offers_the_hosts_address(fh: fakehost.FakeHost, tmp_path: object) -> None:
+    # Without --config-net the guest configures itself (as a VM would).
+    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, "-t", "none", "-u", "none",
+                                          "-T", "none", "-U", "none"):
+        r = c.sh("ip link set eth0 up && busybox udhcpc -i eth0 -n -q -f -s /bin/true 2>&1",
+                 timeout=30)
+        out = r.stdout.decode()
+        assert f"lease of {fakehost.HOST4} obtained" in out, out
+        assert f"from {fakehost.GATEWAY4}" in out, out

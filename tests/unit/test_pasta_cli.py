@@ -488,8 +488,8 @@ def test_api_socket_and_policy() -> None:
         (["-l", ""], "-l/--log-file: empty path"),
         (["-P", ""], "-P/--pid: empty path"),
         (["--log-size", "big"], "--log-size: invalid size 'big'"),
-        (["--no-tcp", "-t", "80"], "TCP port forwarding requested (-t 80) but TCP is disabled "
-         "(--no-tcp)"),
+        (["--no-tcp", "-t", "80"], "--no-tcp: not supported by slirpy-pasta (--policy can "
+         "deny TCP)"),
         (["-t", "80-70"], "invalid port spec '-t 80-70': range '80-70' ends before it starts"),
         (["-T", "::1/80"], "Listening address not allowed for -T ::1/80"),
         (["--policy", "nonexistent-preset"], None),

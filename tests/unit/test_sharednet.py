@@ -16,6 +16,7 @@ from slirpy.control.sharednet import (
     SLOTS,
     AddrMap,
     address_maps,
+    dhcp_settings,
     guest_addresses,
     peer_substitutes,
 )
@@ -108,3 +109,21 @@ def test_guest_addresses_and_peer_substitutes() -> None:
     assert peer_substitutes(PODMAN, _online()) == (IPv4Address("169.254.1.2"), GW6)
     # ...or like the gateway when there is no such address.
     assert peer_substitutes(SharedAddressing(), _online()) == (GW4, GW6)
+
+
+def test_dhcp_offers_the_hosts_address_via_its_gateway() -> None:
+    got = dhcp_settings(PODMAN, _online())
+    assert got is not None
+    assert (got.pool_start, got.pool_end, got.router, got.server_ip) == (HOST4, HOST4, GW4, GW4)
+    assert str(got.network) == "198.51.100.0/24"
+    assert got.dns is None  # pasta advertises -D servers only with --dhcp-dns
+    with_dns = SharedAddressing(dhcp_dns=True, dns_servers=(ip_address("203.0.113.53"),))
+    assert dhcp_settings(with_dns, _online()).dns == IPv4Address("203.0.113.53")  # type: ignore[union-attr]
+
+
+def test_no_dhcp_when_disabled_or_not_expressible() -> None:
+    assert dhcp_settings(SharedAddressing(no_dhcp=True), _online()) is None
+    # -a outside the gateway's network: DHCP has no way to say "on-link".
+    v4 = FamilyTemplate("eth0", (IPv4Interface("10.13.2.15/24"),), (), GW4, False)
+    odd = HostTemplate(v4, None, "eth0", IPv4Address("10.13.2.15"), None)
+    assert dhcp_settings(PODMAN, odd) is None
