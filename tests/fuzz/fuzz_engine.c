@@ -61,6 +61,13 @@
  * outbound engine socket (TCP, UDP, ping) is connect()ed before it sends, so
  * nothing the fuzzer writes can leave the machine.
  *
+ * Egress policy: every engine starts with a policy that denies little the
+ * seeds use (TCP ports 1-1023, UDP port 9, ICMP to 198.18.0.0/15, host
+ * ports 7000-7099), so that refusals and the lookup run on every input;
+ * every 16th input of an engine switches to the same policy plus a first
+ * rule denying the host's port 7777 (closing the flows to the harness's
+ * peers: RST, host socket reset) and the next one back (see set_policy()).
+ *
  * So that the TCP and UDP translation paths see real peers, the harness
  * listens on 127.0.0.1 and ::1 port 7777 (TCP: accept, write a 28-byte line
  * then 96 KiB, half-close; UDP: echo). The seed corpus aims at N+2:7777.
@@ -603,6 +610,40 @@ static void retire(struct fz_slot *s)
 	s->tcp_client = s->udp_client = -1;
 }
 
+static struct sl_policy_rule fz_rule(uint32_t id, uint8_t match, uint8_t family,
+				     uint8_t plen, uint8_t protos, uint16_t lo,
+				     uint16_t hi, const uint8_t *addr)
+{
+	struct sl_policy_rule r = {
+		.rule_id = id, .match = match, .family = family,
+		.prefix_len = plen, .action = SL_POLICY_DENY,
+		.proto_mask = protos, .port_lo = lo, .port_hi = hi,
+	};
+
+	if (addr)
+		memcpy(r.addr, addr, family == 4 ? 4 : 16);
+	return r;
+}
+
+/* The engine's policy (see the top): @closing adds the 7777 rule first. */
+static void set_policy(struct fz_slot *s, bool closing)
+{
+	static const uint8_t any[16], bench[4] = { 198, 18, 0, 0 };
+	struct sl_policy_rule r[7];
+	uint32_t n = 0;
+
+	if (closing)
+		r[n++] = fz_rule(5, SL_PM_HOST, 4, 0, SL_PP_TCP | SL_PP_UDP,
+				 FZ_PORT, FZ_PORT, NULL);
+	r[n++] = fz_rule(0, SL_PM_CIDR, 4, 0, SL_PP_TCP, 1, 1023, any);
+	r[n++] = fz_rule(0, SL_PM_CIDR, 6, 0, SL_PP_TCP, 1, 1023, any);
+	r[n++] = fz_rule(1, SL_PM_CIDR, 4, 0, SL_PP_UDP, 9, 9, any);
+	r[n++] = fz_rule(2, SL_PM_CIDR, 4, 15, SL_PP_ICMP, 0, 65535, bench);
+	r[n++] = fz_rule(3, SL_PM_HOST, 0, 0, 0, 7000, 7099, NULL);
+	if (sl_engine_set_policy(s->e, s->now, r, n, 6, SL_POLICY_ALLOW) < 0)
+		abort();
+}
+
 /* The slot for configuration byte @bits, with a live engine. */
 static struct fz_slot *get_slot(uint8_t bits)
 {
@@ -628,6 +669,7 @@ static struct fz_slot *get_slot(uint8_t bits)
 			abort();
 		if (bits & 0x80)
 			add_forwards(s, &cfg);
+		set_policy(s, false);
 		open_history(s);
 	}
 	s->used = ++fz.stamp;
@@ -652,6 +694,9 @@ static void run_input(const uint8_t *data, size_t size)
 		record(s, data, size);
 	}
 	knock(s);
+	if (s->inputs % 16 == 15 || s->inputs % 16 == 0)
+		set_policy(s, s->inputs % 16 == 15);
+	drain(s->e);
 	while (off + 3 <= size) {
 		size_t len = ((size_t)data[off] << 8) | data[off + 1];
 		uint8_t step = data[off + 2];
