@@ -260,12 +260,17 @@ class Daemon:
         from slirpy.host import spawn
 
         if target.command:
+            shared = self.opts.shared
             self._spawn = spawn.CommandSpawn(
                 target.command,
                 self.net,
                 tapname=self.opts.tapname,
                 host_resolv_conf=self.opts.resolv_conf,
                 keep_id=target.keep_id,
+                # pasta's model: the --dns-forward addresses, else the host's
+                # resolv.conf; its addresses are configured without DAD.
+                nameservers=None if shared is None else tuple(map(str, shared.dns_forward)),
+                wait_ipv6=None if shared is None else False,
             )
             assert self._spawn.pid is not None
             return target_for_pid(self._spawn.pid)

@@ -612,6 +612,10 @@ def parse_pasta_args(
     shared = state.shared
     if state.no_splice and state.host_lo_to_ns_lo:
         raise ConfigError("--host-lo-to-ns-lo is incompatible with --no-splice")
+    target = _target(state, rest, dict(os.environ) if environ is None else environ)
+    if isinstance(target, NewNamespace):
+        # pasta configures a namespace it made itself, as --config-net does.
+        shared["config_net"] = True
     if shared.get("config_net"):
         shared["no_ra"] = True  # pasta: --config-net implies --no-ra
     for fam in (4, 6):
@@ -624,7 +628,6 @@ def parse_pasta_args(
         tcp=bool(shared.get("tcp", True)), udp=bool(shared.get("udp", True)),
         splice_loopback=not state.no_splice, ephemeral=ephemeral,
     ))
-    target = _target(state, rest, dict(os.environ) if environ is None else environ)
     addressing = SharedAddressing(
         dns_forward=_by_family(state.dns_forward),
         dns_host=_by_family(state.dns_host),

@@ -260,11 +260,16 @@ class Holder:
 # ------------------------------------------------------------ a command to run
 
 
-def guest_resolv_conf(net: NetworkModel, host_resolv_conf: str) -> str:
-    """The resolv.conf the command sees: N+3 (and prefix::3), the host's search domains."""
-    lines = [f"nameserver {net.dns}"]
-    if net.ipv6:
-        lines.append(f"nameserver {net.dns6}")
+def guest_resolv_conf(net: NetworkModel, host_resolv_conf: str,
+                      nameservers: tuple[str, ...] | None = None) -> str:
+    """The resolv.conf the command sees: N+3 (and prefix::3), or `nameservers`
+    (pasta's model: its --dns-forward addresses), the host's search domains."""
+    if nameservers is not None:
+        lines = [f"nameserver {a}" for a in nameservers]
+    else:
+        lines = [f"nameserver {net.dns}"]
+        if net.ipv6:
+            lines.append(f"nameserver {net.dns6}")
     with contextlib.suppress(OSError, UnicodeDecodeError), open(host_resolv_conf) as f:
         lines += [ln.strip() for ln in f if ln.split()[:1] in (["search"], ["domain"])]
     return "\n".join(lines) + "\n"
@@ -329,7 +334,7 @@ def _wait_ipv6(ifname: str) -> None:
 
 
 def _run_command(
-    libc: Libc, go_r: int, go_w: int, resolv: str, command: tuple[str, ...],
+    libc: Libc, go_r: int, go_w: int, resolv: str | None, command: tuple[str, ...],
     tapname: str, ipv6: bool,
 ) -> NoReturn:
     """In the new namespaces: wait for the network, mount resolv.conf, exec the command."""
@@ -342,7 +347,8 @@ def _run_command(
     # Slave: host mounts still show up here, ours never go back (the kernel
     # already makes it so for a mount namespace owned by a new user namespace).
     libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
-    if libc.mount(resolv.encode(), GUEST_RESOLV_CONF.encode(), None, MS_BIND, None) != 0:
+    if resolv is not None and libc.mount(resolv.encode(), GUEST_RESOLV_CONF.encode(), None,
+                                         MS_BIND, None) != 0:
         e = libc.errno()
         os.write(2, f"slirpy: warning: cannot bind-mount {GUEST_RESOLV_CONF}: "
                     f"{os.strerror(e)}; DNS uses the host's resolv.conf\n".encode())
@@ -369,24 +375,31 @@ class CommandSpawn:
         tapname: str,
         host_resolv_conf: str,
         keep_id: bool,
+        nameservers: tuple[str, ...] | None = None,
+        wait_ipv6: bool | None = None,
     ) -> None:
+        """`nameservers`: the resolv.conf's servers instead of N+3 (empty: the
+        host's resolv.conf is left as it is); `wait_ipv6` None: net.ipv6."""
         self.pid: int | None = None
         self._go_w: int | None = None
         self._tmpdir = tempfile.mkdtemp(prefix="slirpy-run-")
+        ipv6 = net.ipv6 if wait_ipv6 is None else wait_ipv6
         try:
-            resolv = os.path.join(self._tmpdir, "resolv.conf")
-            with open(resolv, "w") as f:
-                f.write(guest_resolv_conf(net, host_resolv_conf))
-            os.chmod(resolv, 0o644)
+            resolv: str | None = None
+            if nameservers != ():
+                resolv = os.path.join(self._tmpdir, "resolv.conf")
+                with open(resolv, "w") as f:
+                    f.write(guest_resolv_conf(net, host_resolv_conf, nameservers))
+                os.chmod(resolv, 0o644)
             libc = Libc()
             go_r, go_w = os.pipe()
             self._go_w = go_w
             try:
                 self.pid = fork_namespaced(
                     CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWNS,
-                    lambda: _run_command(libc, go_r, go_w, resolv, command, tapname, net.ipv6),
+                    lambda: _run_command(libc, go_r, go_w, resolv, command, tapname, ipv6),
                     keep_id=keep_id,
-                    prepare=_fast_ipv6_defaults if net.ipv6 else None,
+                    prepare=_fast_ipv6_defaults if ipv6 else None,
                     libc=libc,
                 )
             finally:

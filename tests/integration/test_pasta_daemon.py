@@ -348,3 +348,19 @@ def test_dhcp_offers_the_hosts_address(fh: fakehost.FakeHost, tmp_path: object) 
         out = r.stdout.decode()
         assert f"lease of {fakehost.HOST4} obtained" in out, out
         assert f"from {fakehost.GATEWAY4}" in out, out
+
+
+def test_command_mode_like_slirpy_run(fh: fakehost.FakeHost) -> None:
+    script = (f"ip -o addr show dev eth0; cat /etc/resolv.conf; "
+              f"busybox nc {fakehost.TEST_HOST4} {fakehost.PEER_PORT} </dev/null; "
+              f"busybox nslookup www.{fakehost.DOMAIN}; exit 7")
+    r = subprocess.run(_pasta_argv(fh.netns, "--dns-forward", "169.254.1.1", "--dns-host",
+                                   fakehost.DNS4, "-t", "none", "-u", "none", "-T", "none",
+                                   "-U", "none", "--", "sh", "-c", script),
+                       capture_output=True, text=True, timeout=60, env=user_env())
+    # The command's exit code; the namespace configured as with --config-net.
+    assert r.returncode == 7, r.stderr
+    assert f"inet {fakehost.HOST4}/24" in r.stdout
+    assert "nameserver 169.254.1.1\n" in r.stdout
+    assert f"{fakehost.HOST4} " in r.stdout  # the peer service saw the fake host's address
+    assert f"Address: {fakehost.TEST_HOST4}" in r.stdout
