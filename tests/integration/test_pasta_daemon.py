@@ -364,3 +364,53 @@ def test_command_mode_like_slirpy_run(fh: fakehost.FakeHost) -> None:
     assert "nameserver 169.254.1.1\n" in r.stdout
     assert f"{fakehost.HOST4} " in r.stdout  # the peer service saw the fake host's address
     assert f"Address: {fakehost.TEST_HOST4}" in r.stdout
+
+
+UDP_ECHO = ("import socket,sys\n"
+            "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "s.bind(('127.0.0.1',int(sys.argv[1])))\n"
+            "print('up',flush=True)\n"
+            "while True:\n"
+            "  d,a=s.recvfrom(2048); s.sendto(b'echo:'+d,a)\n")
+UDP_CLIENT = ("import socket,sys\n"
+              "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.settimeout(2)\n"
+              "for _ in range(5):\n"
+              "  s.sendto(b'ping',('127.0.0.1',int(sys.argv[1])))\n"
+              "  try:\n"
+              "    print(s.recv(2048).decode()); break\n"
+              "  except TimeoutError: pass\n")
+
+
+@contextlib.contextmanager
+def _host_udp_echo(fh: fakehost.FakeHost, port: int) -> Iterator[None]:
+    p = subprocess.Popen(fh.argv(sys.executable, "-c", UDP_ECHO, str(port)),
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "up\n"
+        yield
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_udp_ns_reaches_host_loopback(fh: fakehost.FakeHost, tmp_path: object) -> None:
+    with _host_udp_echo(fh, 18053), _container(fh.netns) as c, _pasta(
+        fh.netns, c, tmp_path, "--config-net", "-t", "none", "-u", "none", "-T", "none",
+        "-U", "18053",
+    ):
+        out = c.run(sys.executable, "-c", UDP_CLIENT, "18053").stdout.decode()
+        assert out.strip() == "echo:ping"
+
+
+def test_tcp_ns_auto_follows_host_listeners(fh: fakehost.FakeHost, tmp_path: object) -> None:
+    # -T auto: the fake host's own peer service (on all its addresses) shows
+    # up on the namespace's loopback within a second or so.
+    with _container(fh.netns) as c, _pasta(
+        fh.netns, c, tmp_path, "--config-net", "-t", "none", "-u", "none", "-T", "auto",
+        "-U", "none",
+    ):
+        def reached() -> bool:
+            r = c.sh(f"busybox nc 127.0.0.1 {fakehost.PEER_PORT} </dev/null", check=False)
+            return r.returncode == 0 and bool(r.stdout.split())
+
+        wait_until(reached, 5, interval=0.2, what="the host's port on the namespace's loopback")
