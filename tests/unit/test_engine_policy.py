@@ -639,3 +639,22 @@ def test_map_entries_reach_the_host(guest, target):
     assert_rst_for_syn(guest.out())
     assert guest.engine.policy_hits(1) == [1, 0]
     assert guest.counters()["tcp_flows_opened"] == 0
+
+
+def test_echo_allowed_by_a_host_rule_opens_a_ping_flow_and_a_new_policy_closes_it(guest):
+    """255.255.255.255 is the host's loopback with host loopback on: a
+    host rule for ICMP lets the echo through to a ping socket there."""
+    guest.engine.set_policy([host(0, POLICY_ALLOW, protos=PP_ICMP)], default_allow=False,
+                            nids=1)
+    guest.send(echo4("255.255.255.255", ident=99))
+    outs = guest.wait(lambda o: any(ICMP in x.pkt and x.pkt[ICMP].type == 0 for x in o))
+    (reply,) = [o for o in outs if ICMP in o.pkt]
+    assert reply.pkt[ICMP].type == 0 and reply.pkt[ICMP].id == 99
+    c = guest.counters()
+    assert c["icmp_flows_opened"] == 1 and c["policy_denied"] == 0
+    assert guest.engine.policy_hits(1) == [1, 0]
+    # A new policy that denies it closes the ping flow.
+    deny_all(guest)
+    c = guest.counters()
+    assert c["icmp_flows_closed"] == 1 and c["policy_closed"] == 1
+    assert guest.engine.flows() == []
