@@ -94,8 +94,11 @@ def bridge(pasta: Pasta) -> Iterator[Bridge]:
         pasta.podman("run", "-d", "--name", "web", "--network", network, "-p",
                      f"{PUBLISHED}:80", trixie_root.IMAGE, "sh", "-c", WEB, timeout=60)
         pid = stack_pid(pasta)
-        assert pid in pastabed.pasta_pids(pasta), (
-            f"the rootless netns' stack {_cmdline(pasta, pid)} is not {pasta.executable}")
+        pids = pastabed.pasta_pids(pasta)
+        assert pid in pids, (
+            f"the rootless netns' stack {pid} {_cmdline(pasta, pid)} is not one of "
+            f"{pasta.executable}'s {pids}:\n"
+            + pasta.bed.session.run("ps", "-eo", "pid,ppid,stat,args").stdout)
         yield Bridge(pasta, network)
     finally:
         _remove(pasta, network)
@@ -151,8 +154,11 @@ def test_dns_through_aardvark_and_the_forwarder(pasta: Pasta) -> None:
         assert f"Address: {fakehost.TEST_HOST4}" in found
         assert f"Address: {fakehost.TEST_HOST6}" in found
         assert "NXDOMAIN" in missing
-        # ...which forwards to 169.254.1.1, the stack's forwarder: the
-        # upstream server is asked from the fake host's address.
+        # ...which forwards to 169.254.1.1, the stack's forwarder (first in the
+        # resolv.conf Podman writes for the rootless netns): the upstream
+        # server is asked from the fake host's address.
+        netns_resolv = pasta.bed.session.run("cat", f"{NETNS_DIR}/resolv.conf").stdout
+        assert netns_resolv.split("\n", 1)[0] == "nameserver 169.254.1.1"
         asked = [e for e in pasta.bed.fh.events()[before:] if e.get("service") == "dns"]
         assert f"www.{fakehost.DOMAIN}" in {e["name"] for e in asked}
         assert {e["peer"] for e in asked} == {fakehost.HOST4}
@@ -218,3 +224,11 @@ def test_the_last_container_and_network_rm_leave_no_stack(pasta: Pasta) -> None:
         assert pasta.bed.session.run("kill", "-0", str(pid), check=False).returncode != 0
         pasta.podman("network", "rm", br.network, timeout=60)
         assert pastabed.pasta_pids(pasta) == []
+
+
+def test_network_rm_force_leaves_no_stack(pasta: Pasta) -> None:
+    with bridge(pasta) as br:
+        assert pastabed.pasta_pids(pasta)
+        # Removes the running container with the network: the last user goes.
+        pasta.podman("network", "rm", "-f", "-t", "0", br.network, timeout=60)
+        assert pastabed.wait_no_pasta(pasta, 5) == []
