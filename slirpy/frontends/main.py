@@ -72,10 +72,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     ns = _build_parser().parse_args(args)
     if ns.subcommand is None:
         fail(PROG_SLIRPY, "a COMMAND is required (slirp4netns or run); see --help", 2)
-    from slirpy.frontends.run import options_from_args
+    from slirpy.frontends.run import PolicyFileError, options_from_args
 
     try:
         opts = options_from_args(ns)
+    except PolicyFileError as err:
+        fail(PROG_SLIRPY, str(err), 1)
     except ConfigError as err:
         fail(PROG_SLIRPY, str(err), 2)
     run_daemon(PROG_SLIRPY, opts)

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PROG_RUN",
     "OneLineArgumentParser",
+    "PolicyFileError",
     "add_run_arguments",
     "options_from_args",
     "parse_port_mapping",
@@ -174,10 +175,18 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
 
+class PolicyFileError(ConfigError):
+    """A --policy that cannot be used: exit 1 like every front end (issue 18),
+    not `slirpy run`'s 2 for a malformed option."""
+
+
 def _load_policy(spec: str) -> Policy:
     from slirpy.control.policy import load_policy  # lazy: tomllib only when asked
 
-    return load_policy(spec)
+    try:
+        return load_policy(spec)
+    except ConfigError as err:
+        raise PolicyFileError(str(err)) from None
 
 
 def options_from_args(ns: argparse.Namespace) -> DaemonOptions:
