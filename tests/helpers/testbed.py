@@ -83,28 +83,34 @@ class Container:
         return p
 
 
-def _in_own_netns(pid: int, own: str) -> bool:
+def _in_new_netns(pid: int, known: set[str]) -> bool:
     try:
-        return os.readlink(f"/proc/{pid}/ns/net") != own
+        return os.readlink(f"/proc/{pid}/ns/net") not in known
     except OSError:
         return False
 
 
-def _wait_for_netns(pid: int, timeout: float = 5.0) -> None:
-    own = os.readlink("/proc/self/ns/net")
-    wait_until(lambda: _in_own_netns(pid, own), timeout,
+def _wait_for_netns(pid: int, known: set[str], timeout: float = 5.0) -> None:
+    wait_until(lambda: _in_new_netns(pid, known), timeout,
                what="the container namespace appears")
 
 
 @contextlib.contextmanager
-def make_container() -> Iterator[Container]:
+def make_container(netns: str | None = None) -> Iterator[Container]:
+    """The test user's user+net namespace; made from inside the network
+    namespace at path `netns` (a fake host) when given."""
+    known = {os.readlink("/proc/self/ns/net")}
+    enter: list[str] = []
+    if netns is not None:
+        known.add(f"net:[{os.stat(netns).st_ino}]")
+        enter = ["nsenter", f"--net={netns}"]
     proc = subprocess.Popen(
-        [*AS_USER, "unshare", "--user", "--map-root-user", "--net", "sleep", "3600"],
+        [*enter, *AS_USER, "unshare", "--user", "--map-root-user", "--net", "sleep", "3600"],
         stdin=subprocess.DEVNULL,
     )
     c = Container(proc)
     try:
-        _wait_for_netns(proc.pid)
+        _wait_for_netns(proc.pid, known)
         yield c
     finally:
         for p in [*c.extra, proc]:

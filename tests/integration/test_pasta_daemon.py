@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import fakehost
-from tests.helpers.testbed import AS_USER, Container, user_env
+from tests.helpers.testbed import AS_USER, Container, make_container, user_env
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -56,32 +56,6 @@ def fh() -> Iterator[fakehost.FakeHost]:
     os.chmod("/dev/net/tun", 0o666)
     with fakehost.fake_host() as bed:
         yield bed
-
-
-def _netns_of(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/net")
-    except OSError:
-        return None
-
-
-@contextlib.contextmanager
-def _container(netns: str) -> Iterator[Container]:
-    """The test user's user+net namespace, made from inside `netns`."""
-    known = {f"net:[{os.stat(netns).st_ino}]", os.readlink("/proc/self/ns/net"), None}
-    proc = subprocess.Popen(
-        ["nsenter", f"--net={netns}", *AS_USER, "unshare", "--user", "--map-root-user",
-         "--net", "sleep", "3600"], stdin=subprocess.DEVNULL)
-    c = Container(proc)
-    try:
-        wait_until(lambda: _netns_of(proc.pid) not in known, 5, what="the container's netns")
-        yield c
-    finally:
-        for p in [*c.extra, proc]:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
 
 
 def _pasta_argv(netns: str, *args: str) -> list[str]:
@@ -144,7 +118,7 @@ def _addrs(c: Container, dev: str) -> set[str]:
 
 
 def test_ready_on_exit_like_pasta(fh: fakehost.FakeHost, tmp_path: object) -> None:
-    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS,
+    with make_container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS,
                                           "--map-guest-addr", GUEST_ADDR) as d:
         # Checked at once: the parent exited only once all of it was done.
         link = _ip_json(c, "link", "show", "dev", "eth0")[0]
@@ -173,7 +147,7 @@ def test_ready_on_exit_like_pasta(fh: fakehost.FakeHost, tmp_path: object) -> No
 
 def test_foreground_sigterm_exits_zero(fh: fakehost.FakeHost, tmp_path: object) -> None:
     pid_file = os.path.join(str(tmp_path), "fg.pid")
-    with _container(fh.netns) as c:
+    with make_container(fh.netns) as c:
         p = subprocess.Popen(_pasta_argv(fh.netns, *PODMAN_ARGS, "-f", "-P", pid_file,
                                          str(c.pid)),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=user_env())
@@ -201,7 +175,7 @@ def test_port_in_use_is_one_line(fh: fakehost.FakeHost) -> None:
         "time.sleep(60)")), stdout=subprocess.PIPE, text=True)
     try:
         assert busy.stdout is not None and busy.stdout.readline() == "up\n"
-        with _container(fh.netns) as c:
+        with make_container(fh.netns) as c:
             r = subprocess.run(_pasta_argv(fh.netns, "--config-net", "-t", "18080-18080:80-80",
                                            "-u", "none", "-T", "none", "-U", "none",
                                            str(c.pid)),
@@ -222,7 +196,7 @@ def test_offline_host_gets_local_mode(tmp_path: object) -> None:
         netns = f"/run/netns/{name}"
         subprocess.run(["nsenter", f"--net={netns}", "ip", "link", "set", "lo", "up"],
                        check=True)
-        with _container(netns) as c, _pasta(netns, c, tmp_path, *PODMAN_ARGS):
+        with make_container(netns) as c, _pasta(netns, c, tmp_path, *PODMAN_ARGS):
             assert "169.254.2.1/16" in _addrs(c, "tap0")
             routes = {(r["dst"], r.get("gateway")) for r in _ip_json(c, "route")}
             assert ("default", "169.254.2.2") in routes
@@ -237,7 +211,7 @@ def test_published_port_keeps_the_client_address(fh: fakehost.FakeHost,
               "socket.IPV6_V6ONLY,0); s.bind(('::',80)); s.listen(); print('up',flush=True)\n"
               "while True:\n"
               "  c,a=s.accept(); c.sendall(a[0].encode()+b'\\n'); c.close()\n")
-    with _container(fh.netns) as c, _pasta(
+    with make_container(fh.netns) as c, _pasta(
         fh.netns, c, tmp_path, "--config-net", "-t", "18081:80", "-u", "none", "-T", "none",
         "-U", "none", "--no-map-gw", "--map-guest-addr", GUEST_ADDR,
     ):
@@ -255,7 +229,7 @@ def test_published_port_keeps_the_client_address(fh: fakehost.FakeHost,
 
 def test_tcp_ns_reaches_host_loopback(fh: fakehost.FakeHost, tmp_path: object) -> None:
     # The fake host's own peer service listens on all its addresses, loopback too.
-    with _container(fh.netns) as c, _pasta(
+    with make_container(fh.netns) as c, _pasta(
         fh.netns, c, tmp_path, "--config-net", "-t", "none", "-u", "none",
         "-T", str(fakehost.PEER_PORT), "-U", "none",
     ):
@@ -269,7 +243,7 @@ def test_auto_publishes_what_the_container_binds(fh: fakehost.FakeHost,
               "s=socket.socket(); s.bind(('0.0.0.0',18082)); s.listen(); print('up',flush=True)\n"
               "while True:\n"
               "  c,a=s.accept(); c.sendall(b'auto\\n'); c.close()\n")
-    with _container(fh.netns) as c, _pasta(
+    with make_container(fh.netns) as c, _pasta(
         fh.netns, c, tmp_path, "--config-net", "-t", "auto", "-u", "none", "-T", "none",
         "-U", "none",
     ):
@@ -291,7 +265,7 @@ def test_auto_publishes_what_the_container_binds(fh: fakehost.FakeHost,
 
 def test_follows_a_host_address_change(fh: fakehost.FakeHost, tmp_path: object) -> None:
     extra = "198.51.100.7/24"
-    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS):
+    with make_container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS):
         assert extra not in _addrs(c, "eth0")
         subprocess.run(fh.argv("ip", "addr", "add", extra, "dev", "eth0"), check=True)
         try:
@@ -322,7 +296,7 @@ def test_api_socket_in_pasta_mode(fh: fakehost.FakeHost, tmp_path: object) -> No
               "s=socket.socket(); s.bind(('0.0.0.0',80)); s.listen(); print('up',flush=True)\n"
               "while True:\n"
               "  c,a=s.accept(); c.sendall(b'via-api\\n'); c.close()\n")
-    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS,
+    with make_container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *PODMAN_ARGS,
                                           "--api-socket", api):
         out = c.sh(f"busybox nc {fakehost.TEST_HOST4} {fakehost.PEER_PORT} </dev/null")
         assert out.stdout.decode().split()[0] == fakehost.HOST4
@@ -341,7 +315,7 @@ def test_api_socket_in_pasta_mode(fh: fakehost.FakeHost, tmp_path: object) -> No
 
 def test_dhcp_offers_the_hosts_address(fh: fakehost.FakeHost, tmp_path: object) -> None:
     # Without --config-net the guest configures itself (as a VM would).
-    with _container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, "-t", "none", "-u", "none",
+    with make_container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, "-t", "none", "-u", "none",
                                           "-T", "none", "-U", "none"):
         r = c.sh("ip link set eth0 up && busybox udhcpc -i eth0 -n -q -f -s /bin/true 2>&1",
                  timeout=30)
@@ -394,7 +368,7 @@ def _host_udp_echo(fh: fakehost.FakeHost, port: int) -> Iterator[None]:
 
 
 def test_udp_ns_reaches_host_loopback(fh: fakehost.FakeHost, tmp_path: object) -> None:
-    with _host_udp_echo(fh, 18053), _container(fh.netns) as c, _pasta(
+    with _host_udp_echo(fh, 18053), make_container(fh.netns) as c, _pasta(
         fh.netns, c, tmp_path, "--config-net", "-t", "none", "-u", "none", "-T", "none",
         "-U", "18053",
     ):
@@ -405,7 +379,7 @@ def test_udp_ns_reaches_host_loopback(fh: fakehost.FakeHost, tmp_path: object) -
 def test_tcp_ns_auto_follows_host_listeners(fh: fakehost.FakeHost, tmp_path: object) -> None:
     # -T auto: the fake host's own peer service (on all its addresses) shows
     # up on the namespace's loopback within a second or so.
-    with _container(fh.netns) as c, _pasta(
+    with make_container(fh.netns) as c, _pasta(
         fh.netns, c, tmp_path, "--config-net", "-t", "none", "-u", "none", "-T", "auto",
         "-U", "none",
     ):

@@ -42,7 +42,7 @@ from tests.helpers import fakehost
 from tests.helpers.daemons import Slirpy
 from tests.helpers.portfwd import api_call, api_dir
 from tests.helpers.slirpy_run import run_cmd
-from tests.helpers.testbed import AS_USER, Container, slirp4netns_cmd, user_env
+from tests.helpers.testbed import AS_USER, Container, make_container, slirp4netns_cmd, user_env
 from tests.helpers.testhost import HERE, Server
 from tests.helpers.wait import wait_until
 
@@ -483,32 +483,6 @@ def fh() -> Iterator[fakehost.FakeHost]:
 
 
 @contextlib.contextmanager
-def container_in(netns: str) -> Iterator[Container]:
-    """The test user's user+net namespace, made from inside `netns`."""
-    own = {os.readlink("/proc/self/ns/net"), f"net:[{os.stat(netns).st_ino}]"}
-    proc = subprocess.Popen(["nsenter", f"--net={netns}", *AS_USER, "unshare", "--user",
-                             "--map-root-user", "--net", "sleep", "300"],
-                            stdin=subprocess.DEVNULL)
-    c = Container(proc)
-
-    def moved() -> bool:
-        try:
-            return os.readlink(f"/proc/{proc.pid}/ns/net") not in own
-        except OSError:
-            return False
-
-    try:
-        wait_until(moved, 5, what="the container's netns")
-        yield c
-    finally:
-        for p in [*c.extra, proc]:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=5)
-
-
-@contextlib.contextmanager
 def pasta(fh: fakehost.FakeHost, c: Container, *args: str) -> Iterator[None]:
     """slirpy pasta as Podman runs it: it forks once ready, writing its PID file."""
     d = tempfile.mkdtemp(prefix="slirpy-pol-pasta-")
@@ -545,7 +519,7 @@ def test_public_only_pasta(fh: fakehost.FakeHost, pol_host: PolicyHost) -> None:
         ["dns", "169.254.1.1", 53, f"www.{fakehost.DOMAIN}"],
     ]
     before = len(fh.events())
-    with container_in(fh.netns) as c, pasta(fh, c, *PASTA_ARGS, "--policy", "public-only"):
+    with make_container(fh.netns) as c, pasta(fh, c, *PASTA_ARGS, "--policy", "public-only"):
         r = c.run(*probe_cmd(pol_host, probes), timeout=120, check=False)
     assert r.returncode == 0, r.stderr.decode()[-2000:]
     results = report(r.stdout)["probes"]
