@@ -77,6 +77,9 @@ struct sl_listener {
 	bool splice;		/* relay by splice() through a socket made in
 				 * the guest's netns, not through the TAP */
 	uint8_t mode;		/* enum sl_listener_mode; splice = mode != TAP */
+	bool has_splice_addr;	/* spliced connections go to splice_addr,
+				 * not gaddr (sl_engine_set_listener_splice_addr) */
+	uint8_t splice_addr[16];
 };
 
 struct sl_punt {

@@ -230,4 +230,8 @@ int sl_sandbox_apply(const char *const *extra, int nextra, char *err,
 int sl_seccomp_apply(char *err, size_t errlen);
 int sl_ns_helper_serve(int sock, int pidfd);
 
+/* Where a spliced TCP forward's helper socket connects (splice.c). */
+int sl_engine_set_listener_splice_addr(struct sl_engine *e, uint32_t id,
+				       const uint8_t *addr, int family);
+
 #endif /* SLIRPY_H */

@@ -14,7 +14,10 @@
  * SCM_RIGHTS. A socket keeps the namespace it was created in, so the
  * engine's non-blocking connect() to the guest's own address reaches the
  * guest's loopback-like local path, and the guest sees the connection come
- * from its own address (not N+2 as through the TAP).
+ * from its own address (not N+2 as through the TAP). A forward given a
+ * splice address (sl_engine_set_listener_splice_addr: pasta's
+ * --host-lo-to-ns-lo sets the namespace's loopback) connects there
+ * instead, and the guest sees that address.
  *
  * SL_LM_TO_HOST_LO (pasta's -T) turns this around: the listener is a
  * socket of the guest's netns (bound to its loopback; the helper can make
@@ -269,6 +272,47 @@ bool sl_splice_wants(const struct sl_listener *l, const void *sa)
 	default:
 		return false;
 	}
+}
+
+/**
+ * sl_engine_set_listener_splice_addr() - where the spliced connections of
+ * the TCP forward @id go: the namespace helper's socket connects to @addr
+ * (@family 4 or 6, the forward's own family) at the forward's guest port
+ * instead of to its guest address. pasta's --host-lo-to-ns-lo passes the
+ * namespace's 127.0.0.1 / ::1, so host-loopback clients of a -t port reach
+ * a guest server bound to loopback and appear from it; clients that take
+ * the TAP path (SL_LM_SPLIT's remote peers) keep going to the guest
+ * address. A NULL @addr goes back to the guest address. Applies to
+ * connections accepted from then on (a pending one reads it when the
+ * helper's socket arrives).
+ *
+ * Return: 0, -ENOENT (no such forward), -EPROTONOSUPPORT (not TCP),
+ * -EAFNOSUPPORT (@family is not the forward's).
+ */
+int sl_engine_set_listener_splice_addr(struct sl_engine *e, uint32_t id,
+				       const uint8_t *addr, int family)
+{
+	int i;
+
+	for (i = 0; i < SL_MAX_LISTENERS; i++) {
+		struct sl_listener *l = &e->listeners[i];
+
+		if (!l->used || l->id != id)
+			continue;
+		if (l->proto != SL_TCP)
+			return -EPROTONOSUPPORT;
+		if (!addr) {
+			l->has_splice_addr = false;
+			return 0;
+		}
+		if (family != l->family)
+			return -EAFNOSUPPORT;
+		memset(l->splice_addr, 0, sizeof(l->splice_addr));
+		memcpy(l->splice_addr, addr, family == 4 ? 4 : 16);
+		l->has_splice_addr = true;
+		return 0;
+	}
+	return -ENOENT;
 }
 
 /* Room for one more connection (caps as for TCP flows)? Counts a refusal. */
@@ -554,7 +598,8 @@ static bool helper_reply(struct sl_engine *e)
 		drop_pending(e, p.hfd, nfd);
 		return true;
 	}
-	conn_start(e, p.hfd, nfd, l->family, l->gaddr, l->gport);
+	conn_start(e, p.hfd, nfd, l->family,
+		   l->has_splice_addr ? l->splice_addr : l->gaddr, l->gport);
 	return true;
 }
 

@@ -17,6 +17,8 @@
  * sl_splice_wants() (the listener's enum sl_listener_mode, and for
  * SL_LM_SPLIT whether the peer is loopback) and hands the fd either to
  * sl_splice_take(), which owns it from then on, or to its own TAP path.
+ * A spliced connection goes to the listener's splice_addr when set
+ * (sl_engine_set_listener_splice_addr, here), else to its guest address.
  */
 #ifndef SLIRPY_SPLICE_H
 #define SLIRPY_SPLICE_H

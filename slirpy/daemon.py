@@ -727,7 +727,8 @@ class Daemon:
         if opts.loopback_forwards or any(a.direction == "out" for a in opts.auto_forwards):
             ns_socket = self._ns_socket_maker()
         ports = SharedPorts(self.engine, guest4=g4, guest6=g6, splice_ready=splice_ready,
-                            ns_socket=ns_socket, ns_ipv6=self._template.v6 is not None)
+                            ns_socket=ns_socket, ns_ipv6=self._template.v6 is not None,
+                            host_lo_to_ns_lo=bool(opts.shared and opts.shared.host_lo_to_ns_lo))
         self._shared_ports = ports
         for m in opts.forwards:
             ports.publish(m)  # ConfigError: pasta's "Failed to bind port ..."

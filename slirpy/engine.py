@@ -438,6 +438,7 @@ class Engine:
     def add_listener(
         self, fd: int, proto: int, guest_addr: IPv4Address | IPv6Address, guest_port: int,
         fwd_id: int, *, splice: bool = False, mode: str | None = None,
+        splice_to_loopback: bool = False,
     ) -> None:
         """Hand a bound, listening (TCP) or bound (UDP) socket fd to the engine.
 
@@ -452,14 +453,20 @@ class Engine:
         to the host's 127.0.0.1/::1 (`guest_addr`'s family) at `guest_port`
         (pasta's -T; for UDP, pasta's -U: `fd` is a bound UDP socket of
         the namespace and each of its peers' datagrams are relayed to the
-        host's loopback port and the answers back). FdConsumedError: the
-        engine took and closed `fd`.
+        host's loopback port and the answers back). `splice_to_loopback`
+        ("splice"/"split" only; pasta's --host-lo-to-ns-lo): spliced
+        connections go to the namespace's 127.0.0.1/::1 (`guest_addr`'s
+        family) instead of `guest_addr`, so the guest sees its loopback as
+        the peer; TAP clients are unchanged. FdConsumedError: the engine
+        took and closed `fd`.
         """
         if mode is None:
             mode = "splice" if splice else "tap"
         if mode not in LISTENER_MODES:
             raise ValueError(f"listener mode must be one of {sorted(LISTENER_MODES)}, "
                              f"got {mode!r}")
+        if splice_to_loopback and mode not in ("splice", "split"):
+            raise ValueError(f"splice_to_loopback needs mode 'splice' or 'split', got {mode!r}")
         fam = 4 if guest_addr.version == 4 else 6
         os.set_blocking(fd, False)
         _check(
@@ -473,6 +480,12 @@ class Engine:
                 # The engine owns fd now: take it back out (it closes it).
                 lib.sl_engine_remove_listener(self._e, fwd_id)
                 raise FdConsumedError(-rc, f"{mode} listener: {os.strerror(-rc)}")
+        if splice_to_loopback:
+            lo = (IPv4Address("127.0.0.1") if fam == 4 else IPv6Address("::1")).packed
+            rc = lib.sl_engine_set_listener_splice_addr(self._e, fwd_id, lo, fam)
+            if rc < 0:
+                lib.sl_engine_remove_listener(self._e, fwd_id)
+                raise FdConsumedError(-rc, f"splice address: {os.strerror(-rc)}")
 
     def set_addr_map(
         self, idx: int, family: int, match: _Addr, target: _Addr, *,

@@ -4,8 +4,9 @@ This module owns the host listeners of pasta-style port options: it binds
 them (both families when no address is given, IPv6-only sockets so that the
 IPv4 one can coexist; a host without IPv6 just gets the IPv4 one), hands
 them to the engine (TCP in "split" mode: loopback clients spliced to the
-guest's own address as pasta does, everyone else through the TAP with their
-own source address), waits out a previous stack still holding the port for
+guest's own address as pasta does, or with --host-lo-to-ns-lo to the
+namespace's loopback; everyone else through the TAP with their own source
+address), waits out a previous stack still holding the port for
 a short while (Podman's restart race), and for `auto` mirrors the ports the
 guest listens on, rescanned every second. Errors read like pasta's:
 `Failed to bind port P (<strerror>) for option '-t SPEC'`.
@@ -72,8 +73,12 @@ class SharedPorts:
         splice_ready: Callable[[], None] | None = None,
         ns_socket: NsSocketMaker | None = None,
         ns_ipv6: bool = True,
+        host_lo_to_ns_lo: bool = False,
     ) -> None:
         self._engine = engine
+        # pasta's --host-lo-to-ns-lo: spliced (loopback) clients of -t ports
+        # reach the namespace's loopback, not the guest's address.
+        self._host_lo_to_ns_lo = host_lo_to_ns_lo
         self._ns_socket = ns_socket
         self._ns_families = (4, 6) if ns_ipv6 else (4,)
         # -T/-U listeners in the namespace: (proto, family, ns_port) -> id.
@@ -158,6 +163,7 @@ class SharedPorts:
             self._engine.add_listener(
                 sock.fileno(), PROTO_TCP if proto == "tcp" else PROTO_UDP, guest, guest_port,
                 lid, mode="split" if split else "tap",
+                splice_to_loopback=split and self._host_lo_to_ns_lo,
             )
         except FdConsumedError:
             sock.detach()
