@@ -4,9 +4,10 @@ This file owns the checks of what shared mode changes below Python: ARP and
 NDP answered for every address but the guest's own (with one MAC), the
 address-map table (a map's `match` reaches its `target` on loopback and
 replies come from `match`; DNS-only entries; changed at run time), inbound
-peers shown as the substitute address, listener modes "split" and
-"to_host_lo" (TCP, and UDP's relay) with a namespace helper forked in the
-test's own netns, and the helper's loopback-socket request. slirp4netns
+peers shown as the substitute address, listener modes "split" (also
+spliced to the loopback: --host-lo-to-ns-lo) and "to_host_lo" (TCP, and
+UDP's relay) with a namespace helper forked in the test's own netns, the
+helper's loopback-socket request, and no RA at all with no_ra. slirp4netns
 mode is covered by the rest of tests/unit, which must pass unchanged.
 
 Everything here talks only to 127.0.0.1 / ::1.
@@ -20,7 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 
 import pytest
 
@@ -47,6 +48,8 @@ from tests.helpers.frames import (
     Ether,
     ICMPv6ND_NA,
     ICMPv6ND_NS,
+    ICMPv6ND_RA,
+    ICMPv6ND_RS,
     ICMPv6NDOptDstLLAddr,
     ICMPv6NDOptSrcLLAddr,
     IPv6,
@@ -176,6 +179,28 @@ def test_ns_for_the_guests_addresses_and_dad_is_not_answered(g: Guest) -> None:
 def test_no_unsolicited_ra_with_no_ra(g: Guest) -> None:
     g.engine.set_guest_mac(bytes.fromhex(GUEST_MAC.replace(":", "")))
     assert g.advance(700) == []
+
+
+def _rs() -> Ether:
+    return (Ether(src=GUEST_MAC, dst="33:33:00:00:00:02")
+            / IPv6(src=GUEST_LL, dst="ff02::2", hlim=255) / ICMPv6ND_RS())
+
+
+@pytest.mark.parametrize("no_ra", [True, False])
+def test_a_router_solicitation_is_answered_only_without_no_ra(
+        make_shared: Callable[..., Guest], no_ra: bool) -> None:
+    """pasta's --config-net implies --no-ra: an answered RS would make the
+    guest add a SLAAC address next to the host's copied one (ndp.c)."""
+    g = make_shared(no_ra=no_ra)
+    g.engine.set_guest_mac(bytes.fromhex(GUEST_MAC.replace(":", "")))
+    g.advance(0.01)
+    g.out()  # without no_ra: the first unsolicited RA
+    g.send(_rs())
+    ras = [o for o in g.settle(0.02) if ICMPv6ND_RA in o.pkt]
+    if no_ra:
+        assert ras == [] and g.counters()["router_adverts"] == 0
+    else:
+        assert len(ras) == 1 and ras[0].pkt[IPv6].dst == GUEST_LL
 
 
 # ------------------------------------------------------------- address maps
@@ -369,6 +394,69 @@ def test_split_listener_splices_a_loopback_client(helper: socket.socket) -> None
         srv.close()
         c = e.counters()
         assert c["splice_opened"] == 1 and c["tcp_flows_inbound"] == 0
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_split_to_loopback_splices_to_the_namespace_loopback(
+        helper: socket.socket, family: int) -> None:
+    """pasta's --host-lo-to-ns-lo: the helper's socket connects to 127.0.0.1
+    / ::1 (the client's family) at the guest port, not to the guest's
+    address (a documentation address nobody serves here), so a guest server
+    bound to loopback only is reached and sees loopback as the peer."""
+    lo = "127.0.0.1" if family == 4 else "::1"
+    guest = ip_address("192.0.2.99" if family == 4 else "2001:db8::99")
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    e = Engine(NetworkModel())
+    srv = socket.socket(af)
+    try:
+        e.set_ns_helper(os.dup(helper.fileno()))
+        srv.bind((lo, 0))
+        srv.listen(4)
+        seen: list[tuple[str, int]] = []
+
+        def serve() -> None:
+            with contextlib.suppress(OSError):
+                c, peer = srv.accept()
+                with c:
+                    seen.append(c.getsockname()[:2])
+                    c.sendall(b"peer " + peer[0].encode() + b" " + c.recv(100))
+
+        threading.Thread(target=serve, daemon=True).start()
+        gport = srv.getsockname()[1]
+        s = socket.socket(af)
+        s.bind((lo, 0))
+        s.listen(4)
+        port = s.getsockname()[1]
+        e.add_listener(s.detach(), PROTO_TCP, guest, gport, 1, mode="split",
+                       splice_to_loopback=True)
+        got = bytearray()
+        cl = socket.create_connection((lo, port), timeout=5)
+
+        def client() -> None:
+            cl.sendall(b"hello")
+            while d := cl.recv(100):
+                got.extend(d)
+
+        t = threading.Thread(target=client, daemon=True)
+        t.start()
+        _drive(e, lambda: not t.is_alive())
+        cl.close()
+        assert bytes(got) == f"peer {lo} hello".encode()
+        assert seen == [(lo, gport)]
+        assert e.counters()["splice_opened"] == 1
+    finally:
+        srv.close()
+        e.close()
+
+
+def test_splice_to_loopback_needs_a_spliced_mode() -> None:
+    e = Engine(NetworkModel())
+    try:
+        with pytest.raises(ValueError):
+            e.add_listener(-1, PROTO_TCP, IPv4Address("127.0.0.1"), 80, 1, mode="tap",
+                           splice_to_loopback=True)
     finally:
         e.close()
 
