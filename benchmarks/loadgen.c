@@ -10,7 +10,8 @@
  *   loadgen cr_server PORT               accept, 1 byte in, 1 out, wait EOF
  *   loadgen cr_client HOST PORT SECONDS
  *
- * Servers listen on 127.0.0.1, print "ready" and run until killed. Clients
+ * Servers listen on 127.0.0.1 (or on $LOADGEN_BIND, for the Podman bed's test
+ * host), print "ready" and run until killed. Clients
  * print one JSON line (the same keys as workloads.py). Every socket wait is
  * bounded (5 s), every loop by a count or a deadline. This is a test tool:
  * it must not be built into slirpy, and it talks only to the address given.
@@ -68,7 +69,8 @@ static struct sockaddr_in addr_of(const char *host, const char *port)
 
 static int listen_on(const char *port)
 {
-	struct sockaddr_in sa = addr_of("127.0.0.1", port);
+	const char *bind_to = getenv("LOADGEN_BIND");
+	struct sockaddr_in sa = addr_of(bind_to ? bind_to : "127.0.0.1", port);
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
 
 	if (fd < 0)
