@@ -15,6 +15,14 @@
  *     0x04 IPv6 enabled
  *     0x08 host loopback DISABLED (N+2 gives ENETUNREACH)
  *     0x10 DNS forwarding disabled
+ *     0x18 (both) instead: shared-address mode (pasta's model, where those
+ *          two settings do not apply): the guest owns 10.0.2.100 /
+ *          fd00::100, ARP and NDP answer every other address with one MAC
+ *          (9a:55:9a:55:9a:55), no RA when the MTU bits are 1500 or 68
+ *          (pasta's --no-ra), inbound peers appear as 169.254.1.2 /
+ *          fe80::1, and the address-map table has five entries (see
+ *          shared_config()), all with loopback targets; every 16th input
+ *          of such an engine clears the gateway's map, the next restores it
  *     0x60 MTU: 1500, 68, 9000, 65520
  *     0x80 port forwards: TCP and UDP listeners on loopback handed to the
  *          engine (guest 10.0.2.100 port 80 / 5353, or fd00::100 with
@@ -515,6 +523,57 @@ static void print_counters(const struct sl_engine *e)
 				(unsigned long long)c[i]);
 }
 
+#define FZ_SHARED(bits) (((bits) & 0x18) == 0x18)
+
+static struct sl_addr_map fz_map(int family, const void *match,
+				 const void *target, bool dns_only,
+				 uint16_t port)
+{
+	struct sl_addr_map m = {
+		.family = (uint8_t)family, .dns_only = dns_only,
+		.target_port = port,
+	};
+
+	memcpy(m.match, match, family == 4 ? 4 : 16);
+	memcpy(m.target, target, family == 4 ? 4 : 16);
+	return m;
+}
+
+/* Map 1: the gateway to the host's loopback (--map-host-loopback). */
+static struct sl_addr_map fz_gw_map(void)
+{
+	return fz_map(4, "\x0a\x00\x02\x02", "\x7f\x00\x00\x01", false, 0);
+}
+
+/*
+ * Shared-address mode's part of the configuration (see the top): the maps
+ * of pasta's --dns-forward (IPv4 and, to an IPv4-mapped target, IPv6),
+ * --map-host-loopback (gateway, IPv4 and IPv6) and --map-guest-addr, all
+ * to this process's loopback (the harness's peers on port 7777).
+ */
+static void shared_config(struct sl_config *c, uint8_t bits)
+{
+	static const uint8_t lo6[16] = { [15] = 1 };
+	static const uint8_t mapped_lo[16] = { [10] = 0xff, [11] = 0xff, 127, 0, 0, 1 };
+	static const uint8_t gw6[16] = { 0xfd, [15] = 0x02 };
+	static const uint8_t dns6[16] = { 0xfd, [15] = 0x03 };
+	static const uint8_t guest6[16] = { 0xfd, [14] = 0x01, [15] = 0x00 };
+	static const uint8_t ll1[16] = { 0xfe, 0x80, [15] = 0x01 };
+
+	c->shared_addr = 1;
+	memcpy(c->our_mac, "\x9a\x55\x9a\x55\x9a\x55", 6);
+	memcpy(c->guest6, guest6, 16);
+	memcpy(c->peer_sub4, "\xa9\xfe\x01\x02", 4);
+	memcpy(c->peer_sub6, ll1, 16);
+	c->no_ra = !(bits & 0x40);
+	c->maps[0] = fz_map(4, "\xa9\xfe\x01\x01", "\x7f\x00\x00\x01", true,
+			    FZ_PORT);
+	c->maps[1] = fz_gw_map();
+	c->maps[2] = fz_map(4, "\xa9\xfe\x01\x02", "\x7f\x00\x00\x01", false, 0);
+	c->maps[3] = fz_map(6, gw6, lo6, false, 0);
+	c->maps[4] = fz_map(6, dns6, mapped_lo, true, FZ_PORT);
+}
+
 static void make_config(struct sl_config *c, uint8_t bits)
 {
 	static const uint16_t mtus[4] = { 1500, 68, 9000, 65520 };
@@ -541,6 +600,8 @@ static void make_config(struct sl_config *c, uint8_t bits)
 	c->max_udp_flows = 32;
 	c->max_icmp_flows = 8;
 	c->max_half_open = 16;
+	if (FZ_SHARED(bits))
+		shared_config(c, bits);
 }
 
 /* Map DIR/history-XX for a new engine and mark it empty. */
@@ -696,6 +757,13 @@ static void run_input(const uint8_t *data, size_t size)
 	knock(s);
 	if (s->inputs % 16 == 15 || s->inputs % 16 == 0)
 		set_policy(s, s->inputs % 16 == 15);
+	if (FZ_SHARED(s->bits) && (s->inputs % 16 == 7 || s->inputs % 16 == 8)) {
+		struct sl_addr_map gw = fz_gw_map(), none = { 0 };
+
+		if (sl_engine_set_addr_map(s->e, 1,
+					   s->inputs % 16 == 7 ? &none : &gw) < 0)
+			abort();
+	}
 	drain(s->e);
 	while (off + 3 <= size) {
 		size_t len = ((size_t)data[off] << 8) | data[off + 1];

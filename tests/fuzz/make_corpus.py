@@ -5,7 +5,8 @@ harness's input format (a configuration byte, then records of 2-byte length,
 Owns only the seeds. It must not send anything anywhere: scapy is used to
 build bytes, never to put them on a wire. Destinations are the gateway N+2
 (the harness's loopback peer on port 7777), the DNS address N+3 and a few
-addresses the harness refuses (its connect() only reaches loopback).
+addresses the harness refuses (its connect() only reaches loopback); in
+shared-address mode, the address maps' `match` addresses (loopback targets).
 
 Usage: python make_corpus.py OUTDIR
 """
@@ -54,6 +55,10 @@ PORT = 7777
 # Configuration bits, as fuzz_engine.c reads byte 0.
 VNET, OFFLOAD, IPV6, NO_LOOPBACK, NO_DNS = 0x01, 0x02, 0x04, 0x08, 0x10
 FWD = 0x80
+# Both "disabled" bits at once: shared-address mode (pasta's model).
+SHARED = NO_LOOPBACK | NO_DNS
+OUR_MAC = "9a:55:9a:55:9a:55"
+DNS_FWD, MAP_GUEST, PEER_SUB6 = "169.254.1.1", "169.254.1.2", "fe80::1"
 FWD_TCP_CLIENT, FWD_UDP_CLIENT = 40080, 40053
 MTU_68, MTU_9000, MTU_65520 = 0x20, 0x40, 0x60
 
@@ -101,16 +106,16 @@ def e4(dst_mac: str = GW_MAC) -> Ether:
     return Ether(dst=dst_mac, src=GUEST_MAC)
 
 
-def e6() -> Ether:
-    return Ether(dst=GW6_MAC, src=GUEST_MAC)
+def e6(dst_mac: str = GW6_MAC) -> Ether:
+    return Ether(dst=dst_mac, src=GUEST_MAC)
 
 
 def tcp_session(config: int, six: bool = False, dst: str | None = None, dport: int = PORT,
-                payload: bytes = b"GET / HTTP/1.0\r\n\r\n") -> Seed:
+                payload: bytes = b"GET / HTTP/1.0\r\n\r\n", mac: str | None = None) -> Seed:
     """SYN, ACK of the predicted SYN-ACK, data, FIN, then a timer jump."""
     s = Seed(config)
-    base = (e6() / IPv6(src=GUEST6, dst=dst or GW6) if six
-            else e4() / IP(src=GUEST, dst=dst or GW))
+    base = (e6(mac or GW6_MAC) / IPv6(src=GUEST6, dst=dst or GW6) if six
+            else e4(mac or GW_MAC) / IP(src=GUEST, dst=dst or GW))
     opts = [("MSS", 1460), ("SAckOK", b""), ("NOP", None), ("WScale", 7)]
     s.add(base / TCP(sport=40000, dport=dport, flags="S", seq=1000, options=opts,
                      window=65535))
@@ -143,15 +148,18 @@ def gso_session(config: int) -> Seed:
     return s
 
 
-def fwd_sessions(config: int) -> tuple[Seed, Seed]:
+def fwd_sessions(config: int, peer4: str = GW, peer6: str = GW6,
+                 mac: str | None = None) -> tuple[Seed, Seed]:
     """Answers to the harness's port forwards (config bit 0x80): the guest
     completes the engine's SYN to port 80 (its ISN is predicted for the clock
     of the first frame, when the harness's client is accepted) and sends data
-    and FIN; and it answers the datagram that arrived on port 5353."""
+    and FIN; and it answers the datagram that arrived on port 5353. The
+    engine's peer is `peer4`/`peer6` (shared mode: the substitute address)."""
     six = bool(config & IPV6)
     hello = (Ether(dst=BCAST, src=GUEST_MAC)
              / ARP(op=1, hwsrc=GUEST_MAC, psrc=GUEST, pdst=GW))
-    base = (e6() / IPv6(src=GUEST6, dst=GW6) if six else e4() / IP(src=GUEST, dst=GW))
+    base = (e6(mac or GW6_MAC) / IPv6(src=GUEST6, dst=peer6) if six
+            else e4(mac or GW_MAC) / IP(src=GUEST, dst=peer4))
     t = Seed(config)
     t.add(hello)
     ours = t.isn()
@@ -265,6 +273,56 @@ def seeds() -> dict[str, Seed]:
     out["timers"] = simple(
         IPV6, e4() / IP(src=GUEST, dst=GW) / UDP(sport=40000, dport=PORT) / b"t",
         e6() / IPv6(src=GUEST6, dst=GW6) / UDP(sport=40000, dport=PORT) / b"t6", step=255)
+    out.update(shared_seeds(dns_q))
+    return out
+
+
+def shared_seeds(dns_q: DNS) -> dict[str, Seed]:
+    """Shared-address mode (config SHARED): ARP/NDP for any address but the
+    guest's own, the address maps (fuzz_engine.c shared_config()), inbound
+    peers as the substitute address."""
+    def arp(op: int, psrc: str, pdst: str) -> Ether:
+        return Ether(dst=BCAST, src=GUEST_MAC) / ARP(op=op, hwsrc=GUEST_MAC, psrc=psrc,
+                                                     pdst=pdst)
+
+    def ns(tgt: str, src: str = "fe80::5054:ff:fe12:3456") -> Ether:
+        return (Ether(dst="33:33:ff:00:00:02", src=GUEST_MAC)
+                / IPv6(src=src, dst="ff02::1:ff00:2", hlim=255) / ICMPv6ND_NS(tgt=tgt)
+                / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC))
+
+    rs = (Ether(dst="33:33:00:00:00:02", src=GUEST_MAC)
+          / IPv6(src="fe80::5054:ff:fe12:3456", dst="ff02::2", hlim=255) / ICMPv6ND_RS()
+          / ICMPv6NDOptSrcLLAddr(lladdr=GUEST_MAC))
+    out: dict[str, Seed] = {}
+    out["shared-arp"] = simple(
+        SHARED, arp(1, GUEST, GW), arp(1, GUEST, "192.0.2.77"), arp(1, "0.0.0.0", GUEST),
+        arp(1, GUEST, GUEST), arp(2, GUEST, GUEST), arp(1, GUEST, MAP_GUEST))
+    for cfg, tag in ((SHARED | IPV6, "ndp"), (SHARED | IPV6 | MTU_9000, "ndp-ra")):
+        out[f"shared-{tag}"] = simple(cfg, ns(GW6), ns("2001:db8::1"), ns(GUEST6, src="::"),
+                                      ns(GUEST6), rs)
+    out["shared-udp"] = simple(
+        SHARED,
+        e4(OUR_MAC) / IP(src=GUEST, dst=DNS_FWD) / UDP(sport=5353, dport=53) / dns_q,
+        e4(OUR_MAC) / IP(src=GUEST, dst=DNS_FWD) / UDP(sport=5353, dport=PORT) / b"not dns",
+        e4(OUR_MAC) / IP(src=GUEST, dst=MAP_GUEST) / UDP(sport=40000, dport=PORT) / b"mg",
+        e4(OUR_MAC) / IP(src=GUEST, dst=GW) / UDP(sport=40001, dport=PORT) / b"gw",
+        e4(OUR_MAC) / IP(src=GUEST, dst="127.0.0.1") / UDP(sport=40002, dport=PORT),
+        e4(OUR_MAC) / IP(src=GUEST, dst="224.0.0.251") / UDP(sport=5353, dport=5353),
+        e4(OUR_MAC) / IP(src=GUEST, dst=GW) / ICMP(id=9, seq=1) / b"ping")
+    out["shared-udp6"] = simple(
+        SHARED | IPV6,
+        e6(OUR_MAC) / IPv6(src=GUEST6, dst=DNS6) / UDP(sport=5353, dport=53) / dns_q,
+        e6(OUR_MAC) / IPv6(src=GUEST6, dst=GW6) / UDP(sport=40000, dport=PORT) / b"u6",
+        e6(OUR_MAC) / IPv6(src=GUEST6, dst="::1") / UDP(sport=40001, dport=PORT),
+        e6(OUR_MAC) / IPv6(src=GUEST6, dst=GW6) / ICMPv6EchoRequest(id=3, seq=1))
+    out["shared-tcp4"] = tcp_session(SHARED, mac=OUR_MAC)
+    out["shared-tcp4-dnsfwd"] = tcp_session(
+        SHARED, dst=DNS_FWD, dport=53, mac=OUR_MAC,
+        payload=struct.pack("!H", len(raw(dns_q))) + raw(dns_q))
+    out["shared-tcp6"] = tcp_session(SHARED | IPV6, six=True, mac=OUR_MAC)
+    for cfg, tag in ((SHARED | FWD, "fwd4"), (SHARED | FWD | IPV6, "fwd6")):
+        out[f"shared-{tag}-tcp"], out[f"shared-{tag}-udp"] = fwd_sessions(
+            cfg, peer4=MAP_GUEST, peer6=PEER_SUB6, mac=OUR_MAC)
     return out
 
 
