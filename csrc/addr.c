@@ -268,9 +268,10 @@ int sl_engine_set_addr_map(struct sl_engine *e, unsigned idx,
 }
 
 /**
- * sl_sockaddr_is_loopback() - @sa (from sl_remote_sockaddr) is the host's
- * loopback (127/8, ::1, v4-mapped 127/8): never bind it to
- * --outbound-addr, a global source cannot reach lo (a map entry's target).
+ * sl_sockaddr_is_loopback() - @sa is the host's loopback (127/8, ::1,
+ * v4-mapped 127/8): a map entry's target from sl_remote_sockaddr (never
+ * bound to --outbound-addr: a global source cannot reach lo), or an
+ * accepted peer (splice.c: loopback clients of a split listener).
  */
 bool sl_sockaddr_is_loopback(const void *sa)
 {

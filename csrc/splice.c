@@ -235,26 +235,6 @@ static void helper_gone(struct sl_engine *e)
 		     "new connections");
 }
 
-/* @sa (an accepted peer) is 127/8, ::1 or v4-mapped 127/8. */
-static bool loopback_peer(const void *sa)
-{
-	static const uint8_t mapped[12] = { [10] = 0xff, [11] = 0xff };
-	static const uint8_t lo6[16] = { [15] = 1 };
-	const struct sockaddr *s = sa;
-
-	if (s->sa_family == AF_INET)
-		return ((const uint8_t *)&((const struct sockaddr_in *)sa)
-				->sin_addr)[0] == 127;
-	if (s->sa_family == AF_INET6) {
-		const uint8_t *a =
-			((const struct sockaddr_in6 *)sa)->sin6_addr.s6_addr;
-
-		return !memcmp(a, lo6, 16) ||
-		       (!memcmp(a, mapped, 12) && a[12] == 127);
-	}
-	return false;
-}
-
 /**
  * sl_splice_wants() - whether the connection tcp.c accepted from @sa on
  * @l is relayed here (true) or through the TAP as a flow (false): the
@@ -268,7 +248,7 @@ bool sl_splice_wants(const struct sl_listener *l, const void *sa)
 	case SL_LM_TO_HOST_LO:
 		return true;
 	case SL_LM_SPLIT:
-		return loopback_peer(sa);
+		return sl_sockaddr_is_loopback(sa);
 	default:
 		return false;
 	}
