@@ -363,7 +363,11 @@ def write_doc(path: pathlib.Path, block: str) -> None:
 
 
 def plot(res: Results, names: list[str], path: pathlib.Path) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"no matplotlib in this venv: {path} not written", file=sys.stderr)
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = [k for k, _, _, _ in ROWS[:6]]
@@ -421,7 +425,7 @@ def main(argv: list[str]) -> int:
                                        {"CONTAINERS_HELPER_BINARY_DIR": d}))]
         versions = {
             "podman": session.run("podman", "--version").stdout.strip(),
-            "pasta": session.run("sh", "-c", "/usr/bin/pasta --version | head -1",
+            "pasta": session.run("sh", "-c", "/usr/bin/pasta --version 2>&1 | head -1",
                                  check=False).stdout.strip(),
         }
         loads = []
