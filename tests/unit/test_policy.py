@@ -278,7 +278,7 @@ def test_json_form_raises_only_config_errors(data: dict[str, Any]) -> None:
         (dest("::ffff:203.0.113.10"), "deny"),
         (dest("203.0.113.10", host=True), "deny"),
         (dest("203.0.113.10"), "allow"),
-        (dest("8.8.8.8", "udp", 53), "allow"),
+        (dest("192.0.2.8", "udp", 53), "allow"),
         (dest("2001:db8::10", "icmp"), "allow"),
         (dest("100.128.0.1"), "allow"),
         (dest("172.32.0.1"), "allow"),
@@ -357,8 +357,8 @@ _V4_NETS = ["10.0.0.0/8", "10.13.0.0/16", "10.13.0.10/32", "203.0.113.0/24", "0.
             "169.254.169.254/32", "100.64.0.0/10", "198.51.100.0/25"]
 _V6_NETS = ["fd00::/8", "2001:db8::/32", "2001:db8:13::10/128", "::/0", "fe80::/10"]
 _ADDRS = ["10.13.0.10", "10.0.2.2", "169.254.169.254", "203.0.113.10", "198.51.100.200",
-          "8.8.8.8", "127.0.0.1", "224.0.0.1", "100.64.1.1", "172.16.5.4",
-          "fd00::2", "fd13::10", "2001:db8:13::10", "fe80::1", "ff02::1", "::1", "2606::1",
+          "192.0.2.8", "127.0.0.1", "224.0.0.1", "100.64.1.1", "172.16.5.4",
+          "fd00::2", "fd13::10", "2001:db8:13::10", "fe80::1", "ff02::1", "::1", "3fff::1",
           "::ffff:10.0.0.1"]
 
 
@@ -694,8 +694,8 @@ ENGINE_CHILD = textwrap.dedent(
 # What the engine opens as an ordinary outbound flow (not multicast, loopback
 # or its own addresses), and the host mapping (N+2, prefix::2) for TCP and UDP.
 # Not UDP port 67: the engine hands any DHCP request to the DHCP server.
-_ENGINE_ADDRS = ["10.13.0.10", "169.254.169.254", "203.0.113.10", "198.51.100.200", "8.8.8.8",
-                 "100.64.1.1", "172.16.5.4", "fd13::10", "2001:db8:13::10", "2606::1"]
+_ENGINE_ADDRS = ["10.13.0.10", "169.254.169.254", "203.0.113.10", "198.51.100.200", "192.0.2.8",
+                 "100.64.1.1", "172.16.5.4", "fd13::10", "2001:db8:13::10", "3fff::1"]
 _ENGINE_PORTS = st.integers(1, 260).filter(lambda p: p != 67)
 engine_destinations = st.builds(
     lambda a, p, port: dest(a, p, port), st.sampled_from(_ENGINE_ADDRS),
