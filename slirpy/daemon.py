@@ -539,9 +539,9 @@ class Daemon:
             _say(f"cannot copy the host's change into the namespace: {e}")
         self._template = new
         self._set_addr_maps(dns_port)
+        # The engine keeps the guest addresses it started with (ARP/NDP's
+        # "own address", the peer substitution): it has no setter yet.
         g4, g6 = guest_addresses(new)
-        if hasattr(self.engine, "set_guest_addresses"):
-            self.engine.set_guest_addresses(g4, g6)
         if self._shared_ports is not None:
             for err in self._shared_ports.readdress(g4, g6):
                 _say(err)
