@@ -51,6 +51,9 @@ PACKAGES: tuple[str, ...] = (
     "aardvark-dns", "iproute2", "ca-certificates", "fuse-overlayfs",
     "busybox-static", "procps", "python3-venv", "python3-dev", "gcc",
     "libc6-dev", "rootlesskit", "nftables",
+    # slirp4netns: the Podman-level benchmark's slirp4netns mode (issue 17);
+    # docker.io: rootless Docker over RootlessKit's pasta network.
+    "slirp4netns", "docker.io", "docker-cli",
 )
 CACHE = pathlib.Path("/var/cache/slirpy-trixie-root")
 # CI may keep the cache elsewhere (e.g. a directory its runner restores).
