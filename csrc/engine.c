@@ -262,6 +262,40 @@ int sl_engine_set_guest_mac(struct sl_engine *e, const uint8_t mac[6])
 	return 0;
 }
 
+/**
+ * sl_engine_set_shared_addrs() - follow a host address change (shared mode)
+ * @e: engine, created with cfg.shared_addr
+ * @guest4: the guest's IPv4 address now (zeros: none)
+ * @guest6: the guest's IPv6 address now (zeros: none)
+ * @peer_sub4: how a loopback or own-address client appears now (IPv4)
+ * @peer_sub6: the same for IPv6
+ *
+ * The guest owns the host's addresses, so when the host's change, ARP/NDP's
+ * "not ours to answer" address and the inbound peer substitution move with
+ * them; the IPv6 prefix follows the new address's /64. Existing flows keep
+ * their addresses.
+ *
+ * Return: 0, or -EINVAL when @e is not in shared mode.
+ */
+int sl_engine_set_shared_addrs(struct sl_engine *e, const uint8_t guest4[4],
+			       const uint8_t guest6[16], const uint8_t peer_sub4[4],
+			       const uint8_t peer_sub6[16])
+{
+	static const uint8_t zero6[16];
+
+	if (!e->cfg.shared_addr)
+		return -EINVAL;
+	memcpy(e->cfg.guest4, guest4, 4);
+	memcpy(e->cfg.guest6, guest6, 16);
+	memcpy(e->cfg.peer_sub4, peer_sub4, 4);
+	memcpy(e->cfg.peer_sub6, peer_sub6, 16);
+	if (memcmp(guest6, zero6, 16)) {
+		memcpy(e->cfg.prefix6, guest6, 8);
+		memset(e->cfg.prefix6 + 8, 0, 8);
+	}
+	return 0;
+}
+
 int sl_epoll_set(struct sl_engine *e, struct sl_flow *f, uint32_t events)
 {
 	struct epoll_event ev = { .events = events };

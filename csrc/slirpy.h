@@ -163,6 +163,9 @@ void sl_engine_free(struct sl_engine *e);
 int sl_engine_fd(const struct sl_engine *e);
 int sl_engine_set_tap(struct sl_engine *e, int fd);
 int sl_engine_set_guest_mac(struct sl_engine *e, const uint8_t mac[6]);
+int sl_engine_set_shared_addrs(struct sl_engine *e, const uint8_t guest4[4],
+			       const uint8_t guest6[16], const uint8_t peer_sub4[4],
+			       const uint8_t peer_sub6[16]);
 int sl_engine_poll(struct sl_engine *e, uint64_t now_ns, int budget);
 int sl_engine_poll_now(struct sl_engine *e, int budget);
 int sl_engine_input_frame(struct sl_engine *e, uint64_t now_ns,

@@ -529,19 +529,19 @@ class Daemon:
         stack.callback(loop.remove_reader, watch.fileno())
 
     def _host_changed(self, old: HostTemplate, new: HostTemplate, dns_port: int) -> None:
-        from slirpy.control.sharednet import guest_addresses
+        from slirpy.control.sharednet import guest_addresses, peer_substitutes
         from slirpy.host.netconf import apply_change
 
         assert self._nl is not None and self.engine is not None
+        assert self.opts.shared is not None
         try:
             apply_change(self._nl, old.ifname, old, new)
         except OSError as e:
             _say(f"cannot copy the host's change into the namespace: {e}")
         self._template = new
         self._set_addr_maps(dns_port)
-        # The engine keeps the guest addresses it started with (ARP/NDP's
-        # "own address", the peer substitution): it has no setter yet.
         g4, g6 = guest_addresses(new)
+        self.engine.set_shared_addrs(g4, g6, *peer_substitutes(self.opts.shared, new))
         if self._shared_ports is not None:
             for err in self._shared_ports.readdress(g4, g6):
                 _say(err)

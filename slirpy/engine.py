@@ -353,6 +353,14 @@ class Engine:
     def set_guest_mac(self, mac: bytes) -> None:
         lib.sl_engine_set_guest_mac(self._e, mac)
 
+    def set_shared_addrs(self, guest4: _Addr, guest6: _Addr,
+                         peer_sub4: _Addr, peer_sub6: _Addr) -> None:
+        """Shared mode: the guest's addresses and the peer substitutes after a
+        host address change (None: none). EngineError outside shared mode."""
+        _check(lib.sl_engine_set_shared_addrs(
+            self._e, _addr_bytes(guest4, 4), _addr_bytes(guest6, 16),
+            _addr_bytes(peer_sub4, 4), _addr_bytes(peer_sub6, 16)), "set shared addresses")
+
     def poll(self, now_ns: int, budget: int = 256) -> int:
         return lib.sl_engine_poll(self._e, now_ns, budget)
 

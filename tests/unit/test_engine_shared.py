@@ -295,6 +295,34 @@ def test_bad_set_addr_map_is_refused(g: Guest) -> None:
         g.engine.set_addr_map(8, 4, MAP_GUEST, "127.0.0.1")
 
 
+NEW4 = "192.0.2.20"   # the host's address after a change
+NEW6 = "2001:db8::20"
+
+
+def test_set_shared_addrs_moves_the_own_address_of_arp_and_ndp(g: Guest) -> None:
+    g.engine.set_shared_addrs(NEW4, NEW6, MAP_GUEST, "fe80::1")
+    # The new own addresses are not answered any more ...
+    g.send(_arp(NEW4, sender=NEW4))
+    g.send(_ns(NEW6))
+    assert g.out() == []
+    # ... and the old ones are just other addresses now.
+    g.send(_arp(HOST4, sender=NEW4))
+    (out,) = g.out()
+    assert out.pkt[ARP].psrc == HOST4 and out.pkt[ARP].hwsrc == OUR_MAC
+    g.send(_ns(HOST6))
+    (out,) = g.out()
+    assert out.pkt[ICMPv6ND_NA].tgt == HOST6
+
+
+def test_set_shared_addrs_is_refused_outside_shared_mode() -> None:
+    e = Engine(NetworkModel(), vnet_hdr=False, offload=False)
+    try:
+        with pytest.raises(EngineError, match="set shared addresses"):
+            e.set_shared_addrs(NEW4, NEW6, None, None)
+    finally:
+        e.close()
+
+
 # ------------------------------------------------------------- inbound
 
 
@@ -307,6 +335,18 @@ def test_loopback_client_appears_as_peer_sub(g: Guest) -> None:
     with socket.create_connection(("127.0.0.1", port), timeout=2):
         (syn,) = _tcp_out(g)
     assert syn[IP].src == MAP_GUEST and syn[IP].dst == HOST4 and syn[TCP].dport == 8080
+
+
+def test_peer_sub_follows_set_shared_addrs(g: Guest) -> None:
+    g.engine.set_shared_addrs(NEW4, NEW6, "169.254.1.9", "fe80::1")
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    port = s.getsockname()[1]
+    g.engine.add_listener(s.detach(), PROTO_TCP, IPv4Address(NEW4), 8080, 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        (syn,) = _tcp_out(g)
+    assert syn[IP].src == "169.254.1.9" and syn[IP].dst == NEW4
 
 
 # ------------------------------------------------------- listener modes
