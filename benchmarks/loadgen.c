@@ -30,6 +30,7 @@
 
 #define MAX_SIZE 65536
 #define MAX_ROUNDS 10000000L
+#define CR_SAMPLES 2000000L	/* connection times kept for percentiles */
 
 static double now_s(void)
 {
@@ -183,29 +184,70 @@ static _Noreturn void cr_server(const char *port)
 	}
 }
 
+/* Percentile @q (0..1) of the @n sorted samples in @v. */
+static double pct(const float *v, long n, double q)
+{
+	return n ? (double)v[(long)((double)(n - 1) * q)] : 0.0;
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * cr_client - connections for @seconds, one at a time. Besides the rate it
+ * prints the distribution of connect() times and of whole-connection times
+ * (µs) and how many connections took over 0.9 s (a dropped SYN costs the
+ * 1 s initial RTO), so that a slow run can be told apart: a few connections
+ * that wait a second (retransmits) or all of them a little slower (CPU,
+ * e.g. a port search in the stack's namespace).
+ */
 static int cr_client(const char *host, const char *port, double seconds)
 {
 	struct sockaddr_in sa = addr_of(host, port);
 	double t0 = now_s(), deadline = t0 + seconds, elapsed;
-	long ok = 0, errors = 0;
+	float *conn_us = calloc(CR_SAMPLES, sizeof(*conn_us));
+	float *total_us = calloc(CR_SAMPLES, sizeof(*total_us));
+	long ok = 0, errors = 0, n = 0, over_900ms = 0;
 
+	if (!conn_us || !total_us)
+		die("calloc");
 	while (now_s() < deadline && ok + errors < MAX_ROUNDS) {
 		int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		double c0 = now_s(), c1 = c0;
 		char c = 0;
 
 		if (fd < 0)
 			die("socket");
 		set_timeouts(fd);
 		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-		    write(fd, "q", 1) == 1 && read(fd, &c, 1) == 1 && c == 'r')
+		    (c1 = now_s(), write(fd, "q", 1) == 1) && read(fd, &c, 1) == 1 && c == 'r')
 			ok++;
 		else
 			errors++;
 		close(fd);
+		if (now_s() - c0 > 0.9)
+			over_900ms++;
+		if (n < CR_SAMPLES) {
+			conn_us[n] = (float)((c1 - c0) * 1e6);
+			total_us[n++] = (float)((now_s() - c0) * 1e6);
+		}
 	}
 	elapsed = now_s() - t0;
-	printf("{\"ok\": %ld, \"errors\": %ld, \"elapsed\": %.6f, \"rate\": %.3f}\n",
-	       ok, errors, elapsed, (double)ok / elapsed);
+	qsort(conn_us, (size_t)n, sizeof(*conn_us), cmp_float);
+	qsort(total_us, (size_t)n, sizeof(*total_us), cmp_float);
+	printf("{\"ok\": %ld, \"errors\": %ld, \"elapsed\": %.6f, \"rate\": %.3f, "
+	       "\"connect_p50_us\": %.1f, \"connect_p99_us\": %.1f, \"connect_max_us\": %.1f, "
+	       "\"conn_p50_us\": %.1f, \"conn_p99_us\": %.1f, \"conn_max_us\": %.1f, "
+	       "\"over_900ms\": %ld}\n",
+	       ok, errors, elapsed, (double)ok / elapsed,
+	       pct(conn_us, n, 0.5), pct(conn_us, n, 0.99), pct(conn_us, n, 1),
+	       pct(total_us, n, 0.5), pct(total_us, n, 0.99), pct(total_us, n, 1), over_900ms);
+	free(conn_us);
+	free(total_us);
 	return 0;
 }
 
