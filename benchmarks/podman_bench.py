@@ -1,21 +1,29 @@
 #!/usr/bin/env python3
-"""The Podman-level comparison (issue 17 items 3-4): rootless Podman 5.4 with Debian 13's pasta
-against the same Podman with slirpy-pasta, in the Debian 13 root inside the fake host.
+"""The Podman-level comparison (issue 17 items 3-4): rootless Podman 5.4 in the
+Debian 13 root inside the fake host, four stacks: `--network pasta` with
+Debian 13's pasta and with slirpy-pasta, `--network slirp4netns` with Debian
+13's slirp4netns and with slirpy-slirp4netns.
 
 This module owns `benchmarks/compare --podman`: it builds the bed of
 tests/helpers/pastabed.py (fake host + upstream namespaces, a RootSession of
-the root in the fake host), runs the stacks **interleaved** (A, B, A, B ...,
-order reversed on odd repetitions), and reports medians and the ratio
-slirpy/pasta. It must not start a pasta-style stack outside the fake host
-(the stacks copy the host's addresses and routes), and it sends only to the
-upstream namespace's test host and to the fake host's own addresses; every
-sending loop is bounded by a deadline and a byte count.
+the root in the fake host), runs the stacks **interleaved** (A, B, C, D ...,
+order reversed on odd repetitions), and reports medians and the ratios
+slirpy-pasta/pasta and slirpy-slirp4netns/slirp4netns. It must not start a
+pasta-style stack outside the fake host (the stacks copy the host's
+addresses and routes), and it sends only to the upstream namespace's test
+host and to the fake host's own addresses; every sending loop is bounded by
+a deadline and a byte or datagram count.
 
 Measured per stack and MTU: bulk TCP container -> test host (busybox dd|nc
 to a sink in the upstream namespace), test host -> container through `-p`,
-the fake host's loopback -> container through `-p`; at the primary MTU also
-the wall time of `podman run --rm IMAGE true`, RSS of the stack's processes
-idle and after the bulk rows, and the stack's CPU seconds per GB moved.
+the fake host's loopback -> container through `-p` (in slirp4netns mode
+Podman's default port_handler, rootlessport, carries `-p`: those rows do
+not pass through the slirp4netns process); at the primary MTU also
+request/response latency and connection rate (loadgen.c), UDP packets/s
+container -> test host (udpflood.c), the wall time of `podman run --rm
+IMAGE true`, RSS of the stack's processes idle and after at least 4 GiB
+moved through the stack process, and the stack's CPU seconds per GB moved
+through it.
 """
 
 from __future__ import annotations
@@ -47,6 +55,13 @@ MAX_BYTES = 64 << 30  # bound on any one transfer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 LG_PORT = 5401       # load generator server in the upstream namespace
 LOADGEN_IN_ROOT = "/tmp/bench-loadgen"  # static build, in the session's mount namespace
+UDP_PORT = 5501      # udpflood receiver in the upstream namespace
+UDP_SIZE = 64        # payload bytes per datagram
+UDP_MAX = 50_000_000  # bound on datagrams per UDP row
+UDPFLOOD_IN_ROOT = "/tmp/bench-udpflood"
+RSS_AFTER_BYTES = 4 << 30  # the "after" RSS waits for this much through the stack process
+FILL_MAX_SECONDS = 120     # bound on the top-up transfer that gets it there
+SLIRP4NETNS_BIN_DIR = "/tmp/slirpy-slirp4netns-bin"
 # In the container (busybox's small nc): a persistent listener that hands each
 # connection to dd, which discards it and exits at EOF, closing the socket.
 RECEIVER = ("nc", "-ll", "-p", str(PORT), "-e", "dd", "of=/dev/null", "bs=65536")
@@ -76,14 +91,16 @@ def sink(port: str, seconds: str) -> None:
     print(json.dumps({"bytes": total, "seconds": dt}), flush=True)
 
 
-def send(host: str, port: str, seconds: str) -> None:
-    """Send zeros to host:port for `seconds`, half-close, wait for EOF; print JSON."""
+def send(host: str, port: str, seconds: str, max_bytes: str = str(MAX_BYTES)) -> None:
+    """Send zeros to host:port for `seconds` (at most `max_bytes`), half-close, wait for EOF;
+    print JSON."""
     data = bytes(CHUNK)
+    limit = min(int(max_bytes), MAX_BYTES)
     s = socket.create_connection((host, int(port)), timeout=10)
     t0 = time.monotonic()
     end = t0 + float(seconds)
     total = 0
-    while time.monotonic() < end and total < MAX_BYTES:
+    while time.monotonic() < end and total < limit:
         total += s.send(data)
     s.shutdown(socket.SHUT_WR)
     s.settimeout(60)
@@ -111,7 +128,9 @@ def _json(cmd: list[str], timeout: float) -> dict:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
     if r.returncode != 0 or not lines:
-        raise RuntimeError(f"{cmd[-4:]} exited {r.returncode}: {r.stdout[-300:]} {r.stderr[-600:]}")
+        # The end of the traceback says what failed; the failure line keeps 300 characters.
+        err = " | ".join(r.stderr.strip().splitlines()[-2:])
+        raise RuntimeError(f"{cmd[-5:]} exited {r.returncode}: {err[-200:]} {r.stdout[-60:]}")
     return json.loads(lines[-1])
 
 
@@ -120,14 +139,26 @@ def _me(*args: str) -> list[str]:
 
 
 class Stack:
-    """One stack under test (a pastabed.Pasta) and its processes' counters."""
+    """One stack under test (a pastabed.Pasta: name, environment, pgrep of its processes),
+    the Podman network mode it serves, and its processes' counters."""
 
-    def __init__(self, pasta: object) -> None:
+    def __init__(self, pasta: object, mode: str) -> None:
         self.p = pasta
+        self.mode = mode  # "pasta" or "slirp4netns"
 
     @property
     def name(self) -> str:
         return self.p.name  # type: ignore[attr-defined]
+
+    def network(self, mtu: int | None = None) -> str:
+        if mtu is None:
+            return self.mode
+        return f"pasta:-m,{mtu}" if self.mode == "pasta" else f"slirp4netns:mtu={mtu}"
+
+    @property
+    def forwards_ports(self) -> bool:
+        """Whether `-p` traffic passes through the stack's process (not rootlessport)."""
+        return self.mode == "pasta"
 
     def pids(self) -> list[int]:
         from tests.helpers import pastabed
@@ -155,8 +186,9 @@ def container(st: Stack, mtu: int) -> Iterator[str]:
     name = f"bench-{st.name}"
     pod = st.p.podman  # type: ignore[attr-defined]
     pod("rm", "-f", "-t", "0", name, check=False)
-    pod("run", "-d", "--name", name, "--network", f"pasta:-m,{mtu}", "-p", f"{PORT}:{PORT}",
-        "-v", f"{LOADGEN_IN_ROOT}:/loadgen:ro", IMAGE(), *RECEIVER)
+    pod("run", "-d", "--name", name, "--network", st.network(mtu), "-p", f"{PORT}:{PORT}",
+        "-v", f"{LOADGEN_IN_ROOT}:/loadgen:ro", "-v", f"{UDPFLOOD_IN_ROOT}:/udpflood:ro",
+        IMAGE(), *RECEIVER)
     try:
         yield name
     finally:
@@ -178,7 +210,7 @@ def _wait_listening(st: Stack, name: str) -> None:
     raise RuntimeError("the container's receiver did not listen")
 
 
-def bulk_out(st: Stack, name: str, seconds: float) -> dict:
+def bulk_out(st: Stack, name: str, seconds: float, max_bytes: int = MAX_BYTES) -> dict:
     from tests.helpers import fakehost
     fh = st.p.bed.fh  # type: ignore[attr-defined]
     srv = subprocess.Popen(fh.upstream_argv(*_me("sink", str(SINK_PORT), str(seconds))),
@@ -187,7 +219,7 @@ def bulk_out(st: Stack, name: str, seconds: float) -> dict:
         assert srv.stdout is not None
         if srv.stdout.readline().strip() != "ready":
             raise RuntimeError("sink did not start")
-        count = MAX_BYTES // 65536
+        count = max(1, min(max_bytes, MAX_BYTES) // 65536)
         # nc connects, then dd writes 64 KiB blocks straight into the socket.
         st.p.podman("exec", name, "nc", fakehost.TEST_HOST4, str(SINK_PORT), "-e",  # type: ignore[attr-defined]
                     "dd", "if=/dev/zero", "bs=65536", f"count={count}",
@@ -203,24 +235,27 @@ def bulk_out(st: Stack, name: str, seconds: float) -> dict:
             srv.wait()
 
 
-def bulk_in(st: Stack, name: str, seconds: float, loopback: bool) -> dict:
+def bulk_in(st: Stack, name: str, seconds: float, loopback: bool,
+            max_bytes: int = MAX_BYTES) -> dict:
     from tests.helpers import fakehost
     fh = st.p.bed.fh  # type: ignore[attr-defined]
     _wait_listening(st, name)
     if loopback:
-        cmd = fh.argv(*_me("send", "127.0.0.1", str(PORT), str(seconds)))
+        cmd = fh.argv(*_me("send", "127.0.0.1", str(PORT), str(seconds), str(max_bytes)))
     else:
-        cmd = fh.upstream_argv(*_me("send", fakehost.HOST4, str(PORT), str(seconds)))
+        cmd = fh.upstream_argv(*_me("send", fakehost.HOST4, str(PORT), str(seconds),
+                                    str(max_bytes)))
     return _json(cmd, seconds + 90)
 
 
-def build_loadgen(session: object, out: pathlib.Path) -> pathlib.Path:
-    """benchmarks/loadgen.c built statically on the machine (the busybox image has no libc),
-    copied into the session for the containers; the machine's copy serves the test host."""
+def build_static(session: object, source: str, out: pathlib.Path, in_root: str) -> pathlib.Path:
+    """benchmarks/SOURCE built statically on the machine (the busybox image has no libc),
+    copied into the session (at in_root) for the containers; the machine's copy serves the
+    test host."""
     subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-static", "-o", str(out),
-                    str(HERE / "loadgen.c")], check=True, timeout=120)
+                    str(HERE / source)], check=True, timeout=120)
     b64 = base64.b64encode(out.read_bytes()).decode()
-    session.run("sh", "-c", f"base64 -d > {LOADGEN_IN_ROOT} && chmod 755 {LOADGEN_IN_ROOT}",  # type: ignore[attr-defined]
+    session.run("sh", "-c", f"base64 -d > {in_root} && chmod 755 {in_root}",  # type: ignore[attr-defined]
                 input=b64)
     return out
 
@@ -242,6 +277,42 @@ def loadgen(st: Stack, name: str, lg: pathlib.Path, server: list[str],
         srv.wait()
 
 
+def udp_out(st: Stack, name: str, uf: pathlib.Path, seconds: float) -> dict:
+    """UDP_SIZE-byte datagrams container -> test host for `seconds` (at most UDP_MAX), counted
+    by udpflood's receiver in the upstream namespace; the counts of both ends."""
+    from tests.helpers import fakehost
+    fh = st.p.bed.fh  # type: ignore[attr-defined]
+    srv = subprocess.Popen(fh.upstream_argv(str(uf), "recv", str(UDP_PORT), "500",
+                                            str(seconds + 60)),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout is not None
+        if srv.stdout.readline().strip() != "ready":
+            raise RuntimeError("udpflood receiver did not start")
+        r = st.p.podman("exec", name, "/udpflood", "send", fakehost.TEST_HOST4,  # type: ignore[attr-defined]
+                        str(UDP_PORT), str(UDP_SIZE), str(UDP_MAX), str(seconds),
+                        timeout=seconds + 60)
+        sent = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][-1])
+        out, err = srv.communicate(timeout=seconds + 90)
+        lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+        if not lines:
+            raise RuntimeError(f"udpflood receiver: {err[-400:]}")
+        return {"sent": sent["sent"], **json.loads(lines[-1])}
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.wait()
+
+
+def fill(st: Stack, name: str, need: int, seconds: float) -> int:
+    """Move `need` more bytes through the stack's process (bounded by `seconds`): through
+    `-p` where the stack carries it (the faster direction), else container -> test host.
+    The bytes moved."""
+    if st.forwards_ports:
+        return bulk_in(st, name, seconds, False, need)["bytes"]
+    return bulk_out(st, name, seconds, need)["bytes"]
+
+
 def run_instance(st: Stack, mtu: int, primary: bool, p: Params, res: Results) -> None:
     seconds, starts = p.seconds, p.starts
     def measure(key: str, fn: Callable[[], float]) -> None:
@@ -256,7 +327,7 @@ def run_instance(st: Stack, mtu: int, primary: bool, p: Params, res: Results) ->
             t = []
             for _ in range(starts):
                 t0 = time.monotonic()
-                st.p.podman("run", "--rm", "--network", "pasta", IMAGE(), "true")  # type: ignore[attr-defined]
+                st.p.podman("run", "--rm", "--network", st.network(), IMAGE(), "true")  # type: ignore[attr-defined]
                 t.append(time.monotonic() - t0)
             return statistics.median(t) * 1000
         measure("run_true_ms", start)
@@ -268,13 +339,15 @@ def run_instance(st: Stack, mtu: int, primary: bool, p: Params, res: Results) ->
         for key, fn in (("out", lambda: bulk_out(st, name, seconds)),
                         ("in", lambda: bulk_in(st, name, seconds, False)),
                         ("lo", lambda: bulk_in(st, name, seconds, True))):
-            def one(fn: Callable[[], dict] = fn) -> float:
+            def one(fn: Callable[[], dict] = fn, through: bool = key == "out"
+                    or st.forwards_ports) -> float:
                 nonlocal moved
                 r = fn()
-                moved += r["bytes"]
+                if through:  # only bytes that passed through the stack's process
+                    moved += r["bytes"]
                 return r["bytes"] * 8 / r["seconds"] / 1e9
             measure(f"{key}@{mtu}", one)
-        cpu1, rss1 = st.counters()
+        cpu1, _ = st.counters()
         if primary:
             from tests.helpers import fakehost
             host = fakehost.TEST_HOST4
@@ -290,13 +363,30 @@ def run_instance(st: Stack, mtu: int, primary: bool, p: Params, res: Results) ->
                 if r["ok"] == 0:
                     raise RuntimeError(f"no connection completed ({r['errors']} errors)")
                 return r["rate"]
+            def udp() -> float:
+                r = udp_out(st, name, p.uf, min(seconds, 2.0))
+                if not r["received"] or r["seconds"] <= 0:
+                    raise RuntimeError(f"no datagram arrived ({r['sent']} sent)")
+                res.add(st.name, "udp_loss_pct", 100 * (1 - r["received"] / r["sent"]))
+                return r["received"] / r["seconds"]
             measure("rr_us", rr)
             measure("crr", crr)
+            measure("udp_pps", udp)
         if moved:
             res.add(st.name, f"cpu_s_per_gb@{mtu}", (cpu1 - cpu0) / (moved / 1e9))
         if primary:
-            res.add(st.name, "rss_after_mib", rss1)
-            res.add(st.name, "moved_gib", moved / (1 << 30))
+            # The top-up costs ~50 s per repetition for a stack as slow as slirp4netns (under
+            # 1 Gbit/s container -> test host), so only the first repetition tops up; the
+            # others count where their bulk rows alone moved 4 GiB.
+            if moved < RSS_AFTER_BYTES and p.fill:
+                def top_up() -> float:
+                    nonlocal moved
+                    moved += fill(st, name, RSS_AFTER_BYTES - moved, FILL_MAX_SECONDS)
+                    return moved / (1 << 30)
+                measure("fill_gib", top_up)
+            if moved >= RSS_AFTER_BYTES:
+                res.add(st.name, "rss_after_mib", st.counters()[1])
+                res.add(st.name, "moved_gib", moved / (1 << 30))
         print(f"  {st.name} mtu {mtu}: " + ", ".join(
             f"{k}={v[-1]:.3g}" for k, v in res.values.get(st.name, {}).items()), file=sys.stderr)
 
@@ -307,6 +397,8 @@ class Params:
     starts: int
     rounds: int
     lg: pathlib.Path
+    uf: pathlib.Path
+    fill: bool = True  # top the primary instance up to RSS_AFTER_BYTES
 
 
 # ------------------------------------------------------------ report
@@ -319,37 +411,59 @@ ROWS = [
     ("lo@1500", "Gbit/s", "bulk TCP loopback → container (-p), MTU 1500", True),
     ("rr_us", "µs", "request/response latency, 64 B ping-pong (loadgen), median", False),
     ("crr", "conn/s", "connection rate, connect + 1 B each way + close (loadgen)", True),
+    ("udp_pps", "pkt/s", f"UDP {UDP_SIZE} B container → test host, received per second", True),
+    ("udp_loss_pct", "%", "UDP datagrams lost (sent by the container, not received)", False),
     ("run_true_ms", "ms", "`podman run --rm IMAGE true` wall time", False),
     ("rss_idle_mib", "MiB", "stack RSS, idle", False),
-    ("rss_after_mib", "MiB", "stack RSS after the bulk rows", False),
-    ("moved_gib", "GiB", "bytes moved before that RSS", True),
+    ("rss_after_mib", "MiB", "stack RSS after ≥ 4 GiB through the stack process", False),
+    ("moved_gib", "GiB", "bytes moved through the stack process before that RSS", True),
+    ("rss_after_reps", "reps", "repetitions behind that RSS (first tops up to 4 GiB, others "
+     "count if their bulk rows moved 4 GiB)", True),
     ("cpu_s_per_gb@65520", "s/GB", "stack CPU per GB moved, MTU 65520", False),
     ("cpu_s_per_gb@1500", "s/GB", "stack CPU per GB moved, MTU 1500", False),
 ]
 
 
+# (slirpy stack, reference stack) pairs shown as ratio columns; the target is about the first.
+PAIRS = [("slirpy-pasta", "pasta"), ("slirpy-slirp4netns", "slirp4netns")]
+
+
+def _ratio(res: Results, key: str, a: str, b: str) -> float | None:
+    va, vb = res.median(a, key), res.median(b, key)
+    return va / vb if va is not None and vb else None
+
+
+def target(res: Results, key: str) -> str:
+    """Issue 17 item 4's target for this row, about slirpy-pasta against pasta."""
+    a, b = res.median("slirpy-pasta", key), res.median("pasta", key)
+    if a is None or b is None:
+        return ""
+    if key.startswith(("out@", "in@", "lo@")) and b:
+        return "met (≥ 1.5x)" if a >= 1.5 * b else f"MISSED: {a / b:.2f}x < 1.5x"
+    if key == "rr_us" and b:
+        return "met (≤ pasta)" if a <= b else f"MISSED: {a / b:.2f}x pasta's"
+    if key in ("crr", "udp_pps") and b:
+        return "met (≥ pasta)" if a >= b else f"MISSED: {a / b:.2f}x pasta's"
+    if key == "run_true_ms":
+        d = a - b
+        return f"met ({d:+.0f} ms)" if d <= 50 else f"MISSED: {d:+.0f} ms > +50 ms"
+    if key in ("rss_idle_mib", "rss_after_mib"):
+        return "met (≤ pasta)" if a <= b else f"MISSED: +{a - b:.1f} MiB"
+    return ""
+
+
 def render(res: Results, names: list[str]) -> str:
-    head = "| metric | unit | " + " | ".join(names) + " | slirpy/pasta | target |\n"
-    head += "|---|---|" + "---|" * len(names) + "---|---|\n"
+    pairs = [(a, b) for a, b in PAIRS if a in names and b in names]
+    head = ("| metric | unit | " + " | ".join(names) + " | "
+            + " | ".join(f"{a}/{b}" for a, b in pairs) + " | target (slirpy-pasta) |\n")
+    head += "|---|---|" + "---|" * (len(names) + len(pairs)) + "---|\n"
     rows = []
     for key, unit, label, _higher in ROWS:
-        vals = [res.median(n, key) for n in names]
-        cells = [f"{v:.3g}" if v is not None else "-" for v in vals]
-        a, b = res.median("slirpy", key), res.median("pasta", key)
-        ratio = f"{a / b:.2f}x" if a is not None and b else "-"
-        target = ""
-        if key.startswith(("out@", "in@", "lo@")) and a is not None and b:
-            target = "met (≥ 1.5x)" if a >= 1.5 * b else f"MISSED: {a / b:.2f}x < 1.5x"
-        elif key == "rr_us" and a is not None and b:
-            target = "met (≤ pasta)" if a <= b else f"MISSED: {a / b:.2f}x pasta's"
-        elif key == "crr" and a is not None and b:
-            target = "met (≥ pasta)" if a >= b else f"MISSED: {a / b:.2f}x pasta's"
-        elif key == "run_true_ms" and a is not None and b is not None:
-            d = a - b
-            target = f"met ({d:+.0f} ms)" if d <= 50 else f"MISSED: {d:+.0f} ms > +50 ms"
-        elif key.startswith("rss") and a is not None and b is not None:
-            target = "met (≤ pasta)" if a <= b else f"MISSED: +{a - b:.1f} MiB"
-        rows.append(f"| {label} | {unit} | " + " | ".join(cells) + f" | {ratio} | {target} |")
+        cells = [f"{v:.3g}" if (v := res.median(n, key)) is not None else "-" for n in names]
+        ratios = [f"{r:.2f}x" if (r := _ratio(res, key, a, b)) is not None
+                  and key != "rss_after_reps" else "" for a, b in pairs]
+        rows.append(f"| {label} | {unit} | " + " | ".join(cells + ratios)
+                    + f" | {target(res, key)} |")
     return head + "\n".join(rows) + "\n"
 
 
@@ -363,6 +477,8 @@ def write_doc(path: pathlib.Path, block: str) -> None:
 
 
 def plot(res: Results, names: list[str], path: pathlib.Path) -> None:
+    """A PNG of the ratios per row: slirpy-pasta/pasta and slirpy-slirp4netns/slirp4netns
+    (log scale, 1 = equal; the row label says which way is better)."""
     try:
         import matplotlib
     except ImportError:
@@ -370,19 +486,31 @@ def plot(res: Results, names: list[str], path: pathlib.Path) -> None:
         return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    keys = [k for k, _, _, _ in ROWS[:6]]
-    fig, ax = plt.subplots(figsize=(9, 4))
-    w = 0.8 / len(names)
-    for i, n in enumerate(names):
-        ax.bar([x + i * w for x in range(len(keys))], [res.median(n, k) or 0 for k in keys],
-               w, label=n)
-    ax.set_xticks([x + w * (len(names) - 1) / 2 for x in range(len(keys))], keys)
-    ax.set_ylabel("Gbit/s (median)")
-    ax.set_title("Inside rootless Podman 5.4: --network pasta, real pasta vs slirpy-pasta")
-    ax.legend()
-    ax.grid(alpha=0.3, axis="y")
+    pairs = [(a, b) for a, b in PAIRS if a in names and b in names]
+    rows = [(key, f"{label} ({'higher' if higher else 'lower'} is better)")
+            for key, _unit, label, higher in ROWS
+            if key not in ("moved_gib", "rss_after_reps", "udp_loss_pct")
+            and any(_ratio(res, key, a, b) for a, b in pairs)]
+    fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.8))
+    h = 0.8 / max(1, len(pairs))
+    for i, (a, b) in enumerate(pairs):
+        ys = [y + (i - (len(pairs) - 1) / 2) * h for y in range(len(rows))]
+        vals = [_ratio(res, k, a, b) or 0 for k, _ in rows]
+        ax.barh(ys, vals, h, label=f"{a} / {b}")
+        for y, v in zip(ys, vals, strict=True):
+            if v:
+                ax.text(v, y, f" {v:.3g}x", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [lbl for _, lbl in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio of medians, slirpy / the stack it replaces (log scale)")
+    ax.set_title("Inside rootless Podman 5.4: slirpy against pasta and slirp4netns")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3, axis="x", which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 # ------------------------------------------------------------ main
@@ -400,7 +528,7 @@ def main(argv: list[str]) -> int:
     reps = a.reps or (1 if a.quick else 3)
     seconds = a.seconds or (1.0 if a.quick else 4.0)
     starts = 2 if a.quick else 5
-    rounds = 2000 if a.quick else 20000
+    rounds = 2000 if a.quick else 10000
     mtus = [int(m) for m in a.mtus.split(",")]
 
     sys.path.insert(0, str(REPO))
@@ -417,26 +545,49 @@ def main(argv: list[str]) -> int:
     ) as session:
         b = pastabed.Bed(fh, session)
         tmp = pathlib.Path(stack_tmp_dir)
-        p = Params(seconds, starts, rounds, build_loadgen(session, tmp / "loadgen"))
-        d = pastabed.SLIRPY_BIN_DIR
-        session.run("sh", "-c", f"mkdir -p {d} && ln -sf {venv_bin}/slirpy-pasta {d}/pasta")
-        stacks = [Stack(pastabed.Pasta("pasta", b, "/usr/bin/pasta", ("^pasta",))),
-                  Stack(pastabed.Pasta("slirpy", b, f"{d}/pasta", ("-f", f"{d}/pasta "),
-                                       {"CONTAINERS_HELPER_BINARY_DIR": d}))]
+        p = Params(seconds, starts, rounds,
+                   build_static(session, "loadgen.c", tmp / "loadgen", LOADGEN_IN_ROOT),
+                   build_static(session, "udpflood.c", tmp / "udpflood", UDPFLOOD_IN_ROOT))
+        # Each slirpy front end behind a directory holding only the name Podman looks for
+        # (CONTAINERS_HELPER_BINARY_DIR is searched before the helper_binaries_dir list;
+        # with no network_cmd_path set, Podman finds slirp4netns the same way).
+        d, d4 = pastabed.SLIRPY_BIN_DIR, SLIRP4NETNS_BIN_DIR
+        session.run("sh", "-c", f"mkdir -p {d} {d4} && ln -sf {venv_bin}/slirpy-pasta {d}/pasta"
+                    f" && ln -sf {venv_bin}/slirpy-slirp4netns {d4}/slirp4netns")
+        stacks = [
+            Stack(pastabed.Pasta("pasta", b, "/usr/bin/pasta", ("^pasta",)), "pasta"),
+            Stack(pastabed.Pasta("slirpy-pasta", b, f"{d}/pasta", ("-f", f"{d}/pasta "),
+                                 {"CONTAINERS_HELPER_BINARY_DIR": d}), "pasta"),
+            Stack(pastabed.Pasta("slirp4netns", b, "/usr/bin/slirp4netns",
+                                 ("-x", "slirp4netns")), "slirp4netns"),
+            Stack(pastabed.Pasta("slirpy-slirp4netns", b, f"{d4}/slirp4netns",
+                                 ("-f", f"{d4}/slirp4netns "),
+                                 {"CONTAINERS_HELPER_BINARY_DIR": d4}), "slirp4netns"),
+        ]
+
+        def version(cmd: str) -> str:
+            return session.run("sh", "-c", cmd, check=False).stdout.strip()
         versions = {
-            "podman": session.run("podman", "--version").stdout.strip(),
-            "pasta": session.run("sh", "-c", "/usr/bin/pasta --version 2>&1 | head -1",
-                                 check=False).stdout.strip(),
+            "podman": version("podman --version"),
+            # pasta --version prints nothing without a terminal: the package's version.
+            "pasta": version("dpkg-query -W -f '${Version}' passt"),
+            "slirp4netns": version("slirp4netns --version | head -1"),
         }
         loads = []
+        t_start = time.monotonic()
         for rep in range(reps):
+            p.fill = rep == 0
             order = stacks if rep % 2 == 0 else stacks[::-1]
             for st in order:
                 for i, mtu in enumerate(mtus):
                     loads.append(os.getloadavg()[0])
-                    print(f"rep {rep + 1}/{reps} {st.name} mtu {mtu}", file=sys.stderr)
+                    print(f"rep {rep + 1}/{reps} {st.name} mtu {mtu} "
+                          f"(+{time.monotonic() - t_start:.0f} s)", file=sys.stderr)
                     run_instance(st, mtu, i == 0, p, res)
     names = [s.name for s in stacks]
+    for n in names:
+        res.values.setdefault(n, {})["rss_after_reps"] = [
+            len(res.values[n].get("rss_after_mib", []))]
     table = render(res, names)
     print(table)
     if res.failures:
@@ -450,7 +601,9 @@ def main(argv: list[str]) -> int:
         notes = "".join(f"- {n}\n" for n in a.note)
         block = (f"{BEGIN}\n\nRun {when}: `benchmarks/compare --podman {' '.join(argv)}`, "
                  f"{reps} repetition(s) interleaved, medians; {seconds:g} s per bulk row; "
-                 f"{versions['podman']}, pasta {versions['pasta']!r}. Load average "
+                 f"{versions['podman']}, pasta (Debian package passt) {versions['pasta']}, "
+                 f"{versions['slirp4netns']}; `-p` in slirp4netns mode is Podman's "
+                 "default port_handler, rootlessport. Load average "
                  f"(1 min) before the run {load0[0]:.1f}, during it "
                  f"{min(loads):.1f}-{max(loads):.1f} on 2 cores.\n\n{table}\n{notes}{fails}"
                  f"\n{END}")
