@@ -237,4 +237,12 @@ int sl_ns_helper_serve(int sock, int pidfd);
 int sl_engine_set_listener_splice_addr(struct sl_engine *e, uint32_t id,
 				       const uint8_t *addr, int family);
 
+/* Namespace sockets without a helper process (splice.c, nssock.c): a
+ * short-lived clone() child joins @userfd (-1: none) and @netfd. Not
+ * possible once confined (--enable-sandbox/--enable-seccomp). */
+int sl_engine_set_ns_fds(struct sl_engine *e, int netfd, int userfd);
+int sl_ns_loopback_socket(int netfd, int userfd, int tcp, int family,
+			  uint16_t port);
+int sl_ns_make_sockets(int netfd, int userfd, int family, int *fds, int n);
+
 #endif /* SLIRPY_H */

@@ -7,8 +7,15 @@
  * by tcp.c, which hands the connection here when sl_splice_wants() says
  * so (always for SL_LM_SPLICE, for loopback peers in SL_LM_SPLIT). For
  * each such host connection the engine
- * asks the namespace helper (a process slirpy forked into the container's
- * user + network namespaces; sl_ns_helper_serve below is its whole life)
+ * takes a TCP socket of the guest's network namespace from a small pool
+ * that it refills in batches of SL_NS_POOL through nssock.c (a short-lived
+ * clone() child that joins the container's namespaces, makes the sockets
+ * and exits: sl_engine_set_ns_fds), and connects it at once.
+ *
+ * Once slirpy is confined (--enable-sandbox/--enable-seccomp) setns() is
+ * impossible, so there the engine instead asks the namespace helper (a
+ * process slirpy forked into the container's user + network namespaces
+ * before confining itself; sl_ns_helper_serve below is its whole life)
  * for a TCP socket: one request byte (the address family) over a
  * SOCK_SEQPACKET socketpair, one reply byte (0 = ok) with the socket as
  * SCM_RIGHTS. A socket keeps the namespace it was created in, so the
@@ -56,11 +63,13 @@
 #include <sys/socket.h>
 
 #include "internal.h"
+#include "nssock.h"
 
 #define SL_SPLICE_PENDING 64
 #define SL_SPLICE_PIPE_SZ (256 * 1024)
 #define SL_SPLICE_ROUNDS 16	/* pump rounds per event before re-arming */
 #define SL_SPLICE_ACCEPTS 64	/* helper replies per event */
+#define SL_NS_POOL 8		/* namespace sockets made per refill */
 
 /* connection flags */
 #define SP_CONNECTING 0x01	/* connect() toward the guest in progress */
@@ -96,6 +105,9 @@ struct sl_splice_pending {
 
 struct sl_splice_tab {
 	int helper;		/* socket to the namespace helper, -1: gone */
+	int netfd, userfd;	/* the guest's namespaces (-1: none) */
+	int pool[2][SL_NS_POOL];	/* ready namespace sockets: [0] v4, [1] v6 */
+	int npool[2];
 	struct sl_splice *conn;
 	uint32_t nmax, free_head, nused;
 	struct sl_splice_pending pend[SL_SPLICE_PENDING];
@@ -188,6 +200,7 @@ int sl_splice_tab_init(struct sl_engine *e)
 		t->conn[i].next_free = i + 1 < t->nmax ? i + 1 : SL_NIL;
 	t->free_head = 0;
 	t->helper = -1;
+	t->netfd = t->userfd = -1;
 	e->splice.tab = t;
 	return 0;
 }
@@ -213,6 +226,54 @@ int sl_engine_set_ns_helper(struct sl_engine *e, int fd)
 	if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
 		return -errno;
 	e->splice.tab->helper = fd;
+	return 0;
+}
+
+/* A namespace socket of @family (4/6) from the pool (refilled when empty),
+ * or -errno. */
+static int pool_take(struct sl_splice_tab *t, int family)
+{
+	int k = family == 4 ? 0 : 1, n;
+
+	if (!t->npool[k]) {
+		n = sl_ns_make_tcp(t->netfd, t->userfd, family, t->pool[k],
+				   SL_NS_POOL);
+		if (n < 0)
+			return n;
+		t->npool[k] = n;
+	}
+	return t->pool[k][--t->npool[k]];
+}
+
+/**
+ * sl_engine_set_ns_fds() - let the engine make its spliced forwards'
+ * sockets in the guest's namespaces itself (nssock.c), without a helper
+ * process: @netfd is the network namespace, @userfd the user namespace to
+ * join first (-1: none). Tries it once (a first batch of IPv4 sockets)
+ * before taking the fds; the engine owns them on success only. Not
+ * possible once slirpy is confined (see sl_engine_set_ns_helper).
+ *
+ * Return: 0, -EBUSY if already set, or the -errno of the first try.
+ */
+int sl_engine_set_ns_fds(struct sl_engine *e, int netfd, int userfd)
+{
+	struct sl_splice_tab *t;
+	int r;
+
+	if (netfd < 0)
+		return -EBADF;
+	r = sl_splice_tab_init(e);
+	if (r < 0)
+		return r;
+	t = e->splice.tab;
+	if (t->netfd >= 0)
+		return -EBUSY;
+	r = sl_ns_make_tcp(netfd, userfd, 4, t->pool[0], SL_NS_POOL);
+	if (r < 0)
+		return r;
+	t->npool[0] = r;
+	t->netfd = netfd;
+	t->userfd = userfd;
 	return 0;
 }
 
@@ -342,11 +403,34 @@ static void take_to_host_lo(struct sl_engine *e, struct sl_listener *l,
 	conn_start(e, fd, nfd, l->family, l->family == 4 ? lo4 : lo6, l->gport);
 }
 
+/* Relay @fd through a namespace socket of the pool, connected at once. */
+static void take_from_pool(struct sl_engine *e, struct sl_listener *l,
+			   int fd)
+{
+	int nfd;
+
+	if (!room_for_one(e)) {
+		rst_close(fd);
+		return;
+	}
+	nfd = pool_take(e->splice.tab, l->family);
+	if (nfd < 0) {
+		sl_count(e, SL_C_drop_socket_error);
+		rst_close(fd);
+		return;
+	}
+	e->flows.n_half_open++;
+	e->flows.n_splice_slots += SL_SPLICE_FDS;
+	conn_start(e, fd, nfd, l->family,
+		   l->has_splice_addr ? l->splice_addr : l->gaddr, l->gport);
+}
+
 /**
  * sl_splice_take() - relay the connection @fd that tcp.c accepted on @l
  * (sl_splice_wants() said so): SL_LM_TO_HOST_LO connects to the host's
- * loopback at once; the other modes ask the namespace helper for a socket
- * in the guest's netns and wait for it. Takes @fd in every case.
+ * loopback at once; the other modes take a socket of the guest's netns
+ * from the pool (sl_engine_set_ns_fds) or, without one, ask the namespace
+ * helper for it and wait. Takes @fd in every case.
  */
 void sl_splice_take(struct sl_engine *e, struct sl_listener *l, int fd)
 {
@@ -355,6 +439,10 @@ void sl_splice_take(struct sl_engine *e, struct sl_listener *l, int fd)
 
 	if (t && l->mode == SL_LM_TO_HOST_LO) {
 		take_to_host_lo(e, l, fd);
+		return;
+	}
+	if (t && t->netfd >= 0) {
+		take_from_pool(e, l, fd);
 		return;
 	}
 	if (!t || t->helper < 0) {
@@ -767,6 +855,13 @@ void sl_splice_fini(struct sl_engine *e)
 	}
 	if (t->helper >= 0)
 		close(t->helper);
+	for (i = 0; i < 2; i++)
+		while (t->npool[i])
+			close(t->pool[i][--t->npool[i]]);
+	if (t->netfd >= 0)
+		close(t->netfd);
+	if (t->userfd >= 0)
+		close(t->userfd);
 	free(t->conn);
 	free(t);
 	e->splice.tab = NULL;
@@ -812,6 +907,54 @@ static int loopback_socket(bool tcp, int family, uint16_t port)
 		return r;
 	}
 	return fd;
+}
+
+struct sl_ns_lo_job {
+	bool tcp;
+	int family;
+	uint16_t port;
+	int fd;			/* the socket, or -errno */
+};
+
+static int make_loopback(void *p)
+{
+	struct sl_ns_lo_job *j = p;
+
+	j->fd = loopback_socket(j->tcp, j->family, j->port);
+	return 0;
+}
+
+/**
+ * sl_ns_loopback_socket() - what the helper's 'L'/'U' request makes (see
+ * sl_ns_helper_serve), made without a helper through nssock.c: a socket
+ * of the network namespace @netfd (joining the user namespace @userfd
+ * first, -1: none) bound to its loopback at @port, listening TCP (@tcp)
+ * or UDP, family @family (4/6). Not possible once slirpy is confined.
+ *
+ * Return: the fd, or -errno.
+ */
+int sl_ns_loopback_socket(int netfd, int userfd, int tcp, int family,
+			  uint16_t port)
+{
+	struct sl_ns_lo_job j = {
+		.tcp = tcp != 0, .family = family, .port = port, .fd = -EIO,
+	};
+	int r = sl_ns_run(netfd, userfd, make_loopback, &j);
+
+	return r < 0 ? r : j.fd;
+}
+
+/**
+ * sl_ns_make_sockets() - up to @n (at most 32) non-blocking TCP sockets of
+ * @family (4/6) in the network namespace @netfd (joining the user namespace
+ * @userfd first, -1: none), in @fds: one nssock.c round, as the pool of
+ * spliced forwards makes them (tests and measurements).
+ *
+ * Return: how many were made, or -errno.
+ */
+int sl_ns_make_sockets(int netfd, int userfd, int family, int *fds, int n)
+{
+	return sl_ns_make_tcp(netfd, userfd, family, fds, n);
 }
 
 /**

@@ -121,6 +121,7 @@ class Daemon:
         self._holder: Holder | None = None
         self._ns_target: NamespaceTarget | None = None
         self._ns_helper: int | None = None
+        self._ns_fds_set = False  # the engine makes namespace sockets itself
         self._confined = False
         self._stack: AsyncExitStack | None = None
         # The engine fd's reader (Engine.reader): every poll goes through it.
@@ -740,11 +741,24 @@ class Daemon:
             self._auto_tick()
 
     def _ns_socket_maker(self) -> Callable[[int, int, int], int] | None:
-        """A namespace helper of our own that makes -T/-U's namespace sockets."""
-        from slirpy.engine import ns_loopback_socket
-        from slirpy.host.nshelper import start_ns_helper, stop_ns_helper
+        """What makes -T/-U's namespace sockets: a short-lived clone() child
+        per socket (csrc/nssock.c), or, when slirpy will confine itself
+        (setns() is impossible then and `auto` makes sockets later), a
+        namespace helper of our own."""
+        from slirpy.engine import ns_loopback_socket, ns_loopback_socket_at
+        from slirpy.host.nshelper import open_namespace_fds, start_ns_helper, stop_ns_helper
 
         assert self._ns_target is not None and self._stack is not None
+        if not (self.opts.sandbox or self.opts.seccomp):
+            try:
+                netfd, userfd = open_namespace_fds(self._ns_target)
+            except NamespaceError as e:
+                raise ConfigError(f"-T/-U: {e}") from None
+            self._stack.callback(os.close, netfd)
+            if userfd is not None:
+                self._stack.callback(os.close, userfd)
+            return lambda proto, family, port: ns_loopback_socket_at(
+                netfd, userfd, proto, family, port)
         try:
             sock, pid = start_ns_helper(self._ns_target)
         except NamespaceError as e:
@@ -815,7 +829,7 @@ class Daemon:
 
     def start_ns_helper(self) -> None:
         """Make spliced forwards possible (once); NamespaceError if they cannot be."""
-        if self._ns_helper is not None:
+        if self._ns_helper is not None or self._ns_fds_set:
             return
         if self._ns_target is None or self._stack is None or self.engine is None:
             raise NamespaceError("spliced forwards are not available here")
@@ -825,6 +839,8 @@ class Daemon:
                 "slirpy is confined (--enable-sandbox/--enable-seccomp); "
                 "start slirpy with --splice-helper"
             )
+        if not (self.opts.sandbox or self.opts.seccomp) and self._set_ns_fds():
+            return
         from slirpy.host.nshelper import start_ns_helper, stop_ns_helper
 
         sock, pid = start_ns_helper(self._ns_target)
@@ -836,6 +852,27 @@ class Daemon:
             raise
         sock.detach()  # the engine owns it now
         self._ns_helper = pid
+
+    def _set_ns_fds(self) -> bool:
+        """Let the engine make spliced forwards' namespace sockets itself
+        (csrc/nssock.c: no second process); False if it cannot (then the
+        helper is tried, and says why). NamespaceError: no namespace."""
+        from slirpy.engine import EngineError
+        from slirpy.host.nshelper import open_namespace_fds
+
+        if self._ns_fds_set:
+            return True
+        assert self._ns_target is not None and self.engine is not None
+        netfd, userfd = open_namespace_fds(self._ns_target)
+        try:
+            self.engine.set_ns_fds(netfd, userfd)
+        except EngineError:
+            os.close(netfd)
+            if userfd is not None:
+                os.close(userfd)
+            return False
+        self._ns_fds_set = True
+        return True
 
     # ------------------------------------------------------------ engine events
 

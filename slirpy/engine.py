@@ -513,6 +513,17 @@ class Engine:
         """Give the engine the socket to the namespace helper (it owns it then)."""
         _check(lib.sl_engine_set_ns_helper(self._e, fd), "set namespace helper")
 
+    def set_ns_fds(self, netfd: int, userfd: int | None) -> None:
+        """Let the engine make its spliced forwards' sockets in the guest's
+        network namespace `netfd` itself (joining the user namespace
+        `userfd` first, None: none), with no helper process; it owns the
+        fds once this returns. Tried once here: EngineError if setns() is
+        not possible (then the fds are still the caller's). Not once
+        confined: use set_ns_helper there.
+        """
+        _check(lib.sl_engine_set_ns_fds(self._e, netfd, -1 if userfd is None else userfd),
+               "set namespace fds")
+
     def remove_listener(self, fwd_id: int) -> None:
         _check(lib.sl_engine_remove_listener(self._e, fwd_id), "remove listener")
 
@@ -631,3 +642,28 @@ def seccomp_apply() -> None:
     rc = lib.sl_seccomp_apply(err, 512)
     if rc < 0:
         raise OSError(-rc, ffi.string(err).decode())
+
+
+def ns_loopback_socket_at(netfd: int, userfd: int | None, proto: int, family: int,
+                          port: int) -> int:
+    """As `ns_loopback_socket`, made without a helper process: a short-lived
+    clone() child joins the user namespace `userfd` (None: none) and the
+    network namespace `netfd` (csrc/nssock.c). Not once confined. OSError.
+    """
+    fd = lib.sl_ns_loopback_socket(netfd, -1 if userfd is None else userfd,
+                                   int(proto == PROTO_TCP), family, port)
+    if fd < 0:
+        raise OSError(-fd, f"namespace loopback socket on port {port}: {os.strerror(-fd)}")
+    return int(fd)
+
+
+def ns_tcp_sockets(netfd: int, userfd: int | None, family: int, n: int) -> list[int]:
+    """Up to `n` (at most 32) non-blocking TCP sockets of `family` (4/6) in the
+    network namespace `netfd`: one round of what spliced forwards' pool does
+    (tests, measurements). OSError.
+    """
+    fds = ffi.new("int[]", max(n, 1))
+    got = lib.sl_ns_make_sockets(netfd, -1 if userfd is None else userfd, family, fds, n)
+    if got < 0:
+        raise OSError(-got, f"namespace sockets: {os.strerror(-got)}")
+    return [int(fds[i]) for i in range(got)]

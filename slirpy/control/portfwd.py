@@ -6,9 +6,11 @@ to the engine, which accepts and relays in C, and keeps the table of forwards
 (ids from 1, never reused; a failed add uses no id, as in slirp4netns). It must
 not relay any data itself.
 
-A spliced forward (TCP, ``splice=True``) first makes sure the namespace
-helper runs (`splice_helper`, from slirpy.daemon.Daemon), then marks the
-listener so that the engine relays it with splice() (csrc/splice.c).
+A spliced forward (TCP, ``splice=True``) first makes sure the engine can
+get sockets in the guest's namespace (`splice_helper`, from
+slirpy.daemon.Daemon: namespace fds for csrc/nssock.c, or the namespace
+helper when confined), then marks the listener so that the engine relays
+it with splice() (csrc/splice.c).
 
 An add either fully succeeds (bound, listening, in the engine, in the table) or
 leaves nothing behind: the socket is closed and no id is taken.

@@ -33,8 +33,8 @@ from slirpy.options import AutoForward, HostLoopbackForward, PortMapping
 __all__ = ["BIND_RETRY_S", "NsSocketMaker", "SharedPorts"]
 
 # Makes a socket in the guest's namespace bound to its loopback:
-# (proto, family, port) -> fd (slirpy.engine.ns_loopback_socket through a
-# namespace helper).
+# (proto, family, port) -> fd (slirpy.engine.ns_loopback_socket_at, or
+# ns_loopback_socket through a namespace helper when slirpy confines itself).
 NsSocketMaker = Callable[[int, int, int], int]
 
 # A stack that Podman replaced a moment ago may still hold the port while it
@@ -156,7 +156,7 @@ class SharedPorts:
             try:
                 self._splice_ready()
             except OSError:
-                split = False  # no namespace helper: every client takes the TAP
+                split = False  # no namespace sockets: every client takes the TAP
         lid = self._next_id
         self._next_id += 1
         try:
@@ -208,7 +208,7 @@ class SharedPorts:
     def publish_ns(self, fwd: HostLoopbackForward) -> None:
         """pasta's -T/-U: the namespace's loopback port to the host's; ConfigError."""
         if self._ns_socket is None:
-            raise ConfigError(f"{fwd.option or fwd.proto}: no namespace helper for -T/-U")
+            raise ConfigError(f"{fwd.option or fwd.proto}: no namespace sockets for -T/-U")
         proto = PROTO_TCP if fwd.proto == "tcp" else PROTO_UDP
         for fam in self._ns_families:
             key = (fwd.proto, fam, fwd.ns_port)

@@ -227,6 +227,41 @@ def test_published_port_keeps_the_client_address(fh: fakehost.FakeHost,
         assert got_lo == f"::ffff:{fakehost.HOST4}"
 
 
+def _session_members(sid: int) -> list[int]:
+    """The PIDs of session `sid` (the backgrounded daemon setsid()s)."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            if int(fields[3]) == sid:  # pid (comm) state ppid pgrp session
+                out.append(int(name))
+    return out
+
+
+def test_one_process_with_a_port_spec(fh: fakehost.FakeHost, tmp_path: object) -> None:
+    # Podman's argv for `-p 5201:5201`: the loopback client of the split
+    # listener is spliced through a namespace socket that the engine makes
+    # itself (csrc/nssock.c), with no namespace helper process.
+    args = list(PODMAN_ARGS)
+    args[args.index("-t") + 1] = "5201-5201:5201-5201"
+    server = ("import socket\n"
+              "s=socket.create_server(('0.0.0.0',5201)); print('up',flush=True)\n"
+              "while True:\n"
+              "  c,a=s.accept(); c.sendall(a[0].encode()+b'\\n'); c.close()\n")
+    with make_container(fh.netns) as c, _pasta(fh.netns, c, tmp_path, *args) as d:
+        pid = d.pid
+        assert _session_members(pid) == [pid]
+        srv = c.popen(sys.executable, "-c", server, stdout=subprocess.PIPE, text=True)
+        assert srv.stdout.readline() == "up\n"
+        for _ in range(3):
+            got = fh.client("127.0.0.1", 5201).decode().strip()
+            assert got == fakehost.HOST4  # spliced: the container sees its own address
+        assert _session_members(pid) == [pid]
+
+
 def test_tcp_ns_reaches_host_loopback(fh: fakehost.FakeHost, tmp_path: object) -> None:
     # The fake host's own peer service listens on all its addresses, loopback too.
     with make_container(fh.netns) as c, _pasta(

@@ -242,14 +242,31 @@ def test_splice_many_connections_leak_no_fd(fwd: Forwarding) -> None:
     fwd.alive()
 
 
-def test_splice_helper_dies_with_slirpy(fwd: Forwarding) -> None:
+def test_splice_forks_no_helper_process(fwd: Forwarding) -> None:
+    # Unconfined, the engine makes the namespace sockets itself (a
+    # short-lived clone() child per batch, csrc/nssock.c): no second process.
     pid = fwd.slirpy.proc.pid
-    assert children(pid) == []  # no helper until a spliced forward asks for one
-    add_splice(fwd, free_port(), 87)
-    kids = children(pid)
-    assert len(kids) == 1
-    fwd.slirpy.proc.send_signal(signal.SIGKILL)
-    fwd.slirpy.proc.wait(timeout=10)
+    port = free_port()
+    add_splice(fwd, port, 87)
+    assert children(pid) == []
+    fwd.guest_server("echo", 87)
+    for i in range(20):  # more than one refill of the socket pool
+        msg = b"no helper %d" % i
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert echo_roundtrip(s, msg) == msg
+    assert counters(fwd)["splice_opened"] == 20
+    assert children(pid) == []
+    fwd.alive()
+
+
+def test_confined_splice_helper_dies_with_slirpy(
+    fwd_factory: Callable[..., Forwarding],
+) -> None:
+    f = fwd_factory("--enable-seccomp", "--splice-helper")
+    kids = children(f.slirpy.proc.pid)
+    assert len(kids) == 1  # forked before confinement
+    f.slirpy.proc.send_signal(signal.SIGKILL)
+    f.slirpy.proc.wait(timeout=10)
     assert wait_until(lambda: not os.path.exists(f"/proc/{kids[0]}"))
 
 
