@@ -219,7 +219,8 @@ def bulk_out(st: Stack, name: str, seconds: float, max_bytes: int = MAX_BYTES) -
         assert srv.stdout is not None
         if srv.stdout.readline().strip() != "ready":
             raise RuntimeError("sink did not start")
-        count = max(1, min(max_bytes, MAX_BYTES) // 65536)
+        # Rounded up: a top-up must reach its byte count, not stop a block short of it.
+        count = max(1, -(-min(max_bytes, MAX_BYTES) // 65536))
         # nc connects, then dd writes 64 KiB blocks straight into the socket.
         st.p.podman("exec", name, "nc", fakehost.TEST_HOST4, str(SINK_PORT), "-e",  # type: ignore[attr-defined]
                     "dd", "if=/dev/zero", "bs=65536", f"count={count}",
