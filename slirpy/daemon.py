@@ -746,12 +746,13 @@ class Daemon:
         (setns() is impossible then and `auto` makes sockets later), a
         namespace helper of our own."""
         from slirpy.engine import ns_loopback_socket, ns_loopback_socket_at
-        from slirpy.host.nshelper import open_namespace_fds, start_ns_helper, stop_ns_helper
+        from slirpy.host.netns import open_namespaces
+        from slirpy.host.nshelper import start_ns_helper, stop_ns_helper
 
         assert self._ns_target is not None and self._stack is not None
         if not (self.opts.sandbox or self.opts.seccomp):
             try:
-                netfd, userfd = open_namespace_fds(self._ns_target)
+                netfd, userfd = open_namespaces(self._ns_target)
             except NamespaceError as e:
                 raise ConfigError(f"-T/-U: {e}") from None
             self._stack.callback(os.close, netfd)
@@ -858,12 +859,12 @@ class Daemon:
         (csrc/nssock.c: no second process); False if it cannot (then the
         helper is tried, and says why). NamespaceError: no namespace."""
         from slirpy.engine import EngineError
-        from slirpy.host.nshelper import open_namespace_fds
+        from slirpy.host.netns import open_namespaces
 
         if self._ns_fds_set:
             return True
         assert self._ns_target is not None and self.engine is not None
-        netfd, userfd = open_namespace_fds(self._ns_target)
+        netfd, userfd = open_namespaces(self._ns_target)
         try:
             self.engine.set_ns_fds(netfd, userfd)
         except EngineError:

@@ -134,7 +134,12 @@ def _owning_userns(netfd: int) -> int | None:
         return None
 
 
-def _open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
+def open_namespaces(target: NamespaceTarget) -> tuple[int, int | None]:
+    """The network namespace's fd and the user namespace's to join first
+    (None: none): the given user namespace, else (unless `netns_only`) the
+    one owning the network namespace, never our own. The caller owns both
+    fds. NamespaceError with one readable line.
+    """
     netfd = _open_ns(target.netns_path, "network namespace")
     if target.userns_path is not None:
         try:
@@ -271,7 +276,7 @@ def fork_into(
     Raises NamespaceError with one readable line when a namespace cannot be
     opened.
     """
-    netfd, userfd = _open_namespaces(target)
+    netfd, userfd = open_namespaces(target)
     parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         pid = os.fork()

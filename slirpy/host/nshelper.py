@@ -3,9 +3,9 @@ inside the container's network namespace for the engine, kept only for a
 slirpy that confines itself (--enable-sandbox/--enable-seccomp: setns() is
 impossible afterwards). Otherwise the engine makes those sockets itself
 with a short-lived clone() child per batch (csrc/nssock.c), given the
-namespace fds that `open_namespace_fds` opens: no second process.
+namespace fds that `netns.open_namespaces` opens: no second process.
 
-This module owns opening those fds and starting the helper child: fork,
+This module owns starting the helper child: fork,
 join the container's user and network namespaces (as netns.py does for
 the TAP), report success or one readable error line, then run
 `sl_ns_helper_serve` (csrc/splice.c) until slirpy goes away (EOF,
@@ -22,7 +22,6 @@ own close).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import os
 import re
@@ -32,7 +31,6 @@ import socket
 from slirpy.host.netns import (
     CLONE_NEWNET,
     CLONE_NEWUSER,
-    NS_GET_USERNS,
     NamespaceError,
     NamespaceTarget,
     fork_into,
@@ -86,43 +84,6 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, watch_pid: int |
             pidfd = os.pidfd_open(watch_pid)
     sock.sendall(_READY)
     return 0 if ns_helper_serve(sock.fileno(), pidfd) == 0 else 1
-
-
-def _open(path: str, what: str) -> int:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise NamespaceError(f"cannot open {what} {path}: {e.strerror}") from None
-
-
-def open_namespace_fds(target: NamespaceTarget) -> tuple[int, int | None]:
-    """The network namespace's fd and the user namespace's to join first
-    (None: none), chosen as the TAP helper joins them (netns.fork_into):
-    the given user namespace, else (unless `netns_only`) the one owning
-    the network namespace, never our own. NamespaceError with one line.
-    """
-    netfd = _open(target.netns_path, "network namespace")
-    userfd: int | None = None
-    try:
-        if target.userns_path is not None:
-            try:
-                userfd = _open(target.userns_path, "user namespace")
-            except NamespaceError:
-                if not target.netns_path.startswith("/proc/"):
-                    raise
-                # the PID may share our user namespace
-        elif not target.netns_only:
-            with contextlib.suppress(OSError):
-                userfd = fcntl.ioctl(netfd, NS_GET_USERNS)
-    except BaseException:
-        os.close(netfd)
-        raise
-    if userfd is not None:
-        a, b = os.fstat(userfd), os.stat("/proc/self/ns/user")
-        if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-            os.close(userfd)
-            userfd = None
-    return netfd, userfd
 
 
 def start_ns_helper(target: NamespaceTarget) -> tuple[socket.socket, int]:
