@@ -253,6 +253,20 @@ def bulk_in(st: Stack, name: str, seconds: float, loopback: bool,
     return _json(cmd, seconds + 90)
 
 
+def machine_cpu() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs from /proc/stat (one kernel: the fake host, the
+    root session and the containers all count here)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    return sum(v) - idle, sum(v)
+
+
+def busy_pct(a: tuple[int, int], b: tuple[int, int]) -> float:
+    total = b[1] - a[1]
+    return 100 * (b[0] - a[0]) / total if total else 0.0
+
+
 def build_static(session: object, source: str, out: pathlib.Path, in_root: str) -> pathlib.Path:
     """benchmarks/SOURCE built statically on the machine (the busybox image has no libc),
     copied into the session (at in_root) for the containers; the machine's copy serves the
@@ -344,10 +358,18 @@ def run_instance(st: Stack, mtu: int, primary: bool, p: Params, res: Results) ->
         for key, fn in (("out", lambda: bulk_out(st, name, seconds)),
                         ("in", lambda: bulk_in(st, name, seconds, False)),
                         ("lo", lambda: bulk_in(st, name, seconds, True))):
-            def one(fn: Callable[[], dict] = fn, through: bool = key == "out"
+            def one(fn: Callable[[], dict] = fn, key: str = key, through: bool = key == "out"
                     or st.forwards_ports) -> float:
                 nonlocal moved
+                stack0 = st.counters()[0]
+                busy0, t0 = machine_cpu(), time.monotonic()
                 r = fn()
+                busy1, dt = machine_cpu(), time.monotonic() - t0
+                stack1 = st.counters()[0]
+                # Whether the machine or the stack limits a row: both cores' busy share and
+                # the stack's CPU in % of one core over the row (set-up included in both).
+                res.add(st.name, f"busy_pct_{key}@{mtu}", busy_pct(busy0, busy1))
+                res.add(st.name, f"stack_pct_{key}@{mtu}", 100 * (stack1 - stack0) / dt)
                 if through:  # only bytes that passed through the stack's process
                     moved += r["bytes"]
                 return r["bytes"] * 8 / r["seconds"] / 1e9
@@ -424,6 +446,15 @@ ROWS = [
     ("moved_gib", "GiB", "bytes moved through the stack process before that RSS", True),
     ("rss_after_reps", "reps", "repetitions behind that RSS (first tops up to 4 GiB, others "
      "count if their bulk rows moved 4 GiB)", True),
+    ("busy_pct_in@65520", "%", "both cores busy during test host → container (-p), MTU 65520",
+     False),
+    ("stack_pct_in@65520", "% of a core", "stack CPU during that row", False),
+    ("busy_pct_lo@65520", "%", "both cores busy during loopback → container (-p), MTU 65520",
+     False),
+    ("stack_pct_lo@65520", "% of a core", "stack CPU during that row", False),
+    ("busy_pct_lo@1500", "%", "both cores busy during loopback → container (-p), MTU 1500",
+     False),
+    ("stack_pct_lo@1500", "% of a core", "stack CPU during that row", False),
     ("cpu_s_per_gb@65520", "s/GB", "stack CPU per GB moved, MTU 65520", False),
     ("cpu_s_per_gb@1500", "s/GB", "stack CPU per GB moved, MTU 1500", False),
 ]
@@ -495,6 +526,7 @@ def plot(res: Results, names: list[str], path: pathlib.Path) -> None:
     rows = [(key, f"{label} ({'higher' if higher else 'lower'} is better)")
             for key, _unit, label, higher in ROWS
             if key not in ("moved_gib", "rss_after_reps", "udp_loss_pct")
+            and not key.startswith(("busy_pct_", "stack_pct_"))
             and any(_ratio(res, key, a, b) for a, b in pairs)]
     fig, ax = plt.subplots(figsize=(11, 0.45 * len(rows) + 1.8))
     h = 0.8 / max(1, len(pairs))
@@ -529,7 +561,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--plot", type=pathlib.Path)
     ap.add_argument("--json", type=pathlib.Path)
     ap.add_argument("--note", action="append", default=[])
+    ap.add_argument("--from-json", type=pathlib.Path,
+                    help="no run: table, --write and --plot from a run's --json")
     a = ap.parse_args(argv)
+    if a.from_json:
+        return from_json(a)
     reps = a.reps or (1 if a.quick else 3)
     seconds = a.seconds or (1.0 if a.quick else 4.0)
     starts = 2 if a.quick else 5
@@ -600,30 +636,50 @@ def main(argv: list[str]) -> int:
     for n in names:
         res.values.setdefault(n, {})["rss_after_reps"] = [
             len(res.values[n].get("rss_after_mib", []))]
-    table = render(res, names)
+    meta = {"argv": argv, "names": names, "reps": reps, "seconds": seconds,
+            "versions": versions, "load0": load0[0], "loads": loads,
+            "when": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    if a.json:
+        a.json.write_text(json.dumps({**meta, "values": res.values, "failures": res.failures},
+                                     indent=1))
+    report(res, meta, a)
+    return 0
+
+
+def report(res: Results, meta: dict, a: argparse.Namespace) -> None:
+    """Print the table; with --write/--plot, write the block and the PNG (from this run or
+    from a run's --json, so that the figures and the plot are of the same run)."""
+    table = render(res, meta["names"])
     print(table)
     if res.failures:
         print("Failures:\n" + "\n".join(res.failures))
-    if a.json:
-        a.json.write_text(json.dumps({"argv": argv, "values": res.values,
-                                      "failures": res.failures}, indent=1))
     if a.write:
-        when = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         fails = "".join(f"- failed: {f}\n" for f in res.failures)
         notes = "".join(f"- {n}\n" for n in a.note)
-        block = (f"{BEGIN}\n\nRun {when}: `benchmarks/compare --podman {' '.join(argv)}`, "
-                 f"{reps} repetition(s) interleaved, medians; {seconds:g} s per bulk row; "
-                 f"{versions['podman']}, pasta (Debian package passt) {versions['pasta']}, "
-                 f"{versions['slirp4netns']}; `-p` in slirp4netns mode is Podman's "
+        v, loads = meta["versions"], meta["loads"]
+        block = (f"{BEGIN}\n\nRun {meta['when']}: `benchmarks/compare --podman "
+                 f"{' '.join(meta['argv'])}`, "
+                 f"{meta['reps']} repetition(s) interleaved, medians; {meta['seconds']:g} s per "
+                 f"bulk row; {v['podman']}, pasta (Debian package passt) {v['pasta']}, "
+                 f"{v['slirp4netns']}; `-p` in slirp4netns mode is Podman's "
                  "default port_handler, rootlessport. Load average "
-                 f"(1 min) before the run {load0[0]:.1f}, during it "
+                 f"(1 min) before the run {meta['load0']:.1f}, during it "
                  f"{min(loads):.1f}-{max(loads):.1f} on 2 cores.\n\n{table}\n{notes}{fails}"
                  f"\n{END}")
         write_doc(a.write, block)
     if a.plot:
-        plot(res, names, a.plot)
-    return 0
+        plot(res, meta["names"], a.plot)
 
+
+def from_json(a: argparse.Namespace) -> int:
+    """--from-json FILE: the table, block and plot of a run saved with --json."""
+    data = json.loads(a.from_json.read_text())
+    if "names" not in data:
+        print(f"{a.from_json}: no run metadata (saved by an older harness)", file=sys.stderr)
+        return 1
+    res = Results(data["values"], data["failures"])
+    report(res, data, a)
+    return 0
 
 if __name__ == "__main__":
     roles = {"sink": sink, "send": send}
