@@ -1,9 +1,9 @@
 """`python -m slirpy`: the `slirpy` command (same as the console script).
 
-Only dispatches to `slirpy.frontends.main.main`; it must not do anything else.
+Only dispatches to `slirpy.entry.slirpy_main`; it must not do anything else.
 """
 
-from slirpy.frontends.main import main
+from slirpy.entry import slirpy_main
 
 if __name__ == "__main__":
-    main()
+    slirpy_main()

@@ -32,4 +32,5 @@ def test_wheel_from_sdist_contains_engine(tmp_path: pathlib.Path) -> None:
         files = z.namelist()
         entry_points = z.read(next(f for f in files if f.endswith("entry_points.txt")))
     assert any(f.startswith("slirpy/_engine") and f.endswith(".so") for f in files)
-    assert b"slirpy-slirp4netns = slirpy.frontends.slirp4netns:slirp4netns_main" in entry_points
+    assert b"slirpy-slirp4netns = slirpy.entry:slirp4netns_main" in entry_points
+    assert b"slirpy-pasta = slirpy.entry:pasta_main" in entry_points
