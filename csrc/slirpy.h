@@ -225,6 +225,7 @@ int sl_engine_policy_hits(const struct sl_engine *e, uint64_t *out, uint32_t n);
 
 /* System helpers that Python 3.11 lacks. */
 int sl_setns(int fd, int nstype);
+void sl_release_free_memory(void);
 int sl_inotify_watch(const char *path, uint32_t mask);
 int sl_tun_open(const char *name, int vnet_hdr, int offload, char *err,
 		size_t errlen);

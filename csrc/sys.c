@@ -2,12 +2,13 @@
 /*
  * sys.c - the system calls Python 3.11 does not wrap: setns(2), opening
  * a TAP with TUNSETIFF / TUNSETOFFLOAD (both called from the forked
- * namespace helper) and an inotify watch (the daemon's netns-gone watch).
- * Nothing here touches the engine.
+ * namespace helper), an inotify watch (the daemon's netns-gone watch) and
+ * handing freed heap back to the kernel. Nothing here touches the engine.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
@@ -26,6 +27,21 @@
 #ifndef TUN_F_USO6
 #define TUN_F_USO6 0x40
 #endif
+
+/**
+ * sl_release_free_memory() - return the C heap's free pages to the kernel.
+ *
+ * Start-up (imports, the namespace's configuration) frees more than it
+ * keeps, and glibc holds the freed top of the heap resident: ~1.4 MiB of
+ * every idle stack process (one per container), measured with malloc_trim.
+ * Called once the daemon is ready; a no-op without glibc.
+ */
+void sl_release_free_memory(void)
+{
+#ifdef __GLIBC__
+	malloc_trim(0);
+#endif
+}
 
 /* Return: 0 or -errno. */
 int sl_setns(int fd, int nstype)

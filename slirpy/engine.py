@@ -581,6 +581,11 @@ class Engine:
         return [int(out[i]) for i in range(n)] + [0] * (nids + 1 - n)
 
 
+def release_free_memory() -> None:
+    """Hand the C heap's free pages back to the kernel (csrc/sys.c): once, when ready."""
+    lib.sl_release_free_memory()
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     rc = lib.sl_setns(fd, nstype)
     if rc < 0:
