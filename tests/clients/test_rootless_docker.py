@@ -141,10 +141,10 @@ def test_publish_on_loopback_only_is_not_forwarded(dockerd: Dockerd) -> None:
     """`-p 127.0.0.1:P:C` gives no service with the real pasta: slirpy must match.
 
     docker-proxy binds 127.0.0.1:P inside RootlessKit's namespace; the stack
-    mirrors P onto all the fake host's addresses but reaches the namespace
-    at its tap address, where nothing listens: the client's connection is
-    reset without data. The same container publishes C on all addresses
-    too, to show that the server was up.
+    (`--tcp-ports=auto`) mirrors P onto the fake host's wildcard address, but
+    a client's connection there, from the fake host's loopback or from
+    upstream, is reset without data. The same container publishes C on all
+    addresses too, to show that the server was up.
     """
     fh = dockerd.pasta.bed.fh
     loopback_only = PUBLISHED + 1
