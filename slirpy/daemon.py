@@ -7,10 +7,18 @@ stops, whichever front end asked:
    command of `slirpy run`, waiting to be let go) — before any thread or
    event loop, since the helpers fork;
 2. the TAP, opened (and with `configure`, set up) in the namespace by a
-   forked helper while this process imports what it will need;
+   forked helper while this process imports what it will need; in pasta's
+   model, the namespace configured through the helper's netlink socket;
 3. in the event loop: the DNS forwarder, the engine (its fd's reader), the
    API socket, the exit fd, the watched PID and signals, the published
    ports, the command let go, confinement, then readiness (the ready byte);
+   except that a daemonizing pasta with nothing to bind (Podman's `-t none
+   -u none -T none -U none`, no API socket, no policy) is ready once step 2
+   is done: frames the container sends meanwhile wait in the TAP's queue,
+   and the event loop, the engine and the DNS forwarder are imported and
+   started after the runtime has gone on (issue 17: Podman waits for the
+   parent's exit). A failure after that is reported on the daemon's stderr
+   (its log file) and to syslog, and the daemon exits 1 (`_run_after_ready`);
 4. on SIGTERM/SIGINT, exit-fd hang-up, the watched process' exit or the
    TAP's disappearance: undo it all in reverse (an AsyncExitStack), then
    reap the command and return its exit code.
@@ -22,9 +30,7 @@ speak any protocol itself (slirpy/services, slirpy/control).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import os
 import signal
 import socket
@@ -48,6 +54,7 @@ from slirpy.host.netns import (
 from slirpy.options import DaemonOptions, JoinPath, JoinPid, NewNamespace
 
 if TYPE_CHECKING:
+    import asyncio
     from ipaddress import IPv4Address
 
     from slirpy.control.policy import DenialLog, Policy
@@ -71,6 +78,8 @@ def _say(text: str) -> None:
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's loop when installed (and SLIRPY_LOOP is not "asyncio"), else asyncio's."""
+    import asyncio  # lazy: pasta's parent exits before the event loop is needed
+
     if os.environ.get("SLIRPY_LOOP") == "asyncio":
         return asyncio.new_event_loop
     try:
@@ -78,6 +87,21 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     except ImportError:
         return asyncio.new_event_loop
     return uvloop.new_event_loop
+
+
+def _report_late(ident: str, message: str) -> None:
+    """A failure after the runtime went on: one syslog line (LOG_DAEMON,
+    LOG_ERR), as pasta logs once in the background; the caller also prints
+    it on stderr (the log file, if any) and exits non-zero."""
+    import syslog
+
+    line = " ".join(message.split("\n"))
+    try:
+        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
+        syslog.syslog(syslog.LOG_ERR, line)
+        syslog.closelog()
+    except OSError:  # pragma: no cover - glibc's syslog() does not fail
+        pass
 
 
 def _reaches_loopback(addr: str) -> bool:
@@ -143,6 +167,11 @@ class Daemon:
         self._host_diag_sock: socket.socket | None = None
         self._lo_helper: int | None = None  # the -T/-U namespace helper's PID
         self._dhcp_src: IPv4Address | None = None  # DHCP replies' source (pasta's model)
+        # --config-net done (before the loop, or in serve()): the MAC the
+        # namespace's interface ended up with, for the engine.
+        self._ns_configured = False
+        self._ns_mac: bytes | None = None
+        self._ready_announced = False
 
     # ------------------------------------------------------------ the whole life
 
@@ -153,11 +182,7 @@ class Daemon:
         running then.
         """
         opts = self.opts
-        logging.basicConfig(
-            level=logging.DEBUG if opts.debug else logging.WARNING,
-            stream=sys.stderr,
-            format="slirpy: %(name)s: %(message)s",
-        )
+        early = self.ready_before_loop()
         try:
             if opts.daemonize:
                 from slirpy.host.daemonize import fork_until_ready
@@ -165,10 +190,15 @@ class Daemon:
                 # Only the child returns; the parent exits once it is ready.
                 self._detach_fd = fork_until_ready("slirpy", opts.pid_file)
             pending = self.start_tap()
-            self.preload()  # overlaps with the helper child's work
-            self.attach_tap(self.wait_tap(pending))
-            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
-                code = runner.run(self.serve())
+            if early:
+                self.attach_tap(self.wait_tap(pending))
+                self._configure_namespace()
+                self._announce_ready()
+                code = self._run_after_ready()
+            else:
+                self.preload()  # overlaps with the helper child's work
+                self.attach_tap(self.wait_tap(pending))
+                code = self._run_loop()
             if self._spawn is not None:
                 # The daemon stops when the command exits (or, rarely, when the
                 # command removed the TAP: then it goes on without a network
@@ -182,6 +212,66 @@ class Daemon:
             sys.stderr.write(stats_table(self._final_counters, self._final_services))
             sys.stderr.flush()
         return code
+
+    def ready_before_loop(self) -> bool:
+        """Is readiness announced before the event loop starts (issue 17)?
+
+        Only for pasta's daemonized life cycle when nothing has to be bound
+        or applied first: no published or `auto` ports (their listeners are
+        the engine's), no API socket, no policy (a policy that cannot be
+        applied must fail the start), no ready fd, no confinement and no
+        command. Then the parent exits once the TAP is open and the
+        namespace configured, which is all a runtime can observe.
+        """
+        opts = self.opts
+        return (
+            opts.shared is not None
+            and opts.daemonize
+            and not opts.forwards
+            and not opts.loopback_forwards
+            and not opts.auto_forwards
+            and not opts.api_socket
+            and opts.policy is None
+            and opts.ready_fd is None
+            and opts.exit_fd is None
+            and not opts.sandbox
+            and not opts.seccomp
+            and not isinstance(opts.target, NewNamespace)
+        )
+
+    def _run_loop(self) -> int:
+        """serve() in an event loop (uvloop's when installed); its code."""
+        import asyncio
+        import logging
+
+        logging.basicConfig(
+            level=logging.DEBUG if self.opts.debug else logging.WARNING,
+            stream=sys.stderr,
+            format="slirpy: %(name)s: %(message)s",
+        )
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            return runner.run(self.serve())
+
+    def _run_after_ready(self) -> int:
+        """The rest of the start and the whole life, once the parent has exited.
+
+        Nobody reads our exit code or (detached) stderr now, so a failure
+        also goes to syslog, as pasta's messages do once it is in the
+        background, then propagates: the front end prints its one line (to
+        the log file, -l) and exits 1.
+        """
+        try:
+            self.preload()
+            return self._run_loop()
+        except ConfigError as e:
+            _report_late(self._ident(), str(e))
+            raise
+        except Exception as e:
+            _report_late(self._ident(), f"{type(e).__name__}: {e}")
+            raise
+
+    def _ident(self) -> str:
+        return "slirpy-pasta" if self.opts.shared is not None else "slirpy"
 
     @property
     def pid(self) -> int | None:
@@ -316,10 +406,13 @@ class Daemon:
 
         opts, net = self.opts, self.net
         assert self.tap is not None, "attach_tap() first"
+        import asyncio
+
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
         async with AsyncExitStack() as stack:
             self._stack = stack
+            stack.callback(self._close_nl)
             dns_udp = dns_tcp = 0
             if opts.shared is not None:
                 dns_udp = dns_tcp = await self._start_shared_dns(stack)
@@ -364,7 +457,9 @@ class Daemon:
             engine.set_tap(self.tap.fd)
             engine.set_guest_mac(self.tap.mac)
             if opts.shared is not None:
-                self._configure_namespace(stack)
+                self._configure_namespace()
+                if self._ns_mac is not None:
+                    engine.set_guest_mac(self._ns_mac)  # --ns-mac-addr's, not the TAP's
                 self._set_addr_maps(dns_udp)
                 self._follow_host(loop, stack, dns_udp)
             efd = engine.fileno()
@@ -396,7 +491,10 @@ class Daemon:
             return await self._stop
 
     def _announce_ready(self) -> None:
-        """pasta's readiness: the PID file (foreground), or the parent let go."""
+        """pasta's readiness: the PID file (foreground), or the parent let go (once)."""
+        if self._ready_announced:
+            return
+        self._ready_announced = True
         opts = self.opts
         if self._detach_fd is not None:
             from slirpy.host.daemonize import detach_stdio, signal_ready
@@ -477,17 +575,18 @@ class Daemon:
             "no_ra": True,
         }
 
-    def _configure_namespace(self, stack: AsyncExitStack) -> None:
+    def _configure_namespace(self) -> None:
         """--config-net: addresses, routes, MTU, name, MAC and lo, through the
-        netlink socket the TAP helper made in the namespace."""
-        import socket as socketmod
-
+        netlink socket the TAP helper made in the namespace (once: before
+        the loop when ready early, else in serve(), which closes it)."""
+        if self._ns_configured:
+            return
+        self._ns_configured = True
         shared, template, tap = self.opts.shared, self._template, self.tap
         assert shared is not None and template is not None and tap is not None
         if tap.nl_fd is None:
             return
-        nl = socketmod.socket(fileno=tap.nl_fd)
-        stack.callback(nl.close)
+        nl = socket.socket(fileno=tap.nl_fd)
         self._nl = nl
         if not shared.config_net:
             return
@@ -499,13 +598,17 @@ class Daemon:
                                        ns_mac=shared.ns_mac, txqueuelen=TAP_TXQUEUELEN)
         except OSError as e:
             raise ConfigError(f"cannot configure {template.ifname}: {e.strerror or e}") from None
-        assert self.engine is not None
-        self.engine.set_guest_mac(done.mac)  # --ns-mac-addr's, not the TAP's first one
+        self._ns_mac = done.mac
         if not done.ipv6 and template.v6 is not None:
             # The namespace cannot do IPv6: later host changes copy IPv4 only.
             import dataclasses
 
             self._template = dataclasses.replace(template, v6=None)
+
+    def _close_nl(self) -> None:
+        if self._nl is not None:
+            self._nl.close()
+            self._nl = None
 
     def _follow_host(self, loop: asyncio.AbstractEventLoop, stack: AsyncExitStack,
                      dns_port: int) -> None:
@@ -528,6 +631,9 @@ class Daemon:
         loop.add_reader(watch.fileno(), watch.on_readable)
         stack.callback(watch.close)
         stack.callback(loop.remove_reader, watch.fileno())
+        # The namespace got the template read at start (before readiness,
+        # with pasta's early readiness well before this watch existed).
+        watch.recheck()
 
     def _host_changed(self, old: HostTemplate, new: HostTemplate, dns_port: int) -> None:
         from slirpy.control.sharednet import guest_addresses, peer_substitutes
@@ -635,6 +741,8 @@ class Daemon:
         self.stop(0)
 
     def _exit_now(self) -> None:
+        import logging
+
         from slirpy.host.nshelper import stop_ns_helper
 
         if self.opts.api_socket:
@@ -794,6 +902,8 @@ class Daemon:
             except OSError:
                 continue
             ports.mirror(auto, bound, own=own)
+        import asyncio
+
         self._auto_timer = asyncio.get_running_loop().call_later(1.0, self._auto_tick)
 
     def _cancel_auto(self) -> None:

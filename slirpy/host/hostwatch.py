@@ -97,6 +97,13 @@ class HostWatch:
         if seen and self._timer is None:
             self._timer = self._scheduler.call_later(self._debounce, self._reread)
 
+    def recheck(self) -> None:
+        """Re-read once soon, as after a notification: covers changes made
+        between reading `current` and making this watch (slirpy-pasta reads
+        the template before it is ready and watches only after, issue 17)."""
+        if self._timer is None:
+            self._timer = self._scheduler.call_later(self._debounce, self._reread)
+
     def _reread(self) -> None:
         self._timer = None
         try:

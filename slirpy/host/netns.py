@@ -8,7 +8,11 @@ network namespace, opens (or attaches to) the TAP, optionally configures it
 which keep working in that namespace). The parent never changes namespace.
 
 It must not start threads or an event loop; the child configures the TAP
-(`-c`) with slirpy.host.ifconfig, imported only there.
+(`-c`) with slirpy.host.ifconfig, imported only there. The child calls the
+C engine's `sl_setns`/`sl_tun_open` through the cffi module itself
+(slirpy._engine, imported by the parent before the fork), not through
+slirpy.engine: that module's import (asyncio, its dataclasses) would be on
+the start's critical path, which waits for the child (issue 17).
 """
 
 from __future__ import annotations
@@ -18,7 +22,6 @@ import fcntl
 import os
 import socket
 import struct
-import traceback
 from ipaddress import IPv4Address, IPv4Interface
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -192,30 +195,30 @@ def _netlink_sockets() -> list[int]:
 
 
 def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest) -> int:
-    from slirpy.engine import TunError, setns, tun_open
+    # Already imported by start_open_tap() before the fork: free here.
+    from slirpy._engine import ffi, lib
 
     try:
         if userfd is not None:
-            try:
-                setns(userfd, CLONE_NEWUSER)
-            except OSError as e:
+            rc = lib.sl_setns(userfd, CLONE_NEWUSER)
+            if rc < 0:
                 raise NamespaceError(
-                    f"cannot join the container's user namespace: {e.strerror}"
-                ) from None
-        try:
-            setns(netfd, CLONE_NEWNET)
-        except OSError as e:
+                    f"cannot join the container's user namespace: {os.strerror(-rc)}"
+                )
+        rc = lib.sl_setns(netfd, CLONE_NEWNET)
+        if rc < 0:
             hint = ""
-            if e.errno == errno.EPERM:
+            if -rc == errno.EPERM:
                 hint = " (not permitted: pass --userns-path, or run as the container's owner)"
             raise NamespaceError(
-                f"cannot join the container's network namespace: {e.strerror}{hint}"
-            ) from None
-        try:
-            fd = tun_open(req.tapname, vnet_hdr=req.vnet_hdr, offload=req.offload)
-        except TunError as e:
-            # strerror is the one-line advice; str() would prefix "[Errno N]".
-            raise NamespaceError(e.strerror or str(e)) from None
+                f"cannot join the container's network namespace: {os.strerror(-rc)}{hint}"
+            )
+        err = ffi.new("char[]", 512)
+        fd = lib.sl_tun_open(req.tapname.encode(), int(req.vnet_hdr),
+                             int(req.offload and req.vnet_hdr), err, 512)
+        if fd < 0:
+            # The engine's one-line advice (what slirpy.engine's TunError carries).
+            raise NamespaceError(ffi.string(err).decode() or os.strerror(-fd))
         if req.configure:
             try:
                 _configure(req)
@@ -233,6 +236,8 @@ def _child(sock: socket.socket, netfd: int, userfd: int | None, req: TapRequest)
     except Exception as e:
         msg = f"namespace helper failed: {e!r}"
         if os.environ.get("SLIRPY_DEBUG"):
+            import traceback
+
             msg += "\n" + traceback.format_exc()
         sock.sendall(b"error " + msg.encode())
         return 1
@@ -304,6 +309,8 @@ def start_open_tap(target: NamespaceTarget, req: TapRequest) -> PendingTap:
     The caller may do other work (imports) before `wait()`. Raises
     NamespaceError with one readable line when a namespace cannot be opened.
     """
+    import slirpy._engine  # noqa: F401 - for the child (see the module's docstring)
+
     pid, parent = fork_into(target, lambda sock, netfd, userfd: _child(sock, netfd, userfd, req))
     return PendingTap(pid, parent, 3 if req.netlink else 1)
 

@@ -1,4 +1,4 @@
-"""What slirpy-slirp4netns imports before its ready byte (issue 7: time to ready, idle RSS).
+"""What slirpy-slirp4netns and slirpy-pasta import before they are ready (issues 7, 17).
 
 Every module imported before the ready byte is paid at every container start,
 in time and in resident memory. These tests run the real daemon against a real
@@ -9,11 +9,14 @@ assert which modules were never imported: no timing is asserted.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
+import sys
 
 import pytest
 
+from tests.helpers.podmanlike import PODMAN_DEFAULT_ARGS, start_like_podman
 from tests.helpers.portfwd import api_dir
 from tests.helpers.testbed import Container
 
@@ -59,3 +62,32 @@ def test_modules_not_imported_before_ready(
     expected = {"slirpy.daemon", "slirpy.engine", "slirpy.host.ifconfig", "uvloop", *present}
     assert expected <= mods, err[-2000:]
     assert mods & (NEVER | absent) == set()
+
+
+# slirpy-pasta started with Podman's argv is ready (its parent exits) once the
+# TAP is open and the namespace configured (issue 17): what serves traffic
+# afterwards (the event loop, uvloop, the engine's Python face, the DNS
+# forwarder, logging) is imported after the parent exited. The TAP helper
+# child calls the cffi module directly, never slirpy.engine.
+PASTA_BEFORE_READY = {"slirpy.frontends.pasta", "slirpy.daemon", "slirpy.host.netns",
+                      "slirpy.host.netconf", "slirpy._engine"}
+PASTA_AFTER_READY = {"asyncio", "uvloop", "slirpy.engine", "slirpy.services.dns", "logging",
+                     "slirpy.control.sharednet", "slirpy.host.nswatch", "traceback"}
+_PASTA = "import sys; from slirpy.frontends.pasta import pasta_main; " \
+         "sys.argv[0] = 'slirpy-pasta'; pasta_main()"
+
+
+def test_pasta_ready_before_the_event_loop_is_imported() -> None:
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    got = start_like_podman([sys.executable, "-c", _PASTA, *PODMAN_DEFAULT_ARGS], env=env,
+                            check=["nsenter", "--net=@NETNS@", "ip", "-o", "link", "show", "up"])
+    assert got.rc == 0, got.output[-3000:]
+    # Everything logged before the parent exited: the daemon's own imports
+    # go to /dev/null once it detached.
+    mods = imported(got.output)
+    assert mods >= PASTA_BEFORE_READY, got.output[-3000:]
+    assert mods & (NEVER | PASTA_AFTER_READY) == set()
+    # Ready meant configured: lo and the copied interface are up at the exit.
+    assert ": lo:" in got.check and len(got.check.splitlines()) == 2, got.check
+    # And the daemon went on to serve: it quit cleanly when the path went.
+    assert got.daemon_rc == 0
