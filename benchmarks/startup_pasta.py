@@ -23,6 +23,8 @@ stacks. Run it under `flock /tmp/podman-bed.lock` (it loads the CPU).
     python benchmarks/startup_pasta.py -n 20 --pasta /usr/bin/pasta
     python benchmarks/startup_pasta.py -n 5 --importtime
     python benchmarks/startup_pasta.py -n 10 -- -t 18080-18080:80-80
+    python benchmarks/startup_pasta.py -n 20 --variant old=/tmp/pasta:/tmp/old-tree \\
+        --variant new=slirpy-pasta
 """
 
 from __future__ import annotations
@@ -115,7 +117,8 @@ def one_start(pasta: str, workdir: str, index: int, extra: list[str],
         return took, out
     finally:
         # podman rm: the path goes; pasta (and slirpy-pasta) quit on that.
-        subprocess.run(["umount", path], check=False, stderr=subprocess.DEVNULL)
+        subprocess.run(["umount", "-l", path], check=False,  # Podman: MNT_DETACH
+                       stderr=subprocess.DEVNULL)
         if os.path.exists(path):
             os.unlink(path)
         holder.kill()
@@ -146,35 +149,60 @@ def importtime_table(out: str, top: int) -> str:
     return "\n".join(lines)
 
 
+def _variants(args: argparse.Namespace) -> list[tuple[str, str, str | None]]:
+    """(label, executable, PYTHONPATH or None) per variant, from --pasta / --variant."""
+    def find(exe: str) -> str:
+        beside = os.path.join(os.path.dirname(sys.executable), exe)
+        return beside if os.path.exists(beside) else shutil.which(exe) or exe
+
+    if not args.variant:
+        return [(args.pasta, find(args.pasta), None)]
+    out = []
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        exe, _, path = rest.partition(":")
+        out.append((label, find(exe or args.pasta), path or None))
+    return out
+
+
 def inner(args: argparse.Namespace) -> int:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-    beside = os.path.join(os.path.dirname(sys.executable), args.pasta)
-    pasta = beside if os.path.exists(beside) else shutil.which(args.pasta) or args.pasta
-    env = dict(os.environ)
+    base = dict(os.environ)
     # Measure an installed slirpy: with bytecode cached (the warm-up starts
     # write it), kept out of the source tree.
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env["PYTHONPYCACHEPREFIX"] = args.pycache
+    base.pop("PYTHONDONTWRITEBYTECODE", None)
+    base["PYTHONPYCACHEPREFIX"] = args.pycache
     if args.importtime:
-        env["PYTHONPROFILEIMPORTTIME"] = "1"
-    times: list[float] = []
+        base["PYTHONPROFILEIMPORTTIME"] = "1"
+    variants = _variants(args)
+    times: dict[str, list[float]] = {label: [] for label, _, _ in variants}
+    outs: dict[str, str] = {}
+    index = 0
     with tempfile.TemporaryDirectory(prefix="startup-pasta-") as workdir:
         # A tmpfs of our mount namespace: the netns bind mounts stay ours.
         subprocess.run(["mount", "-t", "tmpfs", "tmpfs", workdir], check=True)
         try:
+            # Variants alternate start by start: a machine that slows down
+            # meanwhile slows them all alike.
             for i in range(args.warmup + args.n):
-                took, out = one_start(pasta, workdir, i, args.extra, env)
-                if i >= args.warmup:
-                    times.append(took)
-            ms = [t * 1000 for t in times]
-            print(f"{pasta}: exec -> parent exit, {len(ms)} starts: median "
-                  f"{statistics.median(ms):.1f} ms, min {min(ms):.1f}, max {max(ms):.1f}")
-            if args.verbose:
-                print(" ".join(f"{t:.1f}" for t in ms))
-            if args.importtime:
-                print(importtime_table(out, args.top))
+                for label, exe, path in variants:
+                    env = dict(base)
+                    if path:
+                        env["PYTHONPATH"] = path
+                    took, outs[label] = one_start(exe, workdir, index, args.extra, env)
+                    index += 1
+                    if i >= args.warmup:
+                        times[label].append(took * 1000)
+            for label, exe, _ in variants:
+                ms = times[label]
+                print(f"{label} ({exe}): exec -> parent exit, {len(ms)} starts: median "
+                      f"{statistics.median(ms):.1f} ms, min {min(ms):.1f}, max {max(ms):.1f}")
+                if args.verbose:
+                    print(" ".join(f"{t:.1f}" for t in ms))
+                if args.importtime:
+                    print(importtime_table(outs[label], args.top))
         finally:
             subprocess.run(["umount", "-l", workdir], check=False)
     return 0
@@ -187,6 +215,9 @@ def main() -> int:
                    help="untimed starts first (default 2; they write the bytecode cache)")
     p.add_argument("--pasta", default="slirpy-pasta",
                    help="the executable (default: slirpy-pasta on PATH)")
+    p.add_argument("--variant", action="append", default=[],
+                   metavar="LABEL=EXE[:PYTHONPATH]",
+                   help="compare variants, alternating start by start (repeatable)")
     p.add_argument("--importtime", action="store_true",
                    help="also print the import log of the last start, summed")
     p.add_argument("--top", type=int, default=25, help="rows of the import table")

@@ -300,13 +300,14 @@ class Daemon:
         Runs before any event loop or thread of ours (it forks). ConfigError
         when a namespace cannot be made or opened.
         """
-        from slirpy.host.outbound import resolve_outbound
-
         opts = self.opts
-        self._outbound = (
-            resolve_outbound(opts.outbound_addr, 4),
-            resolve_outbound(opts.outbound_addr6, 6),
-        )
+        if opts.outbound_addr or opts.outbound_addr6:
+            from slirpy.host.outbound import resolve_outbound
+
+            self._outbound = (
+                resolve_outbound(opts.outbound_addr, 4),
+                resolve_outbound(opts.outbound_addr6, 6),
+            )
         try:
             target = self._namespace_target()
             self._ns_target = target  # for the helper of spliced forwards
@@ -601,9 +602,7 @@ class Daemon:
         self._ns_mac = done.mac
         if not done.ipv6 and template.v6 is not None:
             # The namespace cannot do IPv6: later host changes copy IPv4 only.
-            import dataclasses
-
-            self._template = dataclasses.replace(template, v6=None)
+            self._template = template._replace(v6=None)
 
     def _close_nl(self) -> None:
         if self._nl is not None:

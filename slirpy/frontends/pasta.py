@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import TYPE_CHECKING, NoReturn
 
@@ -357,33 +356,37 @@ def _load_policy(spec: str) -> Policy:
 # --------------------------------------------------------------- the parser
 
 
-@dataclass
 class _State:
-    """What the options said so far (last one wins unless noted)."""
+    """What the options said so far (last one wins unless noted).
 
-    shared: dict[str, object] = field(default_factory=dict)
-    opts: dict[str, object] = field(default_factory=dict)
-    ports: list[tuple[str, str]] = field(default_factory=list)
-    # Per family (4, 6), last one wins.
-    dns_forward: dict[int, Addr] = field(default_factory=dict)
-    dns_host: dict[int, Addr] = field(default_factory=dict)
-    map_guest_addr: dict[int, Addr] = field(default_factory=dict)
-    map_host_loopback: dict[int, Addr] = field(default_factory=dict)
-    dns_servers: list[Addr] = field(default_factory=list)
-    search: list[str] = field(default_factory=list)
-    # -n's value, and whether the last IPv4 -a carried its own prefix.
-    netmask: int | None = None
-    prefix_from_a: bool = False
-    interface: str | None = None
-    outbound_if: dict[int, str] = field(default_factory=dict)
-    outbound_addr: dict[int, Addr] = field(default_factory=dict)
-    userns: str | None = None
-    netns: str | None = None
-    netns_only: bool = False
-    foreground: bool = False
-    no_netns_quit: bool = False
-    no_splice: bool = False
-    host_lo_to_ns_lo: bool = False
+    A plain class, not a dataclass: its code generation would cost ~0.7 ms
+    of every start (issue 17).
+    """
+
+    def __init__(self) -> None:
+        self.shared: dict[str, object] = {}
+        self.opts: dict[str, object] = {}
+        self.ports: list[tuple[str, str]] = []
+        # Per family (4, 6), last one wins.
+        self.dns_forward: dict[int, Addr] = {}
+        self.dns_host: dict[int, Addr] = {}
+        self.map_guest_addr: dict[int, Addr] = {}
+        self.map_host_loopback: dict[int, Addr] = {}
+        self.dns_servers: list[Addr] = []
+        self.search: list[str] = []
+        # -n's value, and whether the last IPv4 -a carried its own prefix.
+        self.netmask: int | None = None
+        self.prefix_from_a = False
+        self.interface: str | None = None
+        self.outbound_if: dict[int, str] = {}
+        self.outbound_addr: dict[int, Addr] = {}
+        self.userns: str | None = None
+        self.netns: str | None = None
+        self.netns_only = False
+        self.foreground = False
+        self.no_netns_quit = False
+        self.no_splice = False
+        self.host_lo_to_ns_lo = False
 
 
 def _address(state: _State, text: str) -> None:

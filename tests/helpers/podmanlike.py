@@ -61,7 +61,7 @@ try:
     if cfg["check"]:
         c = subprocess.run(sub(cfg["check"]), capture_output=True, timeout=30)
         result["check"] = c.stdout.decode(errors="replace")
-    subprocess.run(["umount", path], check=False)
+    subprocess.run(["umount", "-l", path], check=False)  # Podman: MNT_DETACH
     os.unlink(path)
     # The daemon (reparented to us) exits on its own once the path is gone.
     result["daemon_rc"] = None

@@ -78,6 +78,6 @@ def test_failure_before_readiness_reaches_the_runtime() -> None:
                 "127.0.0.1/18999-18999:80-80" for i, a in enumerate(PODMAN_DEFAULT_ARGS)]
         got = start_like_podman([sys.executable, "-c", _FAILING, record, *args],
                                 env=dict(os.environ))
-        assert got.rc == 1
+        assert got.rc == 1, got
         assert got.output == "slirpy-pasta: injected failure in preload()\n"
-        assert _read(record) == ""
+        assert _read(record) == "", got
