@@ -389,7 +389,16 @@ class Daemon:
 
         Only what runs before the ready byte: slirpy.services.dhcp is imported
         on first use (_dhcp_server), the API and DNS modules only when enabled.
+        Only `run()` calls it, i.e. only a front end's process, which never
+        speaks TLS: asyncio and uvloop are imported without ssl
+        (slirpy.notls; nothing changes if asyncio is already imported, e.g.
+        by slirpy.entry). slirpy-pasta gets here after its parent exited.
         """
+        from slirpy import notls
+
+        notls.import_asyncio()
+        if os.environ.get("SLIRPY_LOOP") != "asyncio":
+            notls.import_uvloop()
         import slirpy.engine
 
         if self.opts.api_socket or self.opts.forwards:
