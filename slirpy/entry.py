@@ -1,11 +1,13 @@
 """The console scripts' entry points: slirpy, slirpy-slirp4netns, slirpy-pasta.
 
-Each one imports asyncio without ssl (slirpy.notls: a stack process never
-speaks TLS, and ssl costs every start ~15 ms and every process libssl and
-libcrypto) before the front end is imported, then hands over to it. This is
-the only place that choice is made: the library (`slirpy.Network`) runs in
-other people's programs, which may need TLS, and never comes through here.
-It must not do anything else.
+Each one makes `import ssl` fail in its process before the front end is
+imported (slirpy.notls.refuse_ssl: a stack process never speaks TLS, and
+ssl costs every start ~15 ms and every process libssl and libcrypto, which
+asyncio would import whenever it is first imported), then hands over to it.
+Nothing is imported early: slirpy-pasta becomes ready before it imports
+asyncio at all. The library (`slirpy.Network`) runs in other people's
+programs, which may need TLS, and never comes through here. It must not do
+anything else.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 def _without_tls() -> None:
     from slirpy import notls
 
-    notls.import_asyncio()
+    notls.refuse_ssl()
 
 
 def slirpy_main() -> None:

@@ -7,10 +7,11 @@ without ssl (it catches the ImportError); uvloop is not (its module
 initialisation reads names from ssl), so while uvloop initialises it sees a
 stand-in module whose names are placeholder exception classes and integers.
 
-This module owns those two imports and nothing else. It must not be used by
-code that needs TLS, and it changes nothing once asyncio (or ssl) is already
-imported: then the real ssl is what everyone has, and so be it. After it
-returns, `import ssl` anywhere gets the real module.
+This module owns those two imports (and refuse_ssl(), for a process that
+will never want TLS) and nothing else. It must not be used by code that
+needs TLS, and it changes nothing once the real ssl is imported: then that
+is what everyone has, and so be it. Unless refuse_ssl() was called,
+`import ssl` afterwards gets the real module.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import sys
 import types
 
-__all__ = ["import_asyncio", "import_uvloop"]
+__all__ = ["import_asyncio", "import_uvloop", "refuse_ssl"]
 
 
 def _placeholder(name: str) -> object:
@@ -51,12 +52,20 @@ def import_asyncio() -> types.ModuleType:
     return asyncio
 
 
+def refuse_ssl() -> None:
+    """Make `import ssl` fail for the rest of this process (a stack process, which never
+    speaks TLS: slirpy.entry), at no cost now; import_uvloop still works."""
+    if "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+
+
 def import_uvloop() -> types.ModuleType | None:
-    """uvloop (None when not installed), initialised against the stand-in if ssl is not
-    imported yet; should the stand-in not satisfy this uvloop, the real ssl is used."""
+    """uvloop (None when not installed), initialised against the stand-in if the real ssl
+    is not imported; should the stand-in not satisfy this uvloop, the real ssl is used."""
     import_asyncio()
-    if "uvloop" in sys.modules or "ssl" in sys.modules:
+    if "uvloop" in sys.modules or sys.modules.get("ssl") is not None:
         return _plain_uvloop()
+    refused = "ssl" in sys.modules  # None: refuse_ssl() was called, and stays in force
     stand_in = _stand_in()
     sys.modules["ssl"] = stand_in
     try:
@@ -70,7 +79,10 @@ def import_uvloop() -> types.ModuleType | None:
         return _plain_uvloop()
     finally:
         if sys.modules.get("ssl") is stand_in:
-            del sys.modules["ssl"]
+            if refused:
+                sys.modules["ssl"] = None  # type: ignore[assignment]
+            else:
+                del sys.modules["ssl"]
     return uvloop
 
 

@@ -79,3 +79,20 @@ notls.import_uvloop()
 print(type(sys.modules["ssl"].SSLContext).__name__, "_ssl" in sys.modules)
 """)
     assert out == ["type", "True"]
+
+
+def test_refuse_ssl_keeps_ssl_out_and_uvloop_in() -> None:
+    out = run(ECHO + """
+import sys
+from slirpy import notls
+notls.refuse_ssl()
+import asyncio
+uvloop = notls.import_uvloop()
+print(uvloop is not None, "_ssl" in sys.modules, sys.modules["ssl"] is None)
+print(uvloop.new_event_loop().run_until_complete(echo_once("uvloop")))
+try:
+    import ssl
+except ImportError:
+    print("refused")
+""")
+    assert out == ["True", "False", "True", "uvloop:hello", "refused"]
