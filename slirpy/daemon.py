@@ -720,8 +720,15 @@ class Daemon:
             stack.callback(gone.close)
         watched = self.pid if self._holder is None else None
         if watched is not None:
-            with contextlib.suppress(OSError):
+            try:
                 pidfd = os.pidfd_open(watched)
+            except ProcessLookupError:
+                # It exited before we watched it (pasta's early readiness
+                # widens that window): as if we had seen it exit.
+                self.stop(0)
+            except OSError:
+                pass
+            else:
                 loop.add_reader(pidfd, self.stop, 0)
                 stack.callback(os.close, pidfd)
                 stack.callback(loop.remove_reader, pidfd)

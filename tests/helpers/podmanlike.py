@@ -4,7 +4,8 @@ This module owns one scenario for tests: inside a user namespace of our own
 (uid 0 mapped to the caller, as rootless Podman runs pasta) and a private
 mount namespace, an empty network namespace (held by a sleeping `unshare
 --net`) is bind-mounted on a file in a tmpfs, and a command is run with
-Podman 5.4's default pasta argv (`@NETNS@` in it is that file) with
+Podman 5.4's default pasta argv (`@NETNS@` in it is that file, `@PID@`
+the PID of the process in it, which its parent reaps at once if killed) with
 stdin /dev/null and stdout+stderr on one pipe, like Go's `CombinedOutput()`.
 The driver is the daemon's subreaper, so the daemon's own exit code is seen:
 after the parent exits and `check` (a command, also given `@NETNS@`) has
@@ -37,8 +38,10 @@ libc = ctypes.CDLL(None, use_errno=True)
 assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
 work = tempfile.mkdtemp(prefix="podmanlike-")
 subprocess.run(["mount", "-t", "tmpfs", "tmpfs", work], check=True)
-holder = subprocess.Popen(["unshare", "--net", "sleep", "infinity"])
+holder = subprocess.Popen(["unshare", "--net", "--fork", "sleep", "infinity"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 result = {}
+sleeper = []
 try:
     own = os.stat("/proc/self/ns/net").st_ino
     deadline = time.monotonic() + 10
@@ -50,10 +53,18 @@ try:
             pass
         assert time.monotonic() < deadline, "the netns holder did not start"
         time.sleep(0.002)
+    while True:  # the sleeping process (unshare reaps it: once killed, it is gone)
+        with open(f"/proc/{holder.pid}/task/{holder.pid}/children") as f:
+            sleeper = f.read().split()
+        if sleeper:
+            break
+        assert time.monotonic() < deadline, "the netns holder did not fork"
+        time.sleep(0.002)
     path = os.path.join(work, "netns-podmanlike")
     open(path, "w").close()
     subprocess.run(["mount", "--bind", f"/proc/{holder.pid}/ns/net", path], check=True)
-    sub = lambda argv: [a.replace("@NETNS@", path) for a in argv]
+    sub = lambda argv: [a.replace("@NETNS@", path).replace("@PID@", sleeper[0])
+                        for a in argv]
     r = subprocess.run(sub(cfg["argv"]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, env=cfg["env"], timeout=60)
     result["rc"] = r.returncode
@@ -83,6 +94,11 @@ try:
         for pid in left:
             os.kill(pid, 9)
 finally:
+    for pid in sleeper:  # killed first: unshare --fork does not pass SIGKILL on
+        try:
+            os.kill(int(pid), 9)
+        except ProcessLookupError:
+            pass
     holder.kill()
     holder.wait()
     subprocess.run(["umount", "-l", work], check=False)

@@ -81,3 +81,28 @@ def test_failure_before_readiness_reaches_the_runtime() -> None:
         assert got.rc == 1, got
         assert got.output == "slirpy-pasta: injected failure in preload()\n"
         assert _read(record) == "", got
+
+
+# slirpy-pasta joining a PID (`pasta PID`, also ready before the loop) whose
+# process exits before the daemon watches it: the daemon must still stop.
+_PID_GONE = r"""
+import os, signal, sys
+from slirpy import daemon
+pid = int(sys.argv[-1])
+preload = daemon.Daemon.preload
+def kill_then_preload(self):
+    os.kill(pid, signal.SIGKILL)
+    preload(self)
+daemon.Daemon.preload = kill_then_preload
+from slirpy.frontends.pasta import pasta_main
+sys.argv[0] = "slirpy-pasta"
+pasta_main()
+"""
+
+
+def test_joined_process_gone_before_the_watch_stops_the_daemon() -> None:
+    got = start_like_podman(
+        [sys.executable, "-c", _PID_GONE, "--config-net", "-t", "none", "-u", "none",
+         "-T", "none", "-U", "none", "--quiet", "@PID@"], env=dict(os.environ))
+    assert got.rc == 0 and got.output == "", got.output
+    assert got.daemon_rc == 0
