@@ -412,7 +412,7 @@ class Daemon:
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> int:
         """Run everything until stopped; `on_ready` is called once ready. Returns 0."""
-        from slirpy.engine import Engine, Limits
+        from slirpy.engine import Engine, Limits, release_free_memory
 
         opts, net = self.opts, self.net
         assert self.tap is not None, "attach_tap() first"
@@ -498,6 +498,9 @@ class Daemon:
             self._announce_ready()
             if on_ready is not None:
                 on_ready()
+            # Start-up (imports, configuration) freed more heap than it keeps; glibc
+            # would hold it resident in every idle stack process (one per container).
+            release_free_memory()
             return await self._stop
 
     def _announce_ready(self) -> None:
