@@ -95,13 +95,9 @@ def _report_late(ident: str, message: str) -> None:
     it on stderr (the log file, if any) and exits non-zero."""
     import syslog
 
-    line = " ".join(message.split("\n"))
-    try:
-        syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
-        syslog.syslog(syslog.LOG_ERR, line)
-        syslog.closelog()
-    except OSError:  # pragma: no cover - glibc's syslog() does not fail
-        pass
+    syslog.openlog(ident, syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_ERR, " ".join(message.split("\n")))
+    syslog.closelog()
 
 
 def _reaches_loopback(addr: str) -> bool:
@@ -263,11 +259,10 @@ class Daemon:
         try:
             self.preload()
             return self._run_loop()
-        except ConfigError as e:
-            _report_late(self._ident(), str(e))
-            raise
         except Exception as e:
-            _report_late(self._ident(), f"{type(e).__name__}: {e}")
+            # A ConfigError's text is already the one line; anything else names its type.
+            _report_late(self._ident(), str(e) if isinstance(e, ConfigError)
+                         else f"{type(e).__name__}: {e}")
             raise
 
     def _ident(self) -> str:

@@ -94,8 +94,8 @@ class HostWatch:
             if not data:
                 break
             seen = True
-        if seen and self._timer is None:
-            self._timer = self._scheduler.call_later(self._debounce, self._reread)
+        if seen:
+            self.recheck()
 
     def recheck(self) -> None:
         """Re-read once soon, as after a notification: covers changes made
